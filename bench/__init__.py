@@ -1,0 +1,1 @@
+"""Command line, worker, harness and report of the skip-gram bench."""

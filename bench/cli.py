@@ -1,0 +1,67 @@
+"""`python -m bench <command>`: every user-facing entry point, and the one place errors become
+a single line on stderr with a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from common.errors import BenchError
+from common.spec import SAMPLING_MODES, DataSpec
+
+
+def add_data_args(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """The flags that determine the batch stream, shared by every command that reads PTB."""
+    d = DataSpec()
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-dir", help="folder holding ptb.train.txt (default: $PTB_DIR, the cache, a download)")
+    g.add_argument("--corpus", help="train on this text file instead of PTB (no checksum)")
+    g.add_argument("--no-download", action="store_true", help="fail instead of downloading PTB")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--window", type=int, default=d.window, help="max context window")
+    g.add_argument("--noise", type=int, default=d.noise, help="noise words per context (K)")
+    g.add_argument("--min-freq", type=int, default=d.min_freq)
+    g.add_argument("--embed", type=int, default=d.embed, help="embedding size")
+    g.add_argument("--sampling", choices=SAMPLING_MODES, default=d.sampling,
+                   help="static: the recipe (draw once); dynamic: redraw every epoch")
+    g.add_argument("--epochs", type=int, default=epochs)
+
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    return DataSpec(seed=args.seed, batch_size=args.batch_size, window=args.window, noise=args.noise,
+                    min_freq=args.min_freq, embed=args.embed, sampling=args.sampling, epochs=args.epochs)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BenchError(f"{message} (see `python -m bench {self.prog.split()[-1]} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench import data_command
+
+    parser = _Parser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    data = commands.add_parser("data", help="summarise or dump the batch stream")
+    add_data_args(data, epochs=1)
+    mode = data.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--summary", action="store_true", help="print one JSON line about the stream")
+    mode.add_argument("--dump", metavar="FILE.npz", help="write the first epoch's batches, vocab and init weights")
+    data.set_defaults(run=data_command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,56 @@
+"""`python -m bench data`: what the data layer produces, as numbers (--summary) or arrays (--dump)."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.cli import data_spec
+from common.batches import StreamHash, load_dataset
+from common.cache import atomic_write_bytes
+from common.init import initial_weights
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    spec = data_spec(args)
+    dataset = load_dataset(spec, args.data_dir, not args.no_download, args.corpus)
+    if args.dump:
+        dump(dataset, Path(args.dump))
+        return 0
+    digest, batches = StreamHash(), 0
+    for _, batch in dataset.stream():
+        digest.update(batch)
+        batches += 1
+    sampler = dataset.sampler(0)
+    examples = np.arange(sampler.draw.centers.size)
+    summary = {
+        "vocab_size": len(dataset.vocab),
+        "corpus_tokens": int(dataset.corpus.word_ids.size),
+        "tokens_after_subsampling": int(sampler.draw.tokens.size),
+        "examples": int(examples.size),
+        "pairs": int(sampler.context_counts(examples).sum()),
+        "batches": batches,
+        "epochs": spec.epochs,
+        "data_hash": digest.hexdigest(),
+        "corpus_sha256": dataset.corpus.sha256,
+        "spec": spec.to_dict(),
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def dump(dataset, path: Path) -> None:
+    """The first epoch exactly as backends receive it, concatenated, plus vocab and init weights."""
+    batches = list(dataset.epoch(0))
+    arrays = {name: np.concatenate([getattr(b, name) for b in batches]) for name in batches[0]._fields}
+    center, context = initial_weights(dataset.spec.seed, len(dataset.vocab), dataset.spec.embed)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, tokens=np.array(dataset.vocab.tokens), counts=dataset.vocab.counts,
+             init_center=center, init_context=context)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,1 @@
+"""Framework-free core shared by every backend env: corpus, sampling, batches, spec, init."""

@@ -1,0 +1,117 @@
+"""The epoch stream: fixed-shape numpy batches, identical in every process and env.
+
+Rows are built in chunks of whole batches, so a corpus of any size streams in bounded memory.
+The data hash digests exactly the arrays a consumer received, in order, so two results
+with equal hashes provably trained on the same data.
+"""
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from common import rng
+from common.corpus import Corpus, Vocab, build_vocab, load_corpus
+from common.ptb import find_ptb
+from common.sampling import Draw, NoiseTable, Sampler, keep_probability, subsample
+from common.spec import DataSpec
+
+_SUBSAMPLE, _SHUFFLE = 11, 12
+_ROWS_PER_CHUNK = 1 << 15
+
+
+class Batch(NamedTuple):
+    center: np.ndarray            # (B,) int32
+    context_negative: np.ndarray  # (B, L) int32: contexts, then noise words, then padding (0)
+    mask: np.ndarray              # (B, L) float32: 1 on contexts and noise
+    label: np.ndarray             # (B, L) float32: 1 on contexts
+
+
+class StreamHash:
+    """SHA-256 over every batch's arrays, in order, in a fixed little-endian layout.
+
+    Digesting runs on a helper thread (hashlib releases the GIL), so it overlaps with
+    building the next batches or training on them instead of adding to their time.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._worker = ThreadPoolExecutor(max_workers=1)
+        self._pending: Future | None = None
+
+    def _digest_batch(self, arrays: list[np.ndarray]) -> None:
+        for array in arrays:
+            self._digest.update(array.data)
+
+    def update(self, batch: Batch) -> None:
+        """Queue a batch; the single worker digests batches in the order they were queued."""
+        arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in batch]
+        self._pending = self._worker.submit(self._digest_batch, arrays)
+
+    def hexdigest(self) -> str:
+        if self._pending is not None:
+            self._pending.result()
+        return self._digest.hexdigest()
+
+
+@dataclass
+class Dataset:
+    """A corpus, its vocabulary and the sampling of one DataSpec; yields epochs of batches."""
+
+    spec: DataSpec
+    corpus: Corpus
+    vocab: Vocab
+    remap: np.ndarray
+
+    def __post_init__(self) -> None:
+        self._keep = keep_probability(self.vocab, self.spec.subsample)
+        self._noise = NoiseTable(self.vocab.counts)
+        self._samplers: dict[int, Sampler] = {}
+
+    def sampler(self, epoch: int) -> Sampler:
+        """The draw an epoch uses: draw 0 always (static), or a fresh draw per epoch (dynamic)."""
+        index = epoch if self.spec.sampling == "dynamic" else 0
+        if index not in self._samplers:
+            self._samplers.clear()  # keep one draw in memory at a time
+            key = rng.stream_key(self.spec.seed, _SUBSAMPLE, index)
+            draw: Draw = subsample(self.corpus, self.remap, self._keep, key)
+            self._samplers[index] = Sampler(self.spec, draw, self._noise, index)
+        return self._samplers[index]
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's shuffle of example indices: a sort by per-example random keys."""
+        n = self.sampler(epoch).draw.centers.size
+        keys = rng.random_bits(rng.stream_key(self.spec.seed, _SHUFFLE, epoch), np.arange(n, dtype=np.uint64))
+        return np.argsort(keys, kind="stable")
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The batches of one epoch; the last partial batch is kept, as the recipe keeps it."""
+        sampler, order = self.sampler(epoch), self.order(epoch)
+        size = self.spec.batch_size
+        chunk = size * max(1, _ROWS_PER_CHUNK // size)
+        for start in range(0, order.size, chunk):
+            arrays = sampler.rows(order[start:start + chunk])
+            for b in range(0, arrays[0].shape[0], size):
+                yield Batch(*(a[b:b + size] for a in arrays))
+
+    def stream(self, epochs: int | None = None) -> Iterator[tuple[int, Batch]]:
+        """(epoch, batch) over `epochs` epochs (the spec's by default)."""
+        for e in range(self.spec.epochs if epochs is None else epochs):
+            for batch in self.epoch(e):
+                yield e, batch
+
+    def batches_per_epoch(self, epoch: int = 0) -> int:
+        return -(-self.sampler(epoch).draw.centers.size // self.spec.batch_size)
+
+
+def load_dataset(spec: DataSpec, data_dir: str | None = None, download: bool = True,
+                 corpus_file: str | None = None) -> Dataset:
+    """PTB (found and verified as `common.ptb` says) or any text file given as `corpus_file`."""
+    path = Path(corpus_file) if corpus_file else find_ptb(data_dir, download)
+    corpus = load_corpus(path)
+    vocab, remap = build_vocab(corpus, spec.min_freq)
+    return Dataset(spec, corpus, vocab, remap)

@@ -1,0 +1,59 @@
+"""The data settings of a run: the recipe's defaults, validated once, serialisable to JSON."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from common.errors import BenchError
+
+SAMPLING_MODES = ("static", "dynamic")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything that determines the batch stream (and the initial weights).
+
+    `static` is the recipe: subsampling, windows and noise drawn once, batches reshuffled
+    each epoch. `dynamic` is its exercise 4: all of them redrawn every epoch.
+    """
+
+    seed: int = 0
+    batch_size: int = 512
+    window: int = 5
+    noise: int = 5
+    min_freq: int = 10
+    embed: int = 100
+    sampling: str = "static"
+    subsample: float = 1e-4
+    epochs: int = 5
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size > 0, f"batch size must be > 0, got {self.batch_size}"),
+            (self.window >= 1, f"window must be >= 1, got {self.window}"),
+            (self.noise >= 0, f"noise must be >= 0, got {self.noise}"),
+            (self.min_freq >= 1, f"min_freq must be >= 1, got {self.min_freq}"),
+            (self.embed >= 1, f"embedding size must be >= 1, got {self.embed}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.subsample > 0, f"subsample threshold must be > 0, got {self.subsample}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.sampling in SAMPLING_MODES,
+             f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.sampling!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BenchError(f"invalid setting: {message}")
+
+    @property
+    def row_length(self) -> int:
+        """L: room for every context (2 * window) and its K noise words, so shapes are static."""
+        return 2 * self.window * (1 + self.noise)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataSpec":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise BenchError(f"invalid setting: unknown data fields {sorted(unknown)}")
+        return cls(**data)
