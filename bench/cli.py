@@ -41,7 +41,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import data_command
+    from bench import data_command, train_command
+    from backends.registry import BACKENDS
+    from common.spec import OPTIMIZERS, RunSpec
 
     parser = _Parser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -51,6 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--summary", action="store_true", help="print one JSON line about the stream")
     mode.add_argument("--dump", metavar="FILE.npz", help="write the first epoch's batches, vocab and init weights")
     data.set_defaults(run=data_command.run)
+
+    r = RunSpec(backend="numpy")
+    train = commands.add_parser("train", help="train one backend and print loss, speed and neighbours")
+    train.add_argument("--backend", required=True, help=f"one of {', '.join(BACKENDS)}")
+    train.add_argument("--device", default=r.device, help="cpu, cuda or cuda:N")
+    train.add_argument("--sparse", action="store_true", help="row-sparse gradients with lazy Adam")
+    train.add_argument("--compile", action="store_true", help="torch.compile / XLA where the backend has it")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=r.optimizer)
+    train.add_argument("--lr", type=float, default=r.lr)
+    train.add_argument("--max-steps", type=int, help="stop after this many steps")
+    train.add_argument("--out", metavar="RESULT.json", help="write the result record here")
+    train.add_argument("--export-vectors", metavar="FILE.txt", help="center vectors in word2vec text format")
+    add_data_args(train, epochs=DataSpec().epochs)
+    train.set_defaults(run=train_command.run)
+
+    near = commands.add_parser("neighbours", help="nearest words by cosine in exported vectors")
+    near.add_argument("--vectors", required=True, help="a file written by train --export-vectors")
+    near.add_argument("--word", required=True)
+    near.add_argument("-k", type=int, default=3)
+    near.set_defaults(run=train_command.run_neighbours)
     return parser
 
 

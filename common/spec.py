@@ -57,3 +57,55 @@ class DataSpec:
         if unknown:
             raise BenchError(f"invalid setting: unknown data fields {sorted(unknown)}")
         return cls(**data)
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a backend on a device, dense or sparse, on the stream of `data`.
+
+    Adam's betas and eps are explicit because frameworks' defaults differ (Keras: eps 1e-7).
+    """
+
+    backend: str
+    data: DataSpec = DataSpec()
+    device: str = "cpu"
+    sparse: bool = False
+    optimizer: str = "adam"
+    lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    max_steps: int | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must lie in [0, 1)"),
+            (self.eps > 0, f"eps must be > 0, got {self.eps}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BenchError(f"invalid setting: {message}")
+
+    @property
+    def variant(self) -> str:
+        return "sparse" if self.sparse else "dense"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunSpec":
+        data = dict(data)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise BenchError(f"invalid setting: unknown run fields {sorted(unknown)}")
+        data["data"] = DataSpec.from_dict(data.get("data", {}))
+        return cls(**data)

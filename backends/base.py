@@ -1,0 +1,84 @@
+"""The one interface every backend implements, and the math they all share.
+
+A backend is built from a RunSpec and the shared initial weights. The worker hands it each
+epoch's batches twice: `prepare` (convert, move to the device: timed as data transfer) and
+`train` (one optimiser step per batch, losses kept on the device and fetched once at the
+end, so there is no sync per step). Capabilities are declared, not inferred from names.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, NamedTuple, Sequence
+
+import numpy as np
+
+from common.batches import Batch
+from common.errors import BenchError
+from common.spec import RunSpec
+
+
+class Capabilities(NamedTuple):
+    sparse: bool               # row-sparse gradients with lazy Adam
+    compile: bool              # an optional graph compiler (torch.compile, XLA)
+    devices: tuple[str, ...]   # devices usable now, e.g. ("cpu", "cuda:0")
+
+
+class Backend(ABC):
+    """Skip-gram with negative sampling: two (V, D) tables, masked sigmoid BCE, Adam or SGD."""
+
+    name: ClassVar[str]
+
+    def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
+        caps = self.capabilities()
+        if spec.device not in caps.devices and not (spec.device == "cuda" and "cuda:0" in caps.devices):
+            raise BenchError(f"device {spec.device!r} is not available to {self.name}; "
+                             f"available: {', '.join(caps.devices)}")
+        if spec.sparse and not caps.sparse:
+            raise BenchError(f"{self.name} has no sparse-gradient variant; drop --sparse")
+        if spec.compile and not caps.compile:
+            raise BenchError(f"{self.name} has no compiled variant; drop --compile")
+        self.spec = spec
+
+    @classmethod
+    @abstractmethod
+    def capabilities(cls) -> Capabilities: ...
+
+    @classmethod
+    @abstractmethod
+    def versions(cls) -> dict[str, str]:
+        """Framework name -> version, for the result's environment record."""
+
+    @abstractmethod
+    def device_name(self) -> str: ...
+
+    @abstractmethod
+    def prepare(self, batches: Sequence[Batch]) -> Any:
+        """Convert (and move) batches into what `train` consumes."""
+
+    def sync(self) -> None:
+        """Wait for queued device work (a no-op where work is synchronous)."""
+
+    @abstractmethod
+    def train(self, prepared: Any) -> np.ndarray:
+        """One step per batch; returns the per-step losses (float64) after one final sync."""
+
+    @abstractmethod
+    def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
+        """Loss and dense gradients of both tables at the current weights, without a step."""
+
+    @abstractmethod
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(center, context) tables as numpy arrays."""
+
+
+def adam_scalars(spec: RunSpec, step: int, lazy: bool) -> tuple[float, float]:
+    """(lr_t, eps_t) so that the fused update `w -= lr_t * m / (sqrt(v) + eps_t)` is the canonical one.
+
+    Fused kernels (MXNet's adam_update, TF's ApplyAdam) put eps beside the uncorrected sqrt(v).
+    Dense runs want torch's form, lr * m_hat / (sqrt(v_hat) + eps), which is the same update
+    with eps_t = eps * sqrt(1 - beta2^t). Lazy (sparse) runs keep eps as torch's SparseAdam does.
+    """
+    correction2 = math.sqrt(1.0 - spec.beta2 ** step)
+    lr_t = spec.lr * correction2 / (1.0 - spec.beta1 ** step)
+    return lr_t, (spec.eps if lazy else spec.eps * correction2)

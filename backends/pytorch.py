@@ -1,0 +1,92 @@
+"""PyTorch: nn.Embedding tables; dense Adam, or sparse=True gradients with SparseAdam."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backends.base import Backend, Capabilities
+from common.batches import Batch
+from common.spec import RunSpec
+
+Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, center: torch.Tensor,
+                  cn: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """Mean over examples of the masked mean of BCE-with-logits over each row."""
+    v = F.embedding(center, center_w, sparse=sparse)          # (B, D)
+    u = F.embedding(cn, context_w, sparse=sparse)             # (B, L, D)
+    pred = torch.bmm(u, v.unsqueeze(2)).squeeze(2)            # (B, L)
+    bce = F.binary_cross_entropy_with_logits(pred, label, reduction="none")
+    return ((bce * mask).sum(dim=1) / mask.sum(dim=1)).mean()
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
+        super().__init__(spec, init_center, init_context)
+        self.device = torch.device(spec.device)
+        self.center_w = torch.nn.Parameter(torch.tensor(init_center, device=self.device))
+        self.context_w = torch.nn.Parameter(torch.tensor(init_context, device=self.device))
+        params = [self.center_w, self.context_w]
+        if spec.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=spec.lr)
+        elif spec.sparse:
+            self.optimizer = torch.optim.SparseAdam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
+                                              foreach=False, fused=True)
+        self.loss_fn = torch.compile(skipgram_loss) if spec.compile else skipgram_loss
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        gpus = tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+        return Capabilities(sparse=True, compile=True, devices=("cpu",) + gpus)
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return "cpu"
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def prepare(self, batches: Sequence[Batch]) -> list[Tensors]:
+        """Tensors on the device; on CUDA the whole epoch is resident before timing starts."""
+        def move(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(self.device, non_blocking=True)
+        return [tuple(move(a) for a in b) for b in batches]  # type: ignore[misc]
+
+    def _loss(self, batch: Tensors) -> torch.Tensor:
+        return self.loss_fn(self.center_w, self.context_w, *batch, self.spec.sparse)
+
+    def train(self, prepared: list[Tensors]) -> np.ndarray:
+        losses = []
+        for batch in prepared:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(batch)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+        return torch.stack(losses).cpu().numpy().astype(np.float64) if losses else np.zeros(0)
+
+    def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(self.prepare([batch])[0])
+        loss.backward()
+        grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in (self.center_w, self.context_w)]
+        result = loss.item(), *(g.cpu().double().numpy() for g in grads)
+        self.optimizer.zero_grad(set_to_none=True)
+        return result  # type: ignore[return-value]
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.center_w.detach().cpu().numpy().copy(), self.context_w.detach().cpu().numpy().copy()

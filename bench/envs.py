@@ -1,0 +1,39 @@
+"""The per-backend virtualenvs (tox envs), found or built on demand.
+
+The harness and the cross-env tests never import a framework: they run `python -m bench`
+with the interpreter of the backend's own env, which tox builds from pyproject's extras.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common.errors import BenchError
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND_ENVS = {"numpy": "tests", "torch": "torch", "mxnet": "mxnet", "tensorflow": "tensorflow"}
+# Variables tox sets for the env it runs in; a nested tox must not inherit them.
+_TOX_VARS = ("TOX_ENV_NAME", "TOX_WORK_DIR", "TOX_ENV_DIR", "TOX_PACKAGE", "VIRTUAL_ENV", "PYTHONHOME")
+
+
+def work_dir() -> Path:
+    return Path(os.environ.get("SKIPGRAM_TOX_WORKDIR") or ROOT / ".tox")
+
+
+def python_for(env: str, build: bool = True) -> Path:
+    """The interpreter of tox env `env`, building the env with `tox run --notest` if needed."""
+    python = work_dir() / env / "bin" / "python"
+    if python.exists() or not build:
+        return python
+    clean = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
+    clean["PATH"] = os.pathsep.join(p for p in clean.get("PATH", "").split(os.pathsep)
+                                    if not p.startswith(str(work_dir())))
+    result = subprocess.run([sys.executable, "-m", "tox", "run", "-e", env, "--notest",
+                             "--workdir", str(work_dir())], cwd=ROOT, env=clean,
+                            capture_output=True, text=True)
+    if result.returncode != 0 or not python.exists():
+        tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise BenchError(f"could not build the {env!r} env with tox ({tail[0]}); run `tox -e {env}` to see why")
+    return python

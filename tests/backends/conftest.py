@@ -1,0 +1,48 @@
+"""The backend under test: SKIPGRAM_BACKEND (set by each backend's tox env), numpy by default."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from backends import registry
+from backends.base import Backend
+from backends.reference import NumpyBackend
+from common.batches import Batch, load_dataset
+from common.init import initial_weights
+from common.spec import DataSpec, RunSpec
+from common.zipf import write_zipf_corpus
+
+BACKEND = os.environ.get("SKIPGRAM_BACKEND", "numpy")
+
+
+@pytest.fixture(scope="session")
+def backend_cls() -> type[Backend]:
+    return registry.load(BACKEND)
+
+
+@pytest.fixture(scope="session")
+def small_batches(tmp_path_factory) -> tuple[list[Batch], int]:
+    """Real-layout batches from a generated corpus with a small vocabulary (fast, many collisions)."""
+    path = tmp_path_factory.mktemp("zipf") / "z.txt"
+    write_zipf_corpus(path, tokens=20_000, vocab=300, seed=5)
+    dataset = load_dataset(DataSpec(batch_size=48, min_freq=2), corpus_file=str(path))
+    return list(dataset.epoch(0))[:6], len(dataset.vocab)
+
+
+@pytest.fixture(scope="session")
+def ptb_batches(ptb_dir) -> tuple[list[Batch], int]:
+    dataset = load_dataset(DataSpec(), data_dir=str(ptb_dir), download=False)
+    batches = [b for _, b in zip(range(200), dataset.epoch(0))]
+    return batches, len(dataset.vocab)
+
+
+def weights(vocab: int, embed: int, scale: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    v, u = initial_weights(seed, vocab, embed)
+    return v * np.float32(scale), u * np.float32(scale)
+
+
+def pair(backend_cls: type[Backend], spec: RunSpec, init) -> tuple[Backend, NumpyBackend]:
+    """The backend under test and the float64 reference, from the same start."""
+    return backend_cls(spec, *init), NumpyBackend(spec, *init)

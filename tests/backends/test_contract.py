@@ -1,0 +1,100 @@
+"""Every backend against the float64 numpy reference: loss, gradients and whole trajectories.
+
+Tolerances, and why:
+- loss and gradients on one batch: relative error <= 1e-5 (gradients: in the Frobenius norm,
+  since single entries can be ~0). float32 has a unit roundoff of 6e-8; a row's loss and a
+  table row's gradient sum at most B*L = 30k terms, so accumulated error stays near 1e-6.
+- trajectories (200 PTB steps): every step's loss within 1e-4 of the reference. float32
+  rounding of the weights compounds through Adam's normalised steps; 1e-4 is 25x below the
+  3e-3 gap that putting eps on the wrong side of sqrt(v) opens (../shared/DESIGN.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends.base import Backend
+from common.errors import BenchError
+from common.spec import RunSpec
+from tests.backends.conftest import BACKEND, pair, weights
+
+
+def variants(backend_cls: type[Backend]) -> list[bool]:
+    return [False, True] if backend_cls.capabilities().sparse else [False]
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_loss_and_gradients_match_reference(backend_cls, small_batches, sparse):
+    if sparse and not backend_cls.capabilities().sparse:
+        pytest.skip(f"{BACKEND} declares no sparse variant")
+    batches, vocab = small_batches
+    spec = RunSpec(backend=BACKEND, sparse=sparse)
+    for scale in (1.0, 30.0):  # 30x Xavier: logits of several units, both BCE branches exercised
+        backend, reference = pair(backend_cls, spec, weights(vocab, 100, scale))
+        for batch in batches:
+            loss, g_center, g_context = backend.loss_and_grads(batch)
+            ref_loss, ref_center, ref_context = reference.loss_and_grads(batch)
+            assert abs(loss - ref_loss) / ref_loss <= 1e-5
+            assert rel_err(g_center, ref_center) <= 1e-5
+            assert rel_err(g_context, ref_context) <= 1e-5
+
+
+@pytest.mark.parametrize("sparse, optimizer", [(False, "adam"), (True, "adam"), (False, "sgd")],
+                         ids=["dense-adam", "sparse-lazy-adam", "dense-sgd"])
+def test_trajectory_on_ptb_matches_reference(backend_cls, ptb_batches, sparse, optimizer):
+    if sparse and not backend_cls.capabilities().sparse:
+        pytest.skip(f"{BACKEND} declares no sparse variant")
+    batches, vocab = ptb_batches
+    spec = RunSpec(backend=BACKEND, sparse=sparse, optimizer=optimizer, lr=0.01 if optimizer == "adam" else 100.0)
+    backend, reference = pair(backend_cls, spec, weights(vocab, 100))
+    losses = np.concatenate([backend.train(backend.prepare(batches[:1])), backend.train(backend.prepare(batches[1:]))])
+    expected = reference.train(batches)
+    assert losses.shape == (200,) and losses.dtype == np.float64
+    assert np.max(np.abs(losses - expected)) <= 1e-4
+    assert expected[-10:].mean() < expected[0] - 0.02, "the reference itself must learn"
+    center, context = backend.embeddings()
+    ref_center, ref_context = reference.embeddings()
+    assert rel_err(center, ref_center) <= 1e-3 and rel_err(context, ref_context) <= 1e-3
+
+
+def test_lazy_adam_touches_only_the_batch_rows(backend_cls, small_batches):
+    if not backend_cls.capabilities().sparse:
+        pytest.skip(f"{BACKEND} declares no sparse variant")
+    batches, vocab = small_batches
+    init = weights(vocab, 100)
+    backend = backend_cls(RunSpec(backend=BACKEND, sparse=True), *init)
+    backend.train(backend.prepare(batches[:1]))
+    center, context = backend.embeddings()
+    used_center = np.zeros(vocab, bool)
+    used_center[batches[0].center] = True
+    used_context = np.zeros(vocab, bool)
+    used_context[batches[0].context_negative] = True
+    assert np.array_equal(center[~used_center], init[0][~used_center])
+    assert np.array_equal(context[~used_context], init[1][~used_context])
+    assert not np.allclose(center[used_center], init[0][used_center])
+
+
+def test_capabilities_and_devices(backend_cls, small_batches):
+    caps = backend_cls.capabilities()
+    assert "cpu" in caps.devices
+    _, vocab = small_batches
+    init = weights(vocab, 8)
+    with pytest.raises(BenchError, match="available: cpu"):
+        backend_cls(RunSpec(backend=BACKEND, device="tpu:3"), *init)
+    if not any(d.startswith("cuda") for d in caps.devices):
+        with pytest.raises(BenchError, match="'cuda' is not available"):
+            backend_cls(RunSpec(backend=BACKEND, device="cuda"), *init)
+    assert all(isinstance(v, str) for v in backend_cls.versions().values())
+
+
+def test_embeddings_are_numpy(backend_cls, small_batches):
+    _, vocab = small_batches
+    init = weights(vocab, 8)
+    center, context = backend_cls(RunSpec(backend=BACKEND), *init).embeddings()
+    assert isinstance(center, np.ndarray) and center.shape == (vocab, 8)
+    np.testing.assert_array_equal(center, init[0])
+    np.testing.assert_array_equal(context, init[1])

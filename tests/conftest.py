@@ -1,0 +1,42 @@
+"""Shared fixtures: an isolated cache, the real PTB (via PTB_DIR or the cache), small corpora."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests never read or write the user's cache; PTB is tokenised once per session."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["SKIPGRAM_BENCH_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ptb_dir() -> Path:
+    """The real PTB, from PTB_DIR (set by CI and tox). Tests that need it skip without it."""
+    value = os.environ.get("PTB_DIR")
+    if not value:
+        pytest.skip("PTB_DIR is not set: point it at the folder holding ptb.train.txt")
+    return Path(value)
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_bench(*args: str, python: str = sys.executable, env: dict | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m bench ARGS` in a fresh process, as a user would run it."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([python, "-m", "bench", *args], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,151 @@
+"""Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing half-written."""
+from __future__ import annotations
+
+import http.server
+import io
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from common.cache import atomic_dir
+from common.ptb import TRAIN_FILE
+from tests.conftest import run_bench, write_text
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--batch-size", "0", "batch size must be > 0"),
+    ("--window", "0", "window must be >= 1"),
+    ("--noise", "-1", "noise must be >= 0"),
+    ("--min-freq", "0", "min_freq must be >= 1"),
+    ("--sampling", "sometimes", "invalid choice"),
+    ("--batch-size", "many", "invalid int value"),
+])
+def test_invalid_settings(flag, value, fragment, ptb_dir):
+    assert_one_line_error(run_bench("data", "--summary", "--data-dir", str(ptb_dir), flag, value), fragment)
+
+
+def test_named_folder_without_corpus_is_an_error_not_a_fallback(tmp_path, ptb_dir):
+    result = run_bench("data", "--summary", "--data-dir", str(tmp_path))
+    assert_one_line_error(result, "--data-dir", str(tmp_path), TRAIN_FILE)
+    result = run_bench("data", "--summary", env={"PTB_DIR": str(tmp_path / "nope")})
+    assert_one_line_error(result, "PTB_DIR", "nope")
+
+
+def test_missing_everywhere_with_no_download(tmp_path):
+    result = run_bench("data", "--summary", "--no-download",
+                       env={"PTB_DIR": "", "SKIPGRAM_BENCH_CACHE": str(tmp_path)})
+    assert_one_line_error(result, "PTB not found", "--data-dir", "PTB_DIR")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "is empty"),
+    (b"\x00\x01\x02binary\xff", "binary"),
+    (b"aer banknote berlitz\n truncated", "corrupt or not PTB"),
+])
+def test_corrupt_train_file(tmp_path, content, fragment):
+    (tmp_path / TRAIN_FILE).write_bytes(content)
+    assert_one_line_error(run_bench("data", "--summary", "--data-dir", str(tmp_path)), fragment, TRAIN_FILE)
+
+
+def test_checksum_mismatch_names_both_digests(tmp_path, ptb_dir):
+    data = (ptb_dir / TRAIN_FILE).read_bytes()
+    (tmp_path / TRAIN_FILE).write_bytes(data[:-1000])
+    result = run_bench("data", "--summary", "--data-dir", str(tmp_path))
+    assert_one_line_error(result, "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf", "sha256")
+
+
+def test_bad_custom_corpus(tmp_path):
+    assert_one_line_error(run_bench("data", "--summary", "--corpus", str(tmp_path / "no.txt")), "not found")
+    path = write_text(tmp_path / "blank.txt", "\n \n\t\n")
+    assert_one_line_error(run_bench("data", "--summary", "--corpus", str(path)), "no tokens")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ol\xe9\n".encode("latin-1"))
+    assert_one_line_error(run_bench("data", "--summary", "--corpus", str(tmp_path / "latin1.txt")), "UTF-8")
+    path = write_text(tmp_path / "tiny.txt", "a b c\n")
+    assert_one_line_error(run_bench("data", "--summary", "--corpus", str(path)), "vocabulary is empty")
+
+
+class _ZipServer:
+    """Serves one payload on 127.0.0.1 (loopback only), as the d2l data hub would."""
+
+    def __init__(self, payload: bytes) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/ptb.zip"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_download_into_cache_verified(tmp_path, ptb_dir):
+    server = _ZipServer(_zip({f"ptb/{TRAIN_FILE}": (ptb_dir / TRAIN_FILE).read_bytes()}))
+    try:
+        env = {"PTB_DIR": "", "SKIPGRAM_BENCH_CACHE": str(tmp_path), "PTB_URL": server.url}
+        result = run_bench("data", "--summary", env=env)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "ptb" / TRAIN_FILE).read_bytes() == (ptb_dir / TRAIN_FILE).read_bytes()
+        server.close()
+        assert run_bench("data", "--summary", "--no-download", env=env).returncode == 0  # now cached
+    finally:
+        server.close()
+
+
+def test_bad_download_leaves_nothing_behind(tmp_path):
+    for payload, fragment in [(b"not a zip", "not a zip"), (_zip({f"ptb/{TRAIN_FILE}": b"wrong"}), "corrupt")]:
+        server = _ZipServer(payload)
+        try:
+            env = {"PTB_DIR": "", "SKIPGRAM_BENCH_CACHE": str(tmp_path), "PTB_URL": server.url}
+            assert_one_line_error(run_bench("data", "--summary", env=env), fragment)
+        finally:
+            server.close()
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_download_says_how_to_fix(tmp_path):
+    env = {"PTB_DIR": "", "SKIPGRAM_BENCH_CACHE": str(tmp_path), "PTB_URL": "http://127.0.0.1:9/ptb.zip"}
+    assert_one_line_error(run_bench("data", "--summary", env=env), "could not download", "PTB_DIR")
+
+
+def test_interrupted_atomic_dir_leaves_nothing(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "half").write_text("x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_dump_failure_leaves_no_file(tmp_path):
+    out = tmp_path / "x.npz"
+    result = run_bench("data", "--dump", str(out), "--data-dir", str(tmp_path))
+    assert result.returncode != 0 and not out.exists() and not list(Path(tmp_path).glob(".tmp-*"))
