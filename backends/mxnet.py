@@ -1,0 +1,102 @@
+"""MXNet 1.9.1 (legacy nd/Gluon API): a hybridized block; dense Adam, or sparse_grad=True with
+row_sparse gradients and lazy Adam. The updates call MXNet's fused kernels (adam_update,
+sgd_update) directly, so eps can be placed as the canonical form requires (see adam_scalars).
+Needs numpy 1.23: it lives in its own env."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from backends.base import Backend, Capabilities, adam_scalars
+from common.batches import Batch
+from common.spec import RunSpec
+
+Arrays = tuple[mx.nd.NDArray, ...]
+
+
+class SkipGram(gluon.HybridBlock):
+    """Both tables and the masked BCE loss in one graph."""
+
+    def __init__(self, vocab: int, embed: int, sparse: bool) -> None:
+        super().__init__()
+        self.center = gluon.nn.Embedding(vocab, embed, sparse_grad=sparse)
+        self.context = gluon.nn.Embedding(vocab, embed, sparse_grad=sparse)
+
+    def hybrid_forward(self, F, center, cn, mask, label):  # noqa: N803 (MXNet's signature)
+        v = self.center(center).expand_dims(axis=2)          # (B, D, 1)
+        u = self.context(cn)                                 # (B, L, D)
+        pred = F.batch_dot(u, v).reshape((0, -1))            # (B, L)
+        bce = F.relu(pred) - pred * label + F.log1p(F.exp(-F.abs(pred)))
+        return F.mean(F.sum(bce * mask, axis=1) / F.sum(mask, axis=1))
+
+
+class MXNetBackend(Backend):
+    name = "mxnet"
+
+    def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
+        super().__init__(spec, init_center, init_context)
+        index = int(spec.device.split(":")[1]) if ":" in spec.device else 0
+        self.ctx = mx.gpu(index) if spec.device.startswith("cuda") else mx.cpu()
+        self.net = SkipGram(*init_center.shape, sparse=spec.sparse)
+        self.net.initialize(ctx=self.ctx)
+        self.params = [self.net.center.weight, self.net.context.weight]
+        for param, init in zip(self.params, (init_center, init_context)):
+            param.set_data(mx.nd.array(init, ctx=self.ctx))
+        self.net.hybridize(static_alloc=True, static_shape=True)
+        self.states = [(mx.nd.zeros(init_center.shape, ctx=self.ctx), mx.nd.zeros(init_center.shape, ctx=self.ctx))
+                       for _ in self.params]
+        self.step = 0
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        gpus = tuple(f"cuda:{i}" for i in range(mx.context.num_gpus()))
+        return Capabilities(sparse=True, compile=False, devices=("cpu",) + gpus)
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return {"mxnet": mx.__version__, "numpy": np.__version__}
+
+    def device_name(self) -> str:
+        return str(self.ctx)
+
+    def sync(self) -> None:
+        mx.nd.waitall()
+
+    def prepare(self, batches: Sequence[Batch]) -> list[Arrays]:
+        return [tuple(mx.nd.array(a, ctx=self.ctx, dtype=a.dtype) for a in b) for b in batches]
+
+    def _update(self) -> None:
+        self.step += 1
+        s, lazy = self.spec, self.spec.sparse
+        for param, (mean, var) in zip(self.params, self.states):
+            weight, grad = param.data(self.ctx), param.grad(self.ctx)
+            if s.optimizer == "sgd":
+                mx.nd.sgd_update(weight, grad, lr=s.lr, wd=0.0, lazy_update=lazy, out=weight)
+                continue
+            lr_t, eps_t = adam_scalars(s, self.step, lazy)
+            mx.nd.adam_update(weight, grad, mean, var, lr=lr_t, beta1=s.beta1, beta2=s.beta2, epsilon=eps_t,
+                              wd=0.0, lazy_update=lazy, out=weight)
+
+    def _forward_backward(self, batch: Arrays) -> mx.nd.NDArray:
+        with autograd.record():
+            loss = self.net(*batch)
+        loss.backward()
+        return loss
+
+    def train(self, prepared: list[Arrays]) -> np.ndarray:
+        losses = []
+        for batch in prepared:
+            losses.append(self._forward_backward(batch))
+            self._update()
+        return mx.nd.concat(*losses, dim=0).asnumpy().astype(np.float64) if losses else np.zeros(0)
+
+    def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
+        loss = self._forward_backward(self.prepare([batch])[0])
+        grads = [p.grad(self.ctx).tostype("default").asnumpy().astype(np.float64) for p in self.params]
+        return float(loss.asscalar()), grads[0], grads[1]
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.params[0].data(self.ctx).asnumpy(), self.params[1].data(self.ctx).asnumpy()
