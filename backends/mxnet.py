@@ -66,7 +66,10 @@ class MXNetBackend(Backend):
         mx.nd.waitall()
 
     def prepare(self, batches: Sequence[Batch]) -> list[Arrays]:
-        return [tuple(mx.nd.array(a, ctx=self.ctx, dtype=a.dtype) for a in b) for b in batches]
+        def move(a: np.ndarray, dtype: str) -> mx.nd.NDArray:
+            return mx.nd.array(a, ctx=self.ctx, dtype=dtype)
+        return [(move(b.center, "int32"), move(b.context_negative, "int32"), move(b.mask, "float32"),
+                 move(b.label, "float32")) for b in batches]
 
     def _update(self) -> None:
         self.step += 1

@@ -66,7 +66,8 @@ class TensorFlowBackend(Backend):
 
     def prepare(self, batches: Sequence[Batch]) -> list[Tensors]:
         with tf.device(self.device):
-            return [tuple(tf.identity(tf.convert_to_tensor(a)) for a in b) for b in batches]  # type: ignore[misc]
+            return [(tf.identity(b.center), tf.identity(b.context_negative), tf.cast(b.mask, tf.float32),
+                     tf.cast(b.label, tf.float32)) for b in batches]
 
     def _loss_and_grads(self, center, cn, mask, label):
         with tf.GradientTape() as tape:

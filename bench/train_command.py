@@ -7,6 +7,8 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from bench import worker
 from bench.cli import data_spec
 from common.cache import atomic_write_bytes
@@ -33,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     spec = run_spec(args)
     out = Path(args.out) if args.out else None
     try:
-        result = worker.train(spec, args.data_dir, not args.no_download, args.corpus,
-                              Path(args.export_vectors) if args.export_vectors else None)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported as a status instead
+                result = worker.train(spec, args.data_dir, not args.no_download, args.corpus,
+                                  Path(args.export_vectors) if args.export_vectors else None)
     except BenchError:
         raise
     except Exception as exc:  # a crashing backend is a result, not a traceback on the user's screen

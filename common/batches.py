@@ -17,7 +17,8 @@ import numpy as np
 from common import rng
 from common.corpus import Corpus, Vocab, build_vocab, load_corpus
 from common.ptb import find_ptb
-from common.sampling import Draw, NoiseTable, Sampler, keep_probability, subsample
+from common.rowcache import RowTable, cached_rows
+from common.sampling import Draw, NoiseTable, Rows, Sampler, keep_probability, layout, subsample
 from common.spec import DataSpec
 
 _SUBSAMPLE, _SHUFFLE = 11, 12
@@ -27,8 +28,8 @@ _ROWS_PER_CHUNK = 1 << 15
 class Batch(NamedTuple):
     center: np.ndarray            # (B,) int32
     context_negative: np.ndarray  # (B, L) int32: contexts, then noise words, then padding (0)
-    mask: np.ndarray              # (B, L) float32: 1 on contexts and noise
-    label: np.ndarray             # (B, L) float32: 1 on contexts
+    mask: np.ndarray              # (B, L) uint8: 1 on contexts and noise (backends cast it)
+    label: np.ndarray             # (B, L) uint8: 1 on contexts
 
 
 class StreamHash:
@@ -90,13 +91,18 @@ class Dataset:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of one epoch; the last partial batch is kept, as the recipe keeps it."""
-        sampler, order = self.sampler(epoch), self.order(epoch)
-        size = self.spec.batch_size
-        chunk = size * max(1, _ROWS_PER_CHUNK // size)
+        source, order = self.rows_source(epoch), self.order(epoch)
+        chunk = self.spec.batch_size * max(1, _ROWS_PER_CHUNK // self.spec.batch_size)
         for start in range(0, order.size, chunk):
-            arrays = sampler.rows(order[start:start + chunk])
-            for b in range(0, arrays[0].shape[0], size):
-                yield Batch(*(a[b:b + size] for a in arrays))
+            yield from _split(source.rows(order[start:start + chunk]), self.spec)
+
+    def rows_source(self, epoch: int) -> Sampler | RowTable:
+        """Where an epoch's rows come from: draw 0 (every static epoch) is built once and
+        memory-mapped when it fits the row cache; other draws are sampled on the fly."""
+        sampler = self.sampler(epoch)
+        if sampler.draw_index == 0:
+            return cached_rows(self.corpus.sha256, self.spec, sampler) or sampler
+        return sampler
 
     def stream(self, epochs: int | None = None) -> Iterator[tuple[int, Batch]]:
         """(epoch, batch) over `epochs` epochs (the spec's by default)."""
@@ -106,6 +112,14 @@ class Dataset:
 
     def batches_per_epoch(self, epoch: int = 0) -> int:
         return -(-self.sampler(epoch).draw.centers.size // self.spec.batch_size)
+
+
+def _split(rows: Rows, spec: DataSpec) -> Iterator[Batch]:
+    """Cut a chunk of rows into batches, expanding the context counts into mask and label."""
+    mask, label = layout(rows.contexts, spec.noise, spec.row_length)
+    size = spec.batch_size
+    for b in range(0, rows.center.shape[0], size):
+        yield Batch(rows.center[b:b + size], rows.context_negative[b:b + size], mask[b:b + size], label[b:b + size])
 
 
 def load_dataset(spec: DataSpec, data_dir: str | None = None, download: bool = True,

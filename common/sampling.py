@@ -9,6 +9,7 @@ row is the same whichever chunk, batch or process builds it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,6 +66,21 @@ class NoiseTable:
         return idx.astype(np.int32).reshape(shape)
 
 
+class Rows(NamedTuple):
+    """Examples in compact form: mask and label follow from the context counts (see `layout`)."""
+
+    center: np.ndarray            # (R,) int32
+    context_negative: np.ndarray  # (R, L) int32
+    contexts: np.ndarray          # (R,) uint8: m, the number of contexts of each row
+
+
+def layout(contexts: np.ndarray, noise: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """mask (1 on the m contexts and m*K noise words) and label (1 on the contexts), uint8."""
+    cols = np.arange(width, dtype=np.int16)
+    m = contexts.astype(np.int16)[:, None]
+    return (cols < m * (1 + noise)).view(np.uint8), (cols < m).view(np.uint8)
+
+
 @dataclass(frozen=True)
 class Draw:
     """One draw of subsampling: the kept tokens and which of them are centers."""
@@ -105,7 +121,7 @@ class Sampler:
     """Builds the fixed-layout rows of any examples of one draw: contexts, noise, padding."""
 
     def __init__(self, spec: DataSpec, draw: Draw, table: "NoiseTable", draw_index: int) -> None:
-        self.spec, self.draw, self.table = spec, draw, table
+        self.spec, self.draw, self.table, self.draw_index = spec, draw, table, draw_index
         self.window_key = rng.stream_key(spec.seed, _WINDOW, draw_index)
         self.noise_key = rng.stream_key(spec.seed, _NOISE, draw_index)
         w = spec.window
@@ -146,8 +162,8 @@ class Sampler:
         raise BenchError("noise sampling cannot avoid the contexts: the vocabulary is too "
                          "small for these settings; lower --min-freq or --noise")
 
-    def rows(self, examples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """center (R,), context_negative (R, L), mask (R, L), label (R, L) for `examples`.
+    def rows(self, examples: np.ndarray) -> Rows:
+        """center (R,), context_negative (R, L) and the context count m of each example.
 
         Row layout: the m contexts (sentence order), then their m*K noise words, then zeros.
         Rows are handled in groups of equal m, so every group's arrays are dense.
@@ -162,8 +178,6 @@ class Sampler:
         n_ctx = valid.sum(axis=1)
 
         cn = np.zeros((n_rows, width), dtype=np.int32)
-        mask = np.zeros((n_rows, width), dtype=np.float32)
-        label = np.zeros((n_rows, width), dtype=np.float32)
         for m in range(1, self.offsets.size + 1):
             r = np.flatnonzero(n_ctx == m)
             if r.size == 0:
@@ -173,6 +187,4 @@ class Sampler:
                         + np.arange(m * noise_k, dtype=np.uint64))
             cn[r, :m] = contexts
             cn[r, m:m * (1 + noise_k)] = self._noise(counters, contexts)
-            mask[r, :m * (1 + noise_k)] = 1.0
-            label[r, :m] = 1.0
-        return tokens[pos], cn, mask, label
+        return Rows(tokens[pos], cn, n_ctx.astype(np.uint8))

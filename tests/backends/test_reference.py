@@ -14,8 +14,8 @@ def tiny_batch(rng: np.random.Generator, vocab: int = 7, rows: int = 3, width: i
     cols = np.arange(width)
     return Batch(center=rng.integers(1, vocab, rows).astype(np.int32),
                  context_negative=rng.integers(0, vocab, (rows, width)).astype(np.int32),
-                 mask=(cols < 3 * n_ctx[:, None]).astype(np.float32),
-                 label=(cols < n_ctx[:, None]).astype(np.float32))
+                 mask=(cols < 3 * n_ctx[:, None]).astype(np.uint8),
+                 label=(cols < n_ctx[:, None]).astype(np.uint8))
 
 
 def test_gradients_match_central_differences():
@@ -39,7 +39,7 @@ def test_gradients_match_central_differences():
 
 def test_loss_is_masked_mean_of_bce_then_mean_over_rows():
     batch = Batch(center=np.array([1], np.int32), context_negative=np.array([[2, 3, 0]], np.int32),
-                  mask=np.array([[1, 1, 0]], np.float32), label=np.array([[1, 0, 0]], np.float32))
+                  mask=np.array([[1, 1, 0]], np.uint8), label=np.array([[1, 0, 0]], np.uint8))
     v = np.zeros((4, 2)); v[1] = [1.0, 0.0]
     u = np.zeros((4, 2)); u[2] = [2.0, 0.0]; u[3] = [-1.0, 0.0]; u[0] = [50.0, 0.0]  # padding ignored
     loss, _, _ = loss_and_grads(v, u, batch)

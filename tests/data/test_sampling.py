@@ -27,7 +27,7 @@ def test_shapes_dtypes_and_last_partial_batch(ptb, epoch0):
         assert b.center.shape == (512,) and b.context_negative.shape == (512, 60)
         assert b.mask.shape == b.label.shape == (512, 60)
     assert batches[-1].center.shape == (n - 512 * (len(batches) - 1),)
-    assert [a.dtype for a in batches[0]] == [np.int32, np.int32, np.float32, np.float32]
+    assert [a.dtype for a in batches[0]] == [np.int32, np.int32, np.uint8, np.uint8]
 
 
 def test_row_layout(epoch0):
@@ -38,8 +38,8 @@ def test_row_layout(epoch0):
     assert n_ctx.min() >= 1 and n_ctx.max() <= 10
     assert np.array_equal(n_valid, n_ctx * 6)
     cols = np.arange(60)
-    assert np.array_equal(a["label"], (cols < n_ctx[:, None]).astype(np.float32))
-    assert np.array_equal(a["mask"], (cols < n_valid[:, None]).astype(np.float32))
+    assert np.array_equal(a["label"], (cols < n_ctx[:, None]).astype(np.uint8))
+    assert np.array_equal(a["mask"], (cols < n_valid[:, None]).astype(np.uint8))
     cn = a["context_negative"]
     assert np.all(cn[a["mask"] == 1] >= 1), "<unk> (0) is never a context or a noise word"
     assert np.all(cn[a["mask"] == 0] == 0), "padding is index 0"

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+import common.rowcache
 import common.sampling
 from common.batches import StreamHash, load_dataset
 from common.init import initial_weights
@@ -61,8 +62,18 @@ def test_rows_do_not_depend_on_chunking_or_order(zipf_file, monkeypatch):
     for part in np.array_split(perm, 7):
         for full, piece in zip(whole, sampler.rows(part)):
             assert np.array_equal(full[part], piece)
+    monkeypatch.setattr(common.rowcache, "MAX_BYTES", 0)  # sample every epoch's rows afresh
+    reference = stream_hash(dataset)
     monkeypatch.setattr(common.sampling, "_TOKENS_PER_CHUNK", 1000)
-    assert stream_hash(small(zipf_file)) == stream_hash(dataset)
+    assert stream_hash(small(zipf_file)) == reference
+
+
+def test_row_cache_gives_the_sampled_rows(zipf_file, monkeypatch, isolated_cache):
+    cached = stream_hash(small(zipf_file, seed=9))
+    assert list(isolated_cache.glob("rows-*"))
+    monkeypatch.setattr(common.rowcache, "MAX_BYTES", 0)
+    assert stream_hash(small(zipf_file, seed=9)) == cached
+    assert stream_hash(small(zipf_file, seed=9, sampling="dynamic")) != cached
 
 
 def test_two_processes_give_identical_streams(ptb_dir):

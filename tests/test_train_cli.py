@@ -1,0 +1,90 @@
+"""`python -m bench train` / `neighbours` end to end with the numpy reference (fast, no framework)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from bench import train_command, worker
+from common.batches import StreamHash, load_dataset
+from common.errors import BenchError
+from common.spec import DataSpec
+from tests.conftest import run_bench
+from tests.data.test_bad_input import assert_one_line_error
+
+
+def test_train_writes_a_complete_result(ptb_dir, tmp_path):
+    out, vectors = tmp_path / "r.json", tmp_path / "v.txt"
+    run = run_bench("train", "--backend", "numpy", "--max-steps", "4", "--data-dir", str(ptb_dir),
+                    "--out", str(out), "--export-vectors", str(vectors))
+    assert run.returncode == 0, run.stderr
+    assert "examples/sec" in run.stdout and "chip:" in run.stdout
+    r = json.loads(out.read_text())
+    assert r["status"] == "ok" and r["error"] is None and r["steps"] == 4 and len(r["losses"]) == 4
+    assert r["examples"] == 4 * 512 and r["spec"]["backend"] == "numpy"
+    assert set(r["env"]) >= {"python", "cpu", "versions", "device_name", "cpu_count"}
+    assert r["final_loss"] == pytest.approx(np.mean(r["losses"]))
+    assert len(r["neighbours"]["chip"]) == 3
+    digest = StreamHash()
+    for _, batch in zip(range(4), load_dataset(DataSpec(), data_dir=str(ptb_dir)).epoch(0)):
+        digest.update(batch)
+    assert r["data_hash"] == digest.hexdigest()
+
+    gensim = pytest.importorskip("gensim.models")
+    kv = gensim.KeyedVectors.load_word2vec_format(str(vectors))
+    assert len(kv) == r["vocab_size"] and kv.vector_size == 100
+    near = run_bench("neighbours", "--vectors", str(vectors), "--word", "chip", "-k", "3")
+    assert near.returncode == 0 and len(near.stdout.strip().splitlines()) == 3
+    words = [line.split(": ")[1] for line in near.stdout.strip().splitlines()]
+    assert words == [w for w, _ in r["neighbours"]["chip"]]
+    assert_one_line_error(run_bench("neighbours", "--vectors", str(vectors), "--word", "zzzq"), "not in the vocabulary")
+    assert_one_line_error(run_bench("neighbours", "--vectors", str(out), "--word", "chip"), "word2vec text format")
+
+
+def test_diverging_run_is_recorded_and_exits_non_zero(ptb_dir, tmp_path):
+    out = tmp_path / "r.json"
+    run = run_bench("train", "--backend", "numpy", "--optimizer", "sgd", "--lr", "1e300", "--max-steps", "6",
+                    "--data-dir", str(ptb_dir), "--out", str(out))
+    assert_one_line_error(run, "diverged", "lower --lr")
+    r = json.loads(out.read_text())
+    assert r["status"] == "diverged" and not np.isfinite(r["losses"][-1])
+    assert all(np.isfinite(r["losses"][:-1])) and r["data_hash"]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--backend", "jax"], ["unknown backend 'jax'", "numpy, torch, mxnet, tensorflow"]),
+    (["--backend", "numpy", "--device", "cuda"], ["'cuda' is not available", "available: cpu"]),
+    (["--backend", "numpy", "--compile"], ["no compiled variant"]),
+    (["--backend", "numpy", "--lr", "-1"], ["learning rate must be > 0"]),
+    (["--backend", "numpy", "--max-steps", "0"], ["max steps must be >= 1"]),
+])
+def test_bad_train_settings(ptb_dir, args, fragments):
+    assert_one_line_error(run_bench("train", *args, "--data-dir", str(ptb_dir)), *fragments)
+
+
+def test_backend_missing_from_this_env_says_where_it_lives(ptb_dir):
+    pytest.importorskip("numpy")
+    try:
+        import tensorflow  # noqa: F401
+        pytest.skip("tensorflow is importable here")
+    except ImportError:
+        pass
+    run = run_bench("train", "--backend", "tensorflow", "--data-dir", str(ptb_dir))
+    assert_one_line_error(run, "cannot be imported", "tox -e tensorflow")
+
+
+def test_crashing_backend_becomes_a_failed_result(monkeypatch, tmp_path):
+    def crash(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory\nmore lines")
+
+    monkeypatch.setattr(worker, "train", crash)
+    args = argparse.Namespace(backend="numpy", device="cpu", sparse=False, optimizer="adam", lr=0.01,
+                              max_steps=None, compile=False, out=str(tmp_path / "r.json"), export_vectors=None,
+                              data_dir=None, corpus=None, no_download=True, **DataSpec().to_dict())
+    args.__dict__.pop("subsample")
+    with pytest.raises(BenchError, match="numpy run failed: RuntimeError: CUDA error: out of memory"):
+        train_command.run(args)
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["status"] == "failed" and "out of memory" in r["error"] and "Traceback" in r["traceback"]
