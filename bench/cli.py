@@ -41,9 +41,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import data_command, train_command
+    from bench import data_command, suite_command, train_command
     from backends.registry import BACKENDS
-    from common.spec import OPTIMIZERS, RunSpec
+    from common.spec import OPTIMIZERS, RUNNERS, RunSpec
 
     parser = _Parser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = RunSpec(backend="numpy")
     train = commands.add_parser("train", help="train one backend and print loss, speed and neighbours")
-    train.add_argument("--backend", required=True, help=f"one of {', '.join(BACKENDS)}")
+    train.add_argument("--backend", help=f"one of {', '.join(BACKENDS)}")
+    train.add_argument("--spec", metavar="SPEC.json", help="a whole run spec (as the harness writes it)")
+    train.add_argument("--runner", choices=RUNNERS, default=r.runner,
+                       help="backend (default), or a baseline: recipe-loop (the book's PyTorch loop), gensim")
     train.add_argument("--device", default=r.device, help="cpu, cuda or cuda:N")
     train.add_argument("--sparse", action="store_true", help="row-sparse gradients with lazy Adam")
     train.add_argument("--compile", action="store_true", help="torch.compile / XLA where the backend has it")
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=r.lr)
     train.add_argument("--max-steps", type=int, help="stop after this many steps")
     train.add_argument("--out", metavar="RESULT.json", help="write the result record here")
+    train.add_argument("--progress", action="store_true", help="print 'progress DONE TOTAL' after each epoch")
     train.add_argument("--export-vectors", metavar="FILE.txt", help="center vectors in word2vec text format")
     add_data_args(train, epochs=DataSpec().epochs)
     train.set_defaults(run=train_command.run)
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument("--word", required=True)
     near.add_argument("-k", type=int, default=3)
     near.set_defaults(run=train_command.run_neighbours)
+    suite_command.add_commands(commands)
     return parser
 
 

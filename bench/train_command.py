@@ -6,6 +6,7 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -18,8 +19,27 @@ from common.spec import RunSpec
 
 
 def run_spec(args: argparse.Namespace) -> RunSpec:
+    if args.spec:  # the harness passes whole specs as files
+        try:
+            return RunSpec.from_dict(json.loads(Path(args.spec).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise BenchError(f"cannot read run spec {args.spec}: {exc}") from None
+    if not args.backend:
+        raise BenchError("train needs --backend (or --spec FILE)")
     return RunSpec(backend=args.backend, data=data_spec(args), device=args.device, sparse=args.sparse,
-                   optimizer=args.optimizer, lr=args.lr, max_steps=args.max_steps, compile=args.compile)
+                   optimizer=args.optimizer, lr=args.lr, max_steps=args.max_steps, compile=args.compile,
+                   runner=args.runner)
+
+
+def runner(spec: RunSpec) -> Callable[..., dict]:
+    """The training function of a run; baselines are imported only when asked for."""
+    if spec.runner == "recipe-loop":
+        from bench import recipe_loop
+        return recipe_loop.train
+    if spec.runner == "gensim":
+        from bench import gensim_baseline
+        return gensim_baseline.train
+    return worker.train
 
 
 def write_result(path: Path, result: dict) -> None:
@@ -31,13 +51,19 @@ def failed_result(spec: RunSpec, error: str, trace: str | None = None) -> dict:
             "spec": spec.to_dict(), "losses": [], "epoch_losses": [], "epoch_seconds": []}
 
 
+def print_progress(done: int, total: int) -> None:
+    """The line the harness reads to move a run's progress bar."""
+    print(f"progress {done} {total}", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     spec = run_spec(args)
     out = Path(args.out) if args.out else None
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported as a status instead
-                result = worker.train(spec, args.data_dir, not args.no_download, args.corpus,
-                                  Path(args.export_vectors) if args.export_vectors else None)
+                result = runner(spec)(spec, args.data_dir, not args.no_download, args.corpus,
+                                  Path(args.export_vectors) if args.export_vectors else None,
+                                  progress=print_progress if args.progress else None)
     except BenchError:
         raise
     except Exception as exc:  # a crashing backend is a result, not a traceback on the user's screen
@@ -48,10 +74,13 @@ def run(args: argparse.Namespace) -> int:
     if out:
         write_result(out, result)
     if result["status"] != "ok":
-        print(f"error: {spec.backend} {result['status']}: {result['error']}", file=sys.stderr)
+        print(f"error: {spec.label} {result['status']}: {result['error']}", file=sys.stderr)
         return 1
-    print(f"loss {result['final_loss']:.3f} (last epoch), {result['examples_per_sec']:.1f} examples/sec "
-          f"on {result['env']['device_name']} [{spec.backend} {spec.variant} {spec.optimizer}]")
+    loss = f"loss {result['final_loss']:.3f} (last epoch), " if result["final_loss"] is not None else ""
+    rate = result["examples_per_sec"]
+    print(f"{loss}{rate:.1f} examples/sec" if rate else f"{loss}too few steps for a rate", end="")
+    optimizer = f", {spec.optimizer} lr {spec.lr}" if spec.runner != "gensim" else ""
+    print(f" on {result['env']['device_name']} [{spec.label}{optimizer}]")
     for word, near in result["neighbours"].items():
         print(f"{word}: " + ", ".join(f"{w} ({c:.3f})" for w, c in near))
     for name, score in result["evaluation"].items():

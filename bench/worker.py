@@ -1,20 +1,22 @@
 """One training run in this interpreter: the contract between a backend and the harness.
 
 Timing: each epoch's batches are built (data time) and handed to the backend's `prepare`
-(transfer time) before the training clock starts, so examples/s counts training alone. The
-first step is timed on its own, since it includes compilation and allocator warm-up; the
-steady-state rate excludes it. The backend syncs once per `train` call, when it returns
-its losses, so every clock reading follows finished device work.
+(transfer time) before the training clock starts, so examples/s counts training alone.
+Training runs in segments of SEGMENT steps; the backend syncs once per segment, when it
+returns that segment's losses, so every clock reading follows finished device work, and
+the segments give the spread of the rate. The first step is timed on its own (it includes
+compilation and allocator warm-up) and left out of the steady-state rate.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from backends import registry
+from backends.base import Backend
 from common.batches import StreamHash, load_dataset
 from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
@@ -22,12 +24,76 @@ from common.machine import machine_info
 from common.spec import RunSpec
 
 SCHEMA = 1
+SEGMENT = 100
 Progress = Callable[[int, int], None]  # (steps done, steps total)
 
 
-def _epoch_loss(losses: np.ndarray, sizes: np.ndarray) -> float:
-    """Example-weighted mean, as the recipe's Accumulator(loss sum, count) computes it."""
-    return float((losses * sizes).sum() / sizes.sum())
+class Timeline:
+    """Losses, batch sizes and timed segments of a run, as they accumulate."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.sizes: list[int] = []
+        self.segments: list[tuple[int, float]] = []  # (examples, seconds), steady state only
+        self.first_step_seconds: float | None = None
+
+    def run_epoch(self, backend: Backend, prepared: list[Any], sizes: list[int]) -> np.ndarray:
+        clock = time.perf_counter
+        start, losses = 0, []
+        if self.first_step_seconds is None:
+            t = clock()
+            losses.append(backend.train(prepared[:1]))
+            self.first_step_seconds, start = clock() - t, 1
+        for s in range(start, len(prepared), SEGMENT):
+            t = clock()
+            losses.append(backend.train(prepared[s:s + SEGMENT]))
+            self.segments.append((sum(sizes[s:s + SEGMENT]), clock() - t))
+        return np.concatenate(losses) if losses else np.zeros(0)
+
+    def rates(self) -> dict:
+        examples = sum(e for e, _ in self.segments)
+        seconds = sum(s for _, s in self.segments)
+        per_segment = [e / s for e, s in self.segments if s > 0]
+        return {
+            "examples_per_sec": examples / seconds if seconds > 0 else None,
+            "segment_rates": per_segment,
+            "rate_median": float(np.median(per_segment)) if per_segment else None,
+            "rate_iqr": [float(q) for q in np.percentile(per_segment, [25, 75])] if per_segment else None,
+        }
+
+
+def record(spec: RunSpec, status: str, error: str | None, env: dict, data_hash: str | None, timeline: Timeline,
+           epoch_losses: list[float], epoch_seconds: list[float], timings: dict) -> dict:
+    """The result file's content (see ../shared/DESIGN.md, "A result file")."""
+    return {
+        "schema": SCHEMA,
+        "status": status,
+        "error": error,
+        "spec": spec.to_dict(),
+        "env": {**machine_info(), "device": spec.device, **env},
+        "data_hash": data_hash,
+        "steps": len(timeline.losses),
+        "examples": int(sum(timeline.sizes)),
+        "losses": timeline.losses,
+        "epoch_losses": epoch_losses,
+        "epoch_seconds": epoch_seconds,
+        "timings": timings,
+        **timeline.rates(),
+        "final_loss": epoch_losses[-1] if epoch_losses else None,
+        "neighbours": {},
+        "evaluation": {},
+    }
+
+
+def finish(result: dict, tokens: list[str], center: np.ndarray, export_vectors: Path | None) -> None:
+    """Neighbours and word-pair scores of a finished run; the vectors, if asked for."""
+    result["vocab_size"] = len(tokens)
+    if result["status"] == "ok":
+        known = set(tokens)
+        result["neighbours"] = {w: neighbours(center, tokens, w, 3) for w in PROBE_WORDS if w in known}
+        result["evaluation"] = evaluate(center, tokens)
+    if export_vectors is not None:
+        write_word2vec(export_vectors, tokens, center)
 
 
 def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, corpus: str | None = None,
@@ -37,16 +103,14 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     clock = time.perf_counter
     t0 = clock()
     dataset = load_dataset(spec.data, data_dir, download, corpus)
-    init = initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed)
-    backend = backend_cls(spec, *init)
-    timings = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0,
-               "first_step_seconds": None}
-    per_epoch = dataset.batches_per_epoch()
-    total_steps = min(spec.max_steps or per_epoch * spec.data.epochs, per_epoch * spec.data.epochs)
-    digest, losses, sizes, epoch_seconds, epoch_losses = StreamHash(), [], [], [], []
+    backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
+    timings = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0, "train_seconds": 0.0}
+    total_steps = dataset.batches_per_epoch() * spec.data.epochs
+    total_steps = min(spec.max_steps or total_steps, total_steps)
+    digest, timeline, epoch_losses, epoch_seconds = StreamHash(), Timeline(), [], []
     status, error = "ok", None
     for epoch in range(spec.data.epochs):
-        remaining = total_steps - len(losses)
+        remaining = total_steps - len(timeline.losses)
         if remaining <= 0:
             break
         t = clock()
@@ -59,59 +123,23 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
         backend.sync()
         timings["prepare_seconds"] += clock() - t
         t = clock()
-        if timings["first_step_seconds"] is None:
-            head = backend.train(prepared[:1])
-            timings["first_step_seconds"] = clock() - t
-            epoch_steps = np.concatenate([head, backend.train(prepared[1:])])
-        else:
-            epoch_steps = backend.train(prepared)
+        sizes = [b.center.size for b in batches]
+        losses = timeline.run_epoch(backend, prepared, sizes)
         epoch_seconds.append(clock() - t)
-        epoch_sizes = np.array([b.center.size for b in batches], dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(epoch_steps))
+        bad = np.flatnonzero(~np.isfinite(losses))
+        keep = bad[0] + 1 if bad.size else losses.size
+        timeline.losses.extend(losses[:keep].tolist())
+        timeline.sizes.extend(sizes[:keep])
         if bad.size:
-            keep = bad[0] + 1
-            losses.extend(epoch_steps[:keep].tolist())
-            sizes.extend(epoch_sizes[:keep].tolist())
             status = "diverged"
-            error = f"loss became {epoch_steps[bad[0]]} at step {len(losses)} (epoch {epoch + 1}); lower --lr"
+            error = f"loss became {losses[bad[0]]} at step {len(timeline.losses)} (epoch {epoch + 1}); lower --lr"
             break
-        losses.extend(epoch_steps.tolist())
-        sizes.extend(epoch_sizes.tolist())
-        epoch_losses.append(_epoch_loss(epoch_steps, epoch_sizes))
+        epoch_losses.append(float(np.average(losses, weights=sizes)))  # the recipe's example-weighted mean
         if progress:
-            progress(len(losses), total_steps)
-
-    sizes_arr = np.array(sizes)
-    train_seconds = float(sum(epoch_seconds))
-    steady_examples = float(sizes_arr[1:].sum())
-    steady_seconds = train_seconds - (timings["first_step_seconds"] or 0.0)
-    center, _ = backend.embeddings()
-    tokens = dataset.vocab.tokens
-    result = {
-        "schema": SCHEMA,
-        "status": status,
-        "error": error,
-        "spec": spec.to_dict(),
-        "env": {**machine_info(), "backend": spec.backend, "versions": backend_cls.versions(),
-                "device": spec.device, "device_name": backend.device_name()},
-        "data_hash": digest.hexdigest(),
-        "vocab_size": len(tokens),
-        "steps": len(losses),
-        "examples": int(sizes_arr.sum()),
-        "losses": losses,
-        "epoch_losses": epoch_losses,
-        "epoch_seconds": epoch_seconds,
-        "timings": timings,
-        "train_seconds": train_seconds,
-        "examples_per_sec": steady_examples / steady_seconds if steady_seconds > 0 and steady_examples else None,
-        "final_loss": epoch_losses[-1] if epoch_losses else None,
-        "neighbours": {},
-        "evaluation": {},
-    }
-    if status == "ok":
-        known = [w for w in PROBE_WORDS if w in set(tokens)]
-        result["neighbours"] = {w: neighbours(center, tokens, w, 3) for w in known}
-        result["evaluation"] = evaluate(center, tokens)
-    if export_vectors is not None:
-        write_word2vec(export_vectors, tokens, center)
+            progress(len(timeline.losses), total_steps)
+    timings["train_seconds"] = float(sum(epoch_seconds))
+    timings["first_step_seconds"] = timeline.first_step_seconds
+    env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
+    result = record(spec, status, error, env, digest.hexdigest(), timeline, epoch_losses, epoch_seconds, timings)
+    finish(result, dataset.vocab.tokens, backend.embeddings()[0], export_vectors)
     return result

@@ -60,6 +60,8 @@ class DataSpec:
 
 
 OPTIMIZERS = ("adam", "sgd")
+# How a run trains: a backend through the suite's worker, or one of the two baselines.
+RUNNERS = ("backend", "recipe-loop", "gensim")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class RunSpec:
     eps: float = 1e-8
     max_steps: int | None = None
     compile: bool = False
+    runner: str = "backend"
 
     def __post_init__(self) -> None:
         checks = [
@@ -91,6 +94,9 @@ class RunSpec:
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must lie in [0, 1)"),
             (self.eps > 0, f"eps must be > 0, got {self.eps}"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
+            (self.runner in RUNNERS, f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}"),
+            (self.runner != "recipe-loop" or (self.backend == "torch" and self.device == "cpu"),
+             "the recipe loop is the book's PyTorch CPU code: use --backend torch --device cpu"),
         ]
         for ok, message in checks:
             if not ok:
@@ -99,6 +105,13 @@ class RunSpec:
     @property
     def variant(self) -> str:
         return "sparse" if self.sparse else "dense"
+
+    @property
+    def label(self) -> str:
+        """What the report calls this run: backend (or baseline), variant, device."""
+        if self.runner != "backend":
+            return self.runner
+        return f"{self.backend} {self.variant}{' compiled' if self.compile else ''} {self.device}"
 
     def to_dict(self) -> dict:
         return asdict(self)

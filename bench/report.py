@@ -1,0 +1,273 @@
+"""The HTML report, built from stored results alone (`python -m bench report DIR`).
+
+One self-contained file: tables, and matplotlib figures inlined as SVG; nothing is fetched.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from common.cache import atomic_write_bytes
+from common.errors import BenchError
+from common.spec import RunSpec
+
+METHODOLOGY = """
+<p><b>examples/s</b> counts center words (examples) per second of training in steady state: from the
+second step on, with the epoch's batches already built and on the device (data and transfer time are
+recorded separately in each result). Training runs in segments of 100 steps with one device sync each;
+the table gives the median over segments and the interquartile range. The first step, which includes
+compilation and allocator warm-up, is reported on its own. The <b>recipe loop</b> is timed as the book times
+it: the whole epoch, DataLoader collation included. <b>gensim</b> counts the words it trained on after
+its own subsampling, per second of <code>train()</code>, on every core.</p>
+<p>The book prints <code>metric[1] / timer.stop()</code> as tokens/sec: the examples of <i>all</i> epochs
+divided by the <i>last</i> epoch's time, which overstates the rate by about the number of epochs; and its
+loss is the running mean over all epochs. Here the loss is each epoch's example-weighted mean.</p>
+<p>Rates are comparable only within one run of the suite on one machine: ratios measured side by side mean
+more than absolute figures on a shared machine.</p>
+"""
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}tr.bad td{background:#fdecea}.answer{background:#eef6ee;padding:.8em;
+border-left:4px solid #4a4}code{background:#f5f5f5}svg{max-width:100%;height:auto}"""
+
+
+def load_results(folder: Path) -> tuple[dict, list[dict]]:
+    """Suite metadata and every result; a corrupt file becomes a row marked as such."""
+    if not folder.is_dir():
+        raise BenchError(f"results folder {folder} not found")
+    meta: dict = {}
+    if (folder / "suite.json").exists():
+        try:
+            meta = json.loads((folder / "suite.json").read_text())
+        except ValueError:
+            meta = {"warning": "suite.json is corrupt"}
+    results = []
+    for path in sorted((folder / "runs").glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+            RunSpec.from_dict(result["spec"])
+            result["status"]  # noqa: B018 (a result must say how it ended)
+        except (ValueError, KeyError, TypeError, BenchError) as exc:
+            result = {"status": "corrupt", "error": f"{path.name}: unreadable result ({exc.__class__.__name__})",
+                      "spec": None}
+        result["_name"] = path.stem
+        results.append(result)
+    if not results:
+        raise BenchError(f"no results in {folder / 'runs'}: run `python -m bench suite` first")
+    return meta, results
+
+
+def _label(r: dict) -> str:
+    if r["spec"] is None:
+        return r["_name"]
+    return r["_name"].replace("_", " ")
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    return f"{x:,.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _ok(results: list[dict], runner: str | None = "backend") -> list[dict]:
+    return [r for r in results if r["status"] == "ok" and (runner is None or r["spec"]["runner"] == runner)]
+
+
+def summary_table(results: list[dict]) -> str:
+    recipe = [r for r in _ok(results, "recipe-loop") if r.get("rate_median")]
+    base = recipe[0]["rate_median"] if recipe else None
+    rows = []
+    for r in results:
+        spec, ev = r["spec"] or {}, r.get("evaluation") or {}
+        speed = r.get("rate_median")
+        iqr = r.get("rate_iqr") or [None, None]
+        up = f"{speed / base:.1f}x" if speed and base else "–"
+        cls = "" if r["status"] == "ok" else " class='bad'"
+        rows.append(f"<tr{cls}><td class='l'>{html.escape(_label(r))}</td><td class='l'>{spec.get('runner', '')}</td>"
+                    f"<td class='l'>{html.escape(str((r.get('env') or {}).get('device_name', spec.get('device', ''))))}</td>"
+                    f"<td>{_fmt(r.get('final_loss'))}</td><td>{_fmt(speed, 0)}</td>"
+                    f"<td>{_fmt(iqr[0], 0)} – {_fmt(iqr[1], 0)}</td><td>{up}</td>"
+                    f"<td>{_fmt((ev.get('wordsim353') or {}).get('spearman'))}</td>"
+                    f"<td>{_fmt((ev.get('simlex999') or {}).get('spearman'))}</td>"
+                    f"<td>{_fmt((ev.get('analogy') or {}).get('accuracy'))}</td>"
+                    f"<td class='l'>{r['status']}</td></tr>")
+    head = ("<tr><th class='l'>run</th><th class='l'>runner</th><th class='l'>device</th><th>final loss</th>"
+            "<th>examples/s (median)</th><th>IQR</th><th>vs recipe loop</th><th>WordSim-353</th><th>SimLex-999</th>"
+            "<th>analogies</th><th class='l'>status</th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def loss_figures(results: list[dict]) -> str:
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in _ok(results, None) if r["losses"]]
+    if not runs:
+        return "<p>No finished run recorded losses.</p>"
+    fig, (per_step, per_epoch) = plt.subplots(1, 2, figsize=(12, 4))
+    for r in runs:
+        losses = np.array(r["losses"])
+        window = max(1, min(50, losses.size // 20))
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        per_step.plot(np.arange(smooth.size) + window, smooth, label=_label(r), lw=1)
+        if r["epoch_losses"]:
+            per_epoch.plot(range(1, len(r["epoch_losses"]) + 1), r["epoch_losses"], marker="o", label=_label(r))
+    per_step.set(xlabel="step", ylabel="loss (moving mean)", title="loss per step")
+    per_epoch.set(xlabel="epoch", ylabel="example-weighted mean loss", title="loss per epoch")
+    per_step.legend(fontsize=7)
+    return _svg(fig)
+
+
+def throughput_figure(results: list[dict]) -> str:
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in _ok(results, None) if r.get("rate_median")]
+    if not runs:
+        return "<p>No rates recorded.</p>"
+    medians = [r["rate_median"] for r in runs]
+    low = [m - r["rate_iqr"][0] for m, r in zip(medians, runs)]
+    high = [r["rate_iqr"][1] - m for m, r in zip(medians, runs)]
+    fig, ax = plt.subplots(figsize=(10, 0.4 * len(runs) + 1))
+    ax.barh([_label(r) for r in runs], medians, xerr=[low, high], color="#4a7ab5", capsize=3)
+    ax.set(xlabel="examples/s (median of 100-step segments, bars: IQR)")
+    ax.invert_yaxis()
+    return _svg(fig)
+
+
+def sparse_answer(results: list[dict]) -> str:
+    """The book's exercise 1, answered from this run's numbers."""
+    pairs = {}
+    for r in _ok(results):
+        s = r["spec"]
+        key = (s["backend"], s["device"], json.dumps({k: v for k, v in s.items() if k not in ("sparse",)}, sort_keys=True))
+        pairs.setdefault(key, {})["sparse" if s["sparse"] else "dense"] = r
+    rows, sentences = [], []
+    for (backend, device, _), pair in sorted(pairs.items()):
+        if len(pair) < 2 or not (pair["dense"].get("rate_median") and pair["sparse"].get("rate_median")):
+            continue
+        ratio = pair["sparse"]["rate_median"] / pair["dense"]["rate_median"]
+        ws = [(p.get("evaluation") or {}).get("wordsim353", {}).get("spearman") for p in (pair["dense"], pair["sparse"])]
+        rows.append(f"<tr><td class='l'>{backend}</td><td class='l'>{device}</td><td>{ratio:.2f}x</td>"
+                    f"<td>{_fmt(pair['dense'].get('final_loss'))} / {_fmt(pair['sparse'].get('final_loss'))}</td>"
+                    f"<td>{_fmt(ws[0])} / {_fmt(ws[1])}</td></tr>")
+        verdict = "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "about as fast"
+        sentences.append(f"{backend} on {device}: sparse gradients were {verdict} ({ratio:.2f}x the dense rate)")
+    if not rows:
+        return "<p>No backend finished both a dense and a sparse run on the same settings.</p>"
+    answer = ("<p class='answer'><b>Does sparse_grad accelerate training?</b> In this run: "
+              + "; ".join(sentences) + ". Lazy Adam also changes the math (only the batch's rows move, eps beside "
+              "the uncorrected sqrt(v)), so compare the losses and WordSim scores too.</p>")
+    head = "<tr><th class='l'>backend</th><th class='l'>device</th><th>sparse / dense speed</th><th>final loss dense / sparse</th><th>WordSim dense / sparse</th></tr>"
+    return answer + f"<table>{head}{''.join(rows)}</table>"
+
+
+def agreement(results: list[dict]) -> str:
+    """Max |loss difference| between backends that trained on the same data hash and settings."""
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in _ok(results):
+        s = dict(r["spec"])
+        for k in ("backend", "device", "compile"):
+            s.pop(k)
+        groups.setdefault((r["data_hash"], json.dumps(s, sort_keys=True)), []).append(r)
+    rows, fig, ax = [], None, None
+    for (_, settings), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        variant = "sparse" if json.loads(settings)["sparse"] else "dense"
+        for a, b in combinations(runs, 2):
+            n = min(len(a["losses"]), len(b["losses"]))
+            gap = np.abs(np.array(a["losses"][:n]) - np.array(b["losses"][:n]))
+            rows.append(f"<tr><td class='l'>{_label(a)}</td><td class='l'>{_label(b)}</td><td>{n}</td>"
+                        f"<td>{gap.max():.2e}</td><td>{gap.mean():.2e}</td></tr>")
+        if fig is None:
+            fig, ax = plt.subplots(figsize=(10, 3))
+        n = min(len(r["losses"]) for r in runs)
+        stack = np.array([r["losses"][:n] for r in runs])
+        ax.semilogy(np.arange(1, n + 1), stack.max(axis=0) - stack.min(axis=0) + 1e-12, lw=1,
+                    label=f"{variant}: {', '.join(r['spec']['backend'] + ' ' + r['spec']['device'] for r in runs)}")
+    if not rows:
+        return "<p>No two backends finished the same settings on the same data.</p>"
+    ax.set(xlabel="step", ylabel="max - min loss across backends")
+    ax.legend(fontsize=7)
+    head = "<tr><th class='l'>run</th><th class='l'>run</th><th>steps</th><th>max |Δloss|</th><th>mean |Δloss|</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>" + _svg(fig)
+
+
+def neighbours_table(results: list[dict]) -> str:
+    runs = [r for r in _ok(results, None) if r.get("neighbours")]
+    if not runs:
+        return "<p>No neighbours recorded.</p>"
+    words = sorted({w for r in runs for w in r["neighbours"]}, key=lambda w: (w != "chip", w))
+    head = "<tr><th class='l'>run</th>" + "".join(f"<th class='l'>{html.escape(w)}</th>" for w in words) + "</tr>"
+    rows = ["<tr><td class='l'>" + html.escape(_label(r)) + "</td>" + "".join(
+        "<td class='l'>" + html.escape(", ".join(n for n, _ in r["neighbours"].get(w, []))) + "</td>" for w in words)
+        + "</tr>" for r in runs]
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def failures(results: list[dict]) -> str:
+    bad = [r for r in results if r["status"] != "ok"]
+    if not bad:
+        return "<p>Every run finished.</p>"
+    rows = [f"<tr class='bad'><td class='l'>{html.escape(_label(r))}</td><td class='l'>{r['status']}</td>"
+            f"<td class='l'>{html.escape(str(r.get('error')))}</td></tr>" for r in bad]
+    return "<table><tr><th class='l'>run</th><th class='l'>status</th><th class='l'>reason</th></tr>" + "".join(rows) + "</table>"
+
+
+def metadata(meta: dict, results: list[dict]) -> str:
+    machine = meta.get("machine") or next((r["env"] for r in results if r.get("env")), {})
+    versions: dict[str, str] = {}
+    for r in results:
+        versions.update(((r.get("env") or {}).get("versions")) or {})
+    items = {"date": meta.get("created", "–"), "git commit": meta.get("commit") or "–",
+             "machine": machine.get("hostname", "–"), "CPU": f"{machine.get('cpu', '–')} ({machine.get('cpu_count', '?')} cores)",
+             "GPU": ", ".join(meta.get("machine", {}).get("gpus", [])) or "none found",
+             "python": machine.get("python", "–"),
+             "frameworks": ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–",
+             "command": " ".join(meta.get("argv", [])) or "–"}
+    return "<table>" + "".join(f"<tr><th class='l'>{k}</th><td class='l'>{html.escape(str(v))}</td></tr>"
+                               for k, v in items.items()) + "</table>"
+
+
+def render(folder: Path) -> Path:
+    """Write folder/index.html from folder/suite.json and folder/runs/*.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    meta, results = load_results(folder)
+    ok = len(_ok(results, None))
+    sections = [
+        ("Run", metadata(meta, results)),
+        ("Summary", f"<p>{ok} of {len(results)} runs finished.</p>" + summary_table(results)),
+        ("Loss curves", loss_figures(results)),
+        ("Throughput", throughput_figure(results)),
+        ("Sparse vs dense gradients", sparse_answer(results)),
+        ("Cross-backend agreement", agreement(results)),
+        ("Nearest neighbours (cosine, center vectors)", neighbours_table(results)),
+        ("Failed runs", failures(results)),
+        ("Methodology", METHODOLOGY),
+    ]
+    body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>skip-gram bench report</title>"
+            f"<style>{CSS}</style></head><body><h1>skip-gram bench</h1>{body}</body></html>")
+    out = folder / "index.html"
+    atomic_write_bytes(out, page.encode("utf-8"))
+    return out

@@ -1,0 +1,96 @@
+"""What a suite runs: the default plan (every backend x dense/sparse x device, plus the two
+baselines), `--quick`, or a TOML file of sweeps over any setting (the book's exercises 3, 4)."""
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from backends.registry import BACKENDS, tox_env
+from common.errors import BenchError
+from common.spec import DataSpec, RunSpec
+
+FRAMEWORKS = ("torch", "mxnet", "tensorflow")
+QUICK = {"epochs": 1, "max_steps": 150}
+_RUN_FIELDS = {f.name for f in fields(RunSpec)} - {"data"}
+_DATA_FIELDS = {f.name for f in fields(DataSpec)}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str
+    spec: RunSpec
+
+    @property
+    def env(self) -> str | None:
+        """The tox env whose interpreter runs it; None: the harness's own (gensim lives there)."""
+        if self.spec.runner == "gensim":
+            return None
+        return tox_env(self.spec.backend)
+
+
+def make_spec(settings: dict, where: str) -> RunSpec:
+    """A RunSpec from flat settings (run and data fields mixed), with errors naming `where`."""
+    unknown = set(settings) - _RUN_FIELDS - _DATA_FIELDS
+    if unknown:
+        raise BenchError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(_RUN_FIELDS | _DATA_FIELDS))}")
+    data = DataSpec(**{k: v for k, v in settings.items() if k in _DATA_FIELDS})
+    run = {k: v for k, v in settings.items() if k in _RUN_FIELDS}
+    try:
+        return RunSpec(data=data, **run)
+    except TypeError as exc:
+        raise BenchError(f"{where}: {exc}") from None
+
+
+def run_name(spec: RunSpec) -> str:
+    """A file-safe name: the label, then every setting that differs from the recipe's."""
+    default_run, default_data = RunSpec(backend=spec.backend), DataSpec()
+    extras = [f"{k}-{getattr(spec, k)}" for k in sorted(_RUN_FIELDS - {"backend", "device", "sparse", "runner",
+                                                                     "compile", "max_steps"})
+              if getattr(spec, k) != getattr(default_run, k)]
+    extras += [f"{k}-{getattr(spec.data, k)}" for k in sorted(_DATA_FIELDS - {"epochs"})
+               if getattr(spec.data, k) != getattr(default_data, k)]
+    return "_".join([spec.label.replace(" ", "-").replace(":", "")] + extras)
+
+
+def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:
+    specs = [make_spec({**base, "backend": b, "sparse": s, "device": d}, "default suite")
+             for d in devices for b in backends for s in (False, True)]
+    if baselines:
+        specs.append(make_spec({**base, "backend": "torch", "runner": "recipe-loop"}, "default suite"))
+        specs.append(make_spec({**base, "backend": "torch", "runner": "gensim",
+                                "max_steps": None}, "default suite"))
+    return [PlannedRun(run_name(s), s) for s in specs]
+
+
+def load_suite_file(path: Path, base: dict) -> list[PlannedRun]:
+    """[base] holds settings for every run; each [[runs]] table is a sweep whose lists are crossed."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchError(f"suite file {path} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BenchError(f"suite file {path} is not valid TOML ({exc})") from None
+    unknown = set(doc) - {"base", "runs"}
+    if unknown or not isinstance(doc.get("runs"), list) or not doc["runs"]:
+        raise BenchError(f"suite file {path}: expected an optional [base] table and one or more [[runs]] tables"
+                         + (f", found {', '.join(sorted(unknown))}" if unknown else ""))
+    common = {**base, **doc.get("base", {})}
+    plan: dict[str, PlannedRun] = {}
+    for i, sweep in enumerate(doc["runs"], start=1):
+        axes = {k: v if isinstance(v, list) else [v] for k, v in sweep.items()}
+        if "backend" not in axes:
+            raise BenchError(f"suite file {path}: [[runs]] #{i} names no backend")
+        for values in itertools.product(*axes.values()):
+            spec = make_spec({**common, **dict(zip(axes, values))}, f"suite file {path}, [[runs]] #{i}")
+            if spec.runner == "backend" and spec.backend not in BACKENDS:
+                raise BenchError(f"suite file {path}, [[runs]] #{i}: unknown backend {spec.backend!r}; "
+                                 f"available: {', '.join(BACKENDS)}")
+            plan.setdefault(run_name(spec), PlannedRun(run_name(spec), spec))
+    return list(plan.values())
+
+
+def with_settings(plan: list[PlannedRun], **changes) -> list[PlannedRun]:
+    return [PlannedRun(p.name, replace(p.spec, **changes)) for p in plan]
