@@ -74,7 +74,7 @@ class Harness:
             _write_json(self.result_path(run), result)
             suite_bar.update(1)
             rate = result.get("examples_per_sec")
-            note = f"{rate:,.0f} examples/s" if rate else (result.get("error") or "")
+            note = f"{rate:,.0f} examples/s" if result["status"] == "ok" and rate else result.get("error") or ""
             print(f"[{i}/{len(todo)}] {run.spec.label}: {result['status']}, {note} "
                   f"({result['wall_seconds']:.0f} s)", file=sys.stderr if suite_bar.disable else sys.stdout)
         suite_bar.close()

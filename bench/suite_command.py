@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("reports") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     harness = Harness(out, ptb, args.timeout)
     if not args.resume:
-        harness.write_plan(plan, sys.argv)
+        harness.write_plan(plan, ["python", "-m", "bench", *sys.argv[1:]])
     print(f"suite: {len(plan)} runs -> {out} (interrupted? resume with: tox -e bench -- --resume {out})")
     harness.run_all(plan)
     print(f"report: {report.render(out).resolve()}")

@@ -1,0 +1,100 @@
+"""The harness: runs survive crashes, hangs and divergence; an interrupted suite resumes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.harness import Harness
+from bench.suite import PlannedRun, load_suite_file, make_spec, run_name
+from common.errors import BenchError
+from tests.conftest import ROOT, run_bench
+from tests.data.test_bad_input import assert_one_line_error
+
+pytestmark = pytest.mark.envs  # numpy runs go through the tests env's interpreter
+
+
+def numpy_run(**settings) -> PlannedRun:
+    spec = make_spec({"backend": "numpy", "epochs": 1, "max_steps": 3, **settings}, "test")
+    return PlannedRun(run_name(spec), spec)
+
+
+def test_crash_hang_and_divergence_are_results_and_the_suite_goes_on(tmp_path, ptb_dir):
+    plan = [numpy_run(device="cuda"),                                  # exits 2 before writing a result
+            numpy_run(optimizer="sgd", lr=1e300, max_steps=5),          # diverges
+            numpy_run(seed=1)]                                          # fine
+    harness = Harness(tmp_path, ptb_dir, timeout=120)
+    harness.write_plan(plan, ["test"])
+    results = {r["spec"]["device"] + r["spec"]["optimizer"] + str(r["spec"]["data"]["seed"]): r
+               for r in harness.run_all(plan)}
+    crashed, diverged, fine = results["cudaadam0"], results["cpusgd0"], results["cpuadam1"]
+    assert crashed["status"] == "failed" and "'cuda' is not available" in crashed["error"]
+    assert diverged["status"] == "diverged" and diverged["losses"]
+    assert fine["status"] == "ok" and fine["steps"] == 3
+    hung = Harness(tmp_path / "slow", ptb_dir, timeout=0.5).run_all([numpy_run(max_steps=200)])
+    assert hung[0]["status"] == "timed_out" and "--timeout" in hung[0]["error"]
+
+
+def test_interrupted_suite_resumes_without_redoing_finished_runs(tmp_path, ptb_dir):
+    out = tmp_path / "suite"
+    suite = tmp_path / "s.toml"
+    suite.write_text('[base]\nepochs = 1\nmax_steps = 3\n[[runs]]\nbackend = "numpy"\nseed = [1, 2, 3]\n'
+                     'runner = "backend"\n')
+    args = ["suite", "--suite", str(suite), "--out", str(out), "--data-dir", str(ptb_dir)]
+    env = {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env={**__import__("os").environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((out / "runs").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert 1 <= len(first) < 3
+    resumed = run_bench("suite", "--resume", str(out), "--suite", str(suite), "--data-dir", str(ptb_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {len(first)} of 3 runs already finished" in resumed.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert len(after) == 3 and all(after[name] == mtime for name, mtime in first.items())
+    assert (out / "index.html").exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--backends", "torch,jax"], ["unknown backend jax", "available: torch, mxnet, tensorflow"]),
+    (["--devices", "tpu"], ["unknown device tpu", "available: cpu, cuda"]),
+    (["--suite", "nope.toml"], ["suite file nope.toml not found"]),
+    (["--resume", "/nonexistent"], ["holds no suite to resume"]),
+])
+def test_bad_suite_arguments(args, fragments, ptb_dir):
+    assert_one_line_error(run_bench("suite", *args, "--data-dir", str(ptb_dir)), *fragments)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[[runs]\nbackend='torch'", "not valid TOML"),
+    ("[base]\nepochs = 1\n", "one or more [[runs]]"),
+    ("[[runs]]\nbackend = 'torch'\nlearning_rate = 0.1\n", "unknown setting(s) learning_rate"),
+    ("[[runs]]\nlr = 0.1\n", "names no backend"),
+    ("[[runs]]\nbackend = 'jax'\n", "unknown backend 'jax'"),
+    ("[[runs]]\nbackend = 'torch'\nlr = [-1.0]\n", "learning rate must be > 0"),
+])
+def test_malformed_suite_file(tmp_path, text, fragment):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(BenchError) as caught:
+        load_suite_file(path, {})
+    assert fragment in str(caught.value)
+    assert_one_line_error(run_bench("suite", "--suite", str(path)), fragment)
+
+
+def test_sweeps_cross_their_lists(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("[base]\nepochs = 2\n[[runs]]\nbackend = 'torch'\nsparse = [false, true]\n"
+                    "lr = [0.001, 0.01]\nsampling = ['static', 'dynamic']\n")
+    plan = load_suite_file(path, {"max_steps": 50})
+    assert len(plan) == 8 and len({p.name for p in plan}) == 8
+    assert all(p.spec.data.epochs == 2 and p.spec.max_steps == 50 for p in plan)
+    assert "torch-sparse-cpu_lr-0.01_sampling-dynamic" in {p.name for p in plan}
+    assert json.dumps([p.spec.to_dict() for p in plan])  # serialisable for suite.json

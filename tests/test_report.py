@@ -1,0 +1,89 @@
+"""The HTML report, rendered from real stored results (numpy and torch runs, the baselines,
+a diverged run and a corrupt file), read as text and opened in headless Chromium."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from bench import report
+from bench.harness import Harness
+from bench.suite import PlannedRun, make_spec, run_name
+from common.errors import BenchError
+from tests.conftest import run_bench
+from tests.data.test_bad_input import assert_one_line_error
+
+pytestmark = pytest.mark.envs
+
+
+@pytest.fixture(scope="module")
+def suite_dir(tmp_path_factory, ptb_dir):
+    out = tmp_path_factory.mktemp("suite")
+    settings = [{"backend": b, "sparse": s} for b in ("numpy", "torch") for s in (False, True)]
+    settings += [{"backend": "torch", "runner": "recipe-loop"}, {"backend": "torch", "runner": "gensim"},
+                 {"backend": "numpy", "optimizer": "sgd", "lr": 1e300}]
+    plan = []
+    for extra in settings:
+        spec = make_spec({"epochs": 1, "max_steps": 120, **extra}, "fixture")
+        plan.append(PlannedRun(run_name(spec), spec))
+    harness = Harness(out, ptb_dir, timeout=600)
+    harness.write_plan(plan, ["python", "-m", "bench", "suite", "(test fixture)"])
+    harness.run_all(plan)
+    (out / "runs" / "broken.json").write_text('{"status": "ok", "spec": ')
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(suite_dir) -> str:
+    return report.render(suite_dir).read_text()
+
+
+def test_report_sections_and_numbers(page, suite_dir):
+    for heading in ("Summary", "Loss curves", "Throughput", "Sparse vs dense gradients", "Cross-backend agreement",
+                    "Nearest neighbours", "Failed runs", "Methodology"):
+        assert f"<h2>{heading}" in page
+    assert "6 of 8 runs finished" in page  # the diverged run and the corrupt file are not
+    assert page.count("<svg") >= 3
+    assert "Does sparse_grad accelerate training?" in page and "torch on cpu: sparse gradients were" in page
+    assert re.search(r"numpy-dense-cpu</td><td class='l'>torch-dense-cpu</td><td>120</td><td>\d\.\d\de-0[5-9]", page)
+    assert "broken.json: unreadable result" in page and "diverged" in page and "lower --lr" in page
+    assert "x</td>" in page  # speed-up over the recipe loop
+    assert "2.13.0" in page and "(test fixture)" in page
+
+
+def test_report_is_self_contained(page):
+    fetched = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", page)
+    assert all(not url.startswith(("http:", "https:", "//")) for url in fetched), fetched
+    assert "<script" not in page
+
+
+def test_report_command_rebuilds_from_stored_results(suite_dir):
+    (suite_dir / "index.html").unlink()
+    result = run_bench("report", str(suite_dir))
+    assert result.returncode == 0 and (suite_dir / "index.html").exists()
+
+
+def test_report_of_nothing_is_a_clear_error(tmp_path):
+    (tmp_path / "runs").mkdir()
+    assert_one_line_error(run_bench("report", str(tmp_path)), "no results in")
+    assert_one_line_error(run_bench("report", str(tmp_path / "missing")), "not found")
+    with pytest.raises(BenchError):
+        report.render(tmp_path)
+
+
+def test_report_opens_in_headless_chromium(suite_dir, page, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (CI installs Debian's chromium)")
+    shot = tmp_path / "report.png"
+    run = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+                          f"--screenshot={shot}", "--window-size=1200,3000", (suite_dir / "index.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert shot.exists() and shot.stat().st_size > 20_000
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
