@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cli import data_spec
-from common.batches import StreamHash, load_dataset
+from common.batches import Dataset, StreamHash, load_dataset
 from common.cache import atomic_write_bytes
 from common.init import initial_weights
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def dump(dataset, path: Path) -> None:
+def dump(dataset: Dataset, path: Path) -> None:
     """The first epoch exactly as backends receive it, concatenated, plus vocab and init weights."""
     batches = list(dataset.epoch(0))
     arrays = {name: np.concatenate([getattr(b, name) for b in batches]) for name in batches[0]._fields}

@@ -58,9 +58,67 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
                       "spec": None}
         result["_name"] = path.stem
         results.append(result)
-    if not results:
+    if not results and not list((folder / "microbench").glob("*.json")):
         raise BenchError(f"no results in {folder / 'runs'}: run `python -m bench suite` first")
     return meta, results
+
+
+def load_microbench(folder: Path) -> list[dict]:
+    """pytest-benchmark entries of every env's JSON file in folder/microbench (corrupt files skipped loudly)."""
+    entries = []
+    for path in sorted((folder / "microbench").glob("*.json")):
+        try:
+            entries += json.loads(path.read_text())["benchmarks"]
+        except (ValueError, KeyError) as exc:
+            entries.append({"corrupt": f"{path.name}: unreadable ({exc.__class__.__name__})"})
+    return entries
+
+
+def microbench_section(entries: list[dict]) -> str:
+    """Staged step times (backward and optimiser by difference), step cost against V, data."""
+    import matplotlib.pyplot as plt
+
+    if not entries:
+        return "<p>No micro-benchmarks in this folder (run <code>tox -e microbench -- --out DIR</code>).</p>"
+    parts = [f"<p class='bad'>{html.escape(e['corrupt'])}</p>" for e in entries if "corrupt" in e]
+    entries = [e for e in entries if "corrupt" not in e]
+    staged: dict[tuple, dict] = {}
+    for e in entries:
+        info = e.get("extra_info", {})
+        if "stage" in info and "backend" in info:
+            staged.setdefault((info["backend"], info["variant"]), {})[info["stage"]] = e["stats"]["median"]
+    if staged:
+        rows = []
+        for (backend, variant), t in sorted(staged.items()):
+            fwd, fb, step = t.get("forward"), t.get("forward_backward"), t.get("step")
+            ms = lambda x: f"{x * 1e3:.2f}" if x is not None else "–"  # noqa: E731
+            rows.append(f"<tr><td class='l'>{backend}</td><td class='l'>{variant}</td><td>{ms(fwd)}</td>"
+                        f"<td>{ms(fb - fwd if fb and fwd else None)}</td><td>{ms(step - fb if step and fb else None)}</td>"
+                        f"<td>{ms(step)}</td><td>{_fmt(512 / step if step else None, 0)}</td></tr>")
+        parts.append("<table><tr><th class='l'>backend</th><th class='l'>variant</th><th>forward ms</th>"
+                     "<th>backward ms</th><th>optimiser ms</th><th>step ms</th><th>examples/s</th></tr>"
+                     + "".join(rows) + "</table><p>Medians of 30 timed steps on real PTB batches of 512; backward = "
+                     "(forward+backward) - forward, optimiser = step - (forward+backward).</p>")
+    scaling = [e for e in entries if "vocab" in e.get("extra_info", {})]
+    if scaling:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        curves: dict[str, list] = {}
+        for e in scaling:
+            info = e["extra_info"]
+            curves.setdefault(f"{info['backend']} {info['variant']}", []).append((info["vocab"], e["stats"]["median"]))
+        for name, points in sorted(curves.items()):
+            points.sort()
+            ax.loglog([p[0] for p in points], [p[1] * 1e3 for p in points], marker="o", label=name)
+        ax.set(xlabel="vocabulary size V", ylabel="step time (ms, median)", title="step cost against vocabulary")
+        ax.legend(fontsize=7)
+        parts.append(_svg(fig))
+    data = [e for e in entries if e.get("group") == "data"]
+    if data:
+        parts.append("<table><tr><th class='l'>data benchmark</th><th>median s</th><th>examples/s</th></tr>" + "".join(
+            f"<tr><td class='l'>{html.escape(e['name'])}</td><td>{e['stats']['median']:.4f}</td>"
+            f"<td>{_fmt(e['extra_info'].get('examples', 0) / e['stats']['median'], 0)}</td></tr>" for e in data)
+            + "</table>")
+    return "".join(parts)
 
 
 def _label(r: dict) -> str:
@@ -253,6 +311,9 @@ def render(folder: Path) -> Path:
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"
     meta, results = load_results(folder)
+    if not results:  # a micro-benchmark folder
+        sections = [("Run", metadata(meta, results)), ("Micro-benchmarks", microbench_section(load_microbench(folder)))]
+        return _write(folder, sections)
     ok = len(_ok(results, None))
     sections = [
         ("Run", metadata(meta, results)),
@@ -263,8 +324,13 @@ def render(folder: Path) -> Path:
         ("Cross-backend agreement", agreement(results)),
         ("Nearest neighbours (cosine, center vectors)", neighbours_table(results)),
         ("Failed runs", failures(results)),
+        ("Micro-benchmarks", microbench_section(load_microbench(folder))),
         ("Methodology", METHODOLOGY),
     ]
+    return _write(folder, sections)
+
+
+def _write(folder: Path, sections: list[tuple[str, str]]) -> Path:
     body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>skip-gram bench report</title>"
             f"<style>{CSS}</style></head><body><h1>skip-gram bench</h1>{body}</body></html>")

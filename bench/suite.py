@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from backends.registry import BACKENDS, tox_env
@@ -91,6 +91,3 @@ def load_suite_file(path: Path, base: dict) -> list[PlannedRun]:
             plan.setdefault(run_name(spec), PlannedRun(run_name(spec), spec))
     return list(plan.values())
 
-
-def with_settings(plan: list[PlannedRun], **changes) -> list[PlannedRun]:
-    return [PlannedRun(p.name, replace(p.spec, **changes)) for p in plan]

@@ -1,0 +1,46 @@
+"""`python -m bench microbench` (what `tox -e microbench` runs): pytest-benchmark in every
+backend's env, one JSON file per env, then the HTML summary (report.render)."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from backends.registry import BACKENDS, tox_env
+from bench import envs, report
+from common.errors import BenchError
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise BenchError(f"unknown backend {', '.join(unknown) or repr(args.backends)}; available: {', '.join(BACKENDS)}")
+    out = Path(args.out) if args.out else Path("reports") / f"microbench-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    folder = out / "microbench"
+    folder.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for name in names:
+        python = envs.python_for(tox_env(name))
+        target = folder / f"{name}.json"
+        cmd = [str(python), "-m", "pytest", "tests/microbench", "-m", "microbench", "-q", "-p", "no:cacheprovider",
+               "--benchmark-enable", f"--benchmark-json={target}", *(["-k", args.k] if args.k else [])]
+        env = {**os.environ, "SKIPGRAM_BACKEND": name, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        print(f"microbench: {name} ({python})", file=sys.stderr)
+        if subprocess.run(cmd, cwd=envs.ROOT, env=env).returncode not in (0, 5):
+            failed.append(name)
+    print(f"report: {report.render(out).resolve()}")
+    if failed:
+        raise BenchError(f"micro-benchmarks failed for {', '.join(failed)}; see the output above")
+    return 0
+
+
+def add_command(commands) -> None:
+    parser = commands.add_parser("microbench", help="pytest-benchmark step and data benchmarks in every env")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
+    parser.add_argument("--out", help="folder (default reports/microbench-<UTC time>)")
+    parser.add_argument("-k", help="pytest -k expression to select benchmarks")
+    parser.set_defaults(run=run)
