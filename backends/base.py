@@ -63,6 +63,20 @@ class Backend(ABC):
     def train(self, prepared: Any) -> np.ndarray:
         """One step per batch; returns the per-step losses (float64) after one final sync."""
 
+    # Stages, for the micro-benchmarks (TorchBench's split): each takes one prepared batch and
+    # returns only after the device has finished, so a clock around it measures that work.
+    @abstractmethod
+    def forward(self, prepared_batch: Any) -> None:
+        """The loss alone, no gradients kept."""
+
+    @abstractmethod
+    def forward_backward(self, prepared_batch: Any) -> None:
+        """Loss and gradients, no update."""
+
+    def step(self, prepared_batch: Any) -> None:
+        """Loss, gradients and the optimiser update: one training step."""
+        self.train([prepared_batch])
+
     @abstractmethod
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
         """Loss and dense gradients of both tables at the current weights, without a step."""

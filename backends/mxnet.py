@@ -48,7 +48,7 @@ class MXNetBackend(Backend):
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.states = [(mx.nd.zeros(init_center.shape, ctx=self.ctx), mx.nd.zeros(init_center.shape, ctx=self.ctx))
                        for _ in self.params]
-        self.step = 0
+        self.steps_done = 0
 
     @classmethod
     def capabilities(cls) -> Capabilities:
@@ -72,14 +72,14 @@ class MXNetBackend(Backend):
                  move(b.label, "float32")) for b in batches]
 
     def _update(self) -> None:
-        self.step += 1
+        self.steps_done += 1
         s, lazy = self.spec, self.spec.sparse
         for param, (mean, var) in zip(self.params, self.states):
             weight, grad = param.data(self.ctx), param.grad(self.ctx)
             if s.optimizer == "sgd":
                 mx.nd.sgd_update(weight, grad, lr=s.lr, wd=0.0, lazy_update=lazy, out=weight)
                 continue
-            lr_t, eps_t = adam_scalars(s, self.step, lazy)
+            lr_t, eps_t = adam_scalars(s, self.steps_done, lazy)
             mx.nd.adam_update(weight, grad, mean, var, lr=lr_t, beta1=s.beta1, beta2=s.beta2, epsilon=eps_t,
                               wd=0.0, lazy_update=lazy, out=weight)
 
@@ -95,6 +95,13 @@ class MXNetBackend(Backend):
             losses.append(self._forward_backward(batch))
             self._update()
         return mx.nd.concat(*losses, dim=0).asnumpy().astype(np.float64) if losses else np.zeros(0)
+
+    def forward(self, prepared_batch: Arrays) -> None:
+        self.net(*prepared_batch).wait_to_read()
+
+    def forward_backward(self, prepared_batch: Arrays) -> None:
+        self._forward_backward(prepared_batch)
+        mx.nd.waitall()
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
         loss = self._forward_backward(self.prepare([batch])[0])

@@ -81,6 +81,15 @@ class TorchBackend(Backend):
             losses.append(loss.detach())
         return torch.stack(losses).cpu().numpy().astype(np.float64) if losses else np.zeros(0)
 
+    def forward(self, prepared_batch: Tensors) -> None:
+        with torch.no_grad():
+            self._loss(prepared_batch).item()
+
+    def forward_backward(self, prepared_batch: Tensors) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._loss(prepared_batch).backward()
+        self.sync()
+
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(self.prepare([batch])[0])

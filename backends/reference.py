@@ -106,6 +106,12 @@ class NumpyBackend(Backend):
             losses.append(loss)
         return np.array(losses, dtype=np.float64)
 
+    def forward(self, prepared_batch: Batch) -> None:
+        loss_and_grads(self.center_w, self.context_w, prepared_batch)
+
+    def forward_backward(self, prepared_batch: Batch) -> None:
+        loss_and_grads(self.center_w, self.context_w, prepared_batch)
+
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
         return loss_and_grads(self.center_w, self.context_w, batch)
 

@@ -43,11 +43,12 @@ class TensorFlowBackend(Backend):
         with tf.device(self.device):
             self.tables = [tf.Variable(init_center), tf.Variable(init_context)]
             self.slots = [(tf.Variable(tf.zeros_like(t)), tf.Variable(tf.zeros_like(t))) for t in self.tables]
-            self.step = tf.Variable(0, dtype=tf.int64)
+            self.steps_done = tf.Variable(0, dtype=tf.int64)
         signature = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.int32),
                      tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32)]
         self._step_fn = tf.function(self._train_step, input_signature=signature, jit_compile=spec.compile or None)
         self._grads_fn = tf.function(self._loss_and_grads, input_signature=signature)
+        self._loss_fn = tf.function(lambda *batch: skipgram_loss(*self.tables, *batch), input_signature=signature)
 
     @classmethod
     def capabilities(cls) -> Capabilities:
@@ -97,8 +98,8 @@ class TensorFlowBackend(Backend):
 
     def _train_step(self, center, cn, mask, label):
         loss, grads = self._loss_and_grads(center, cn, mask, label)
-        self.step.assign_add(1)
-        t = tf.cast(self.step, tf.float32)
+        self.steps_done.assign_add(1)
+        t = tf.cast(self.steps_done, tf.float32)
         for table, slots, grad in zip(self.tables, self.slots, grads):
             self._apply(table, slots, grad, t)
         return loss
@@ -107,6 +108,17 @@ class TensorFlowBackend(Backend):
         with tf.device(self.device):
             losses = [self._step_fn(*batch) for batch in prepared]
         return tf.stack(losses).numpy().astype(np.float64) if losses else np.zeros(0)
+
+    def forward(self, prepared_batch: Tensors) -> None:
+        with tf.device(self.device):
+            self._loss_fn(*prepared_batch).numpy()
+
+    def forward_backward(self, prepared_batch: Tensors) -> None:
+        with tf.device(self.device):
+            loss, grads = self._grads_fn(*prepared_batch)
+            loss.numpy()
+            for g in grads:
+                g.values.numpy() if isinstance(g, tf.IndexedSlices) else g.numpy()
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
         loss, grads = self._grads_fn(*self.prepare([batch])[0])

@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import data_command, suite_command, train_command
+    from bench import data_command, microbench, suite_command, train_command
     from backends.registry import BACKENDS
     from common.spec import OPTIMIZERS, RUNNERS, RunSpec
 
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument("-k", type=int, default=3)
     near.set_defaults(run=train_command.run_neighbours)
     suite_command.add_commands(commands)
+    microbench.add_command(commands)
     return parser
 
 

@@ -9,6 +9,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The backend under test: SKIPGRAM_BACKEND (set by each backend's tox env), numpy by default.
+BACKEND = os.environ.get("SKIPGRAM_BACKEND", "numpy")
+
+
+@pytest.fixture(scope="session")
+def backend_cls():
+    from backends import registry
+
+    return registry.load(BACKEND)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,26 +1,16 @@
-"""The backend under test: SKIPGRAM_BACKEND (set by each backend's tox env), numpy by default."""
+"""Batches, weights and reference pairs for the contract tests."""
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 
-from backends import registry
 from backends.base import Backend
 from backends.reference import NumpyBackend
 from common.batches import Batch, load_dataset
 from common.init import initial_weights
 from common.spec import DataSpec, RunSpec
 from common.zipf import write_zipf_corpus
-
-BACKEND = os.environ.get("SKIPGRAM_BACKEND", "numpy")
-
-
-@pytest.fixture(scope="session")
-def backend_cls() -> type[Backend]:
-    return registry.load(BACKEND)
-
+from tests.conftest import BACKEND  # noqa: F401 (re-exported for the test modules)
 
 @pytest.fixture(scope="session")
 def small_batches(tmp_path_factory) -> tuple[list[Batch], int]:

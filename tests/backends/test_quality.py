@@ -14,7 +14,7 @@ import pytest
 from bench import worker
 from common.evaluate import eval_data_dir
 from common.spec import RunSpec
-from tests.backends.conftest import BACKEND
+from tests.conftest import BACKEND
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the quality bar is checked on torch (the recipe's framework)")

@@ -14,7 +14,7 @@ import pytest
 from common.batches import Batch, load_dataset
 from common.init import initial_weights
 from common.spec import DataSpec, RunSpec
-from tests.backends.conftest import BACKEND
+from tests.conftest import BACKEND
 
 pytestmark = pytest.mark.microbench
 STAGES = ("forward", "forward_backward", "step")
