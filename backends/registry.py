@@ -1,49 +1,51 @@
-"""Backend names -> implementations, imported only when asked for (each lives in its own env)."""
+"""Backend names -> implementations, imported only when asked for (each lives in its own env).
+
+What the harness must know before it can import a framework (which env, whether a sparse
+or compiled variant exists) is declared here; each env's contract tests check that these
+flags match the backend's own `capabilities()`.
+"""
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 from backends.base import Backend
 from common.errors import BenchError
 
+
+class BackendInfo(NamedTuple):
+    module: str
+    cls: str
+    env: str        # the tox env that can import it
+    sparse: bool    # has a sparse-gradient variant
+    compile: bool   # has a compiled variant
+
+
 BACKENDS = {
-    "numpy": ("backends.reference", "NumpyBackend", "tests"),
-    "torch": ("backends.pytorch", "TorchBackend", "torch"),
-    "mxnet": ("backends.mxnet", "MXNetBackend", "mxnet"),
-    "tensorflow": ("backends.tensorflow", "TensorFlowBackend", "tensorflow"),
+    "numpy": BackendInfo("backends.reference", "NumpyBackend", "tests", sparse=True, compile=False),
+    "torch": BackendInfo("backends.pytorch", "TorchBackend", "torch", sparse=True, compile=True),
+    "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False),
+    "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True),
 }
+
+
+def info(name: str) -> BackendInfo:
+    if name not in BACKENDS:
+        raise BenchError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
 
 
 def tox_env(name: str) -> str:
     """The tox env whose interpreter can import backend `name`."""
-    check_name(name)
-    return BACKENDS[name][2]
-
-
-def check_name(name: str) -> None:
-    if name not in BACKENDS:
-        raise BenchError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    return info(name).env
 
 
 def load(name: str) -> type[Backend]:
     """The backend class, or a BenchError saying why its framework cannot be imported here."""
-    check_name(name)
-    module_name, class_name, env = BACKENDS[name]
+    entry = info(name)
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(entry.module)
     except ImportError as exc:
         raise BenchError(f"backend {name!r} cannot be imported in this env ({exc}); "
-                         f"run it in its own env: tox -e {env}, or .tox/{env}/bin/python -m bench") from None
-    return getattr(module, class_name)
-
-
-def availability() -> dict[str, str | None]:
-    """Each backend -> None if importable here, else the reason it is not."""
-    reasons: dict[str, str | None] = {}
-    for name in BACKENDS:
-        try:
-            load(name)
-            reasons[name] = None
-        except BenchError as exc:
-            reasons[name] = str(exc)
-    return reasons
+                         f"run it in its own env: tox -e {entry.env}, or .tox/{entry.env}/bin/python -m bench") from None
+    return getattr(module, entry.cls)

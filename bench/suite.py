@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from backends.registry import BACKENDS, tox_env
+from backends.registry import BACKENDS, info, tox_env
 from common.errors import BenchError
 from common.spec import DataSpec, RunSpec
 
@@ -56,8 +56,12 @@ def run_name(spec: RunSpec) -> str:
 
 
 def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:
-    specs = [make_spec({**base, "backend": b, "sparse": s, "device": d}, "default suite")
-             for d in devices for b in backends for s in (False, True)]
+    """Every backend x {dense, sparse} x device, plus dense compiled where the backend has a
+    compiler (torch.compile, XLA), plus the recipe loop and gensim."""
+    variants = [{"sparse": False}, {"sparse": True}, {"sparse": False, "compile": True}]
+    specs = [make_spec({**base, "backend": b, "device": d, **v}, "default suite")
+             for d in devices for b in backends for v in variants
+             if (info(b).sparse or not v["sparse"]) and (info(b).compile or not v.get("compile"))]
     if baselines:
         specs.append(make_spec({**base, "backend": "torch", "runner": "recipe-loop"}, "default suite"))
         specs.append(make_spec({**base, "backend": "torch", "runner": "gensim",
