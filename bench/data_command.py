@@ -12,6 +12,7 @@ import numpy as np
 from bench.cli import data_spec
 from common.batches import Dataset, StreamHash, load_dataset
 from common.cache import atomic_write_bytes
+from common.rowcache import RowTable
 from common.init import initial_weights
 
 
@@ -28,12 +29,14 @@ def run(args: argparse.Namespace) -> int:
         batches += 1
     sampler = dataset.sampler(0)
     examples = np.arange(sampler.draw.centers.size)
+    source = dataset.rows_source(0)  # the row cache knows every example's context count
+    pairs = source.contexts.sum(dtype=np.int64) if isinstance(source, RowTable) else sampler.context_counts(examples).sum()
     summary = {
         "vocab_size": len(dataset.vocab),
         "corpus_tokens": int(dataset.corpus.word_ids.size),
         "tokens_after_subsampling": int(sampler.draw.tokens.size),
         "examples": int(examples.size),
-        "pairs": int(sampler.context_counts(examples).sum()),
+        "pairs": int(pairs),
         "batches": batches,
         "epochs": spec.epochs,
         "data_hash": digest.hexdigest(),

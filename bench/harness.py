@@ -46,6 +46,14 @@ def gpu_names() -> list[str]:
     return [line.split(":", 1)[1].split("(")[0].strip() for line in out.stdout.splitlines() if line.startswith("GPU")]
 
 
+def write_meta(folder: Path, argv: list[str], plan: list[dict]) -> None:
+    """folder/suite.json: when, which commit, which machine, what command, what was planned."""
+    meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(ROOT),
+            "argv": argv, "machine": {**machine_info(), "gpus": gpu_names()}, "plan": plan}
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "suite.json", meta)
+
+
 class Harness:
     def __init__(self, out_dir: Path, data_dir: Path, timeout: float) -> None:
         self.out_dir, self.data_dir, self.timeout = out_dir, data_dir, timeout
@@ -54,10 +62,7 @@ class Harness:
         (out_dir / "logs").mkdir(exist_ok=True)
 
     def write_plan(self, plan: list[PlannedRun], argv: list[str]) -> None:
-        meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(ROOT),
-                "argv": argv, "machine": {**machine_info(), "gpus": gpu_names()},
-                "plan": [{"name": p.name, "env": p.env, "spec": p.spec.to_dict()} for p in plan]}
-        _write_json(self.out_dir / "suite.json", meta)
+        write_meta(self.out_dir, argv, [{"name": p.name, "env": p.env, "spec": p.spec.to_dict()} for p in plan])
 
     def result_path(self, run: PlannedRun) -> Path:
         return self.runs_dir / f"{run.name}.json"

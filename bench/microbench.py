@@ -11,6 +11,7 @@ from pathlib import Path
 
 from backends.registry import BACKENDS, tox_env
 from bench import envs, report
+from bench.harness import write_meta
 from common.errors import BenchError
 
 
@@ -22,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("reports") / f"microbench-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     folder = out / "microbench"
     folder.mkdir(parents=True, exist_ok=True)
+    if not (out / "suite.json").exists():  # a folder of its own; inside a suite's folder, keep the suite's
+        write_meta(out, ["python", "-m", "bench", *sys.argv[1:]], [])
     failed = []
     for name in names:
         python = envs.python_for(tox_env(name))
@@ -36,11 +39,3 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         raise BenchError(f"micro-benchmarks failed for {', '.join(failed)}; see the output above")
     return 0
-
-
-def add_command(commands) -> None:
-    parser = commands.add_parser("microbench", help="pytest-benchmark step and data benchmarks in every env")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
-    parser.add_argument("--out", help="folder (default reports/microbench-<UTC time>)")
-    parser.add_argument("-k", help="pytest -k expression to select benchmarks")
-    parser.set_defaults(run=run)

@@ -55,23 +55,3 @@ def run(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     print(report.render(Path(args.folder)).resolve())
     return 0
-
-
-def add_commands(commands) -> None:
-    suite = commands.add_parser("suite", help="run backends x variants x devices and write the HTML report")
-    suite.add_argument("--quick", action="store_true", help=f"1 epoch of {QUICK['max_steps']} steps per run")
-    suite.add_argument("--backends", default=",".join(FRAMEWORKS), help="comma-separated (default: all)")
-    suite.add_argument("--devices", help="comma-separated: cpu, cuda, cuda:N (default: cpu, plus cuda if a GPU is seen)")
-    suite.add_argument("--epochs", type=int)
-    suite.add_argument("--max-steps", type=int)
-    suite.add_argument("--no-baselines", action="store_true", help="skip the recipe loop and gensim")
-    suite.add_argument("--suite", metavar="FILE.toml", help="sweeps to run instead of the default plan")
-    suite.add_argument("--timeout", type=float, default=3600, help="seconds before a run is killed")
-    suite.add_argument("--out", help="results folder (default reports/<UTC time>)")
-    suite.add_argument("--resume", metavar="DIR", help="finish an interrupted suite")
-    suite.add_argument("--data-dir")
-    suite.add_argument("--no-download", action="store_true")
-    suite.set_defaults(run=run)
-    rep = commands.add_parser("report", help="rebuild DIR/index.html from DIR's stored results")
-    rep.add_argument("folder")
-    rep.set_defaults(run=run_report)

@@ -84,10 +84,17 @@ class Dataset:
         return self._samplers[index]
 
     def order(self, epoch: int) -> np.ndarray:
-        """The epoch's shuffle of example indices: a sort by per-example random keys."""
+        """The epoch's shuffle of example indices: a sort by per-example random keys.
+
+        The low bits of each key are replaced by the example's index, so keys are distinct and
+        every sort algorithm gives this one order: numpy 2's SIMD quicksort (5x faster than a
+        stable sort here) and numpy 1.23's agree.
+        """
         n = self.sampler(epoch).draw.centers.size
-        keys = rng.random_bits(rng.stream_key(self.spec.seed, _SHUFFLE, epoch), np.arange(n, dtype=np.uint64))
-        return np.argsort(keys, kind="stable")
+        index = np.arange(n, dtype=np.uint64)
+        low = np.uint64(max(1, (n - 1).bit_length()))
+        keys = rng.random_bits(rng.stream_key(self.spec.seed, _SHUFFLE, epoch), index) >> low << low | index
+        return np.argsort(keys)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of one epoch; the last partial batch is kept, as the recipe keeps it."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -58,6 +57,8 @@ def verify_ptb(directory: Path, origin: str) -> Path:
 
 def download_ptb(target: Path, url: str) -> None:
     """Fetch the recipe's zip and unpack its ptb/ folder into `target`, atomically."""
+    import urllib.request  # only here: it costs every other command 20 ms of start-up
+
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             payload = response.read()
