@@ -117,6 +117,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
         batches = [b for _, b in zip(range(remaining), dataset.epoch(epoch))]
         for b in batches:
             digest.update(b)
+        digest.wait()  # the hashing thread would otherwise share the cores with training
         timings["data_seconds"] += clock() - t
         t = clock()
         prepared = backend.prepare(batches)

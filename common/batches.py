@@ -53,9 +53,13 @@ class StreamHash:
         arrays = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")) for a in batch]
         self._pending = self._worker.submit(self._digest_batch, arrays)
 
-    def hexdigest(self) -> str:
+    def wait(self) -> None:
+        """Block until every queued batch is digested (before a clock that the helper must not disturb)."""
         if self._pending is not None:
             self._pending.result()
+
+    def hexdigest(self) -> str:
+        self.wait()
         return self._digest.hexdigest()
 
 
