@@ -41,8 +41,25 @@ class Backend(ABC):
         self.spec = spec
 
     @classmethod
+    def capabilities(cls) -> Capabilities:
+        """The registry's declared variants, and the devices this env can use now."""
+        from backends.registry import info  # the registry imports this module
+
+        declared = info(cls.name)
+        gpus = tuple(f"cuda:{i}" for i in range(cls.gpu_count()))
+        return Capabilities(sparse=declared.sparse, compile=declared.compile, devices=("cpu",) + gpus)
+
+    @classmethod
     @abstractmethod
-    def capabilities(cls) -> Capabilities: ...
+    def gpu_count(cls) -> int:
+        """CUDA devices the framework sees in this env."""
+
+    @property
+    def gpu_index(self) -> int | None:
+        """N for cuda:N (0 for plain cuda), None on the CPU."""
+        if not self.spec.device.startswith("cuda"):
+            return None
+        return int(self.spec.device.split(":")[1]) if ":" in self.spec.device else 0
 
     @classmethod
     @abstractmethod

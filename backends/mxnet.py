@@ -10,7 +10,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from backends.base import Backend, Capabilities, adam_scalars
+from backends.base import Backend, adam_scalars
 from common.batches import Batch
 from common.spec import RunSpec
 
@@ -38,8 +38,7 @@ class MXNetBackend(Backend):
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         super().__init__(spec, init_center, init_context)
-        index = int(spec.device.split(":")[1]) if ":" in spec.device else 0
-        self.ctx = mx.gpu(index) if spec.device.startswith("cuda") else mx.cpu()
+        self.ctx = mx.cpu() if self.gpu_index is None else mx.gpu(self.gpu_index)
         self.net = SkipGram(*init_center.shape, sparse=spec.sparse)
         self.net.initialize(ctx=self.ctx)
         self.params = [self.net.center.weight, self.net.context.weight]
@@ -51,9 +50,8 @@ class MXNetBackend(Backend):
         self.steps_done = 0
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        gpus = tuple(f"cuda:{i}" for i in range(mx.context.num_gpus()))
-        return Capabilities(sparse=True, compile=False, devices=("cpu",) + gpus)
+    def gpu_count(cls) -> int:
+        return mx.context.num_gpus()
 
     @classmethod
     def versions(cls) -> dict[str, str]:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends.base import Backend, Capabilities
+from backends.base import Backend
 from common.batches import Batch
 from common.spec import RunSpec
 
@@ -43,9 +43,8 @@ class TorchBackend(Backend):
         self.loss_fn = torch.compile(skipgram_loss) if spec.compile else skipgram_loss
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        gpus = tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
-        return Capabilities(sparse=True, compile=True, devices=("cpu",) + gpus)
+    def gpu_count(cls) -> int:
+        return torch.cuda.device_count()
 
     @classmethod
     def versions(cls) -> dict[str, str]:

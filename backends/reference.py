@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from backends.base import Backend, Capabilities
+from backends.base import Backend
 from common.batches import Batch
 from common.spec import RunSpec
 
@@ -82,8 +82,8 @@ class NumpyBackend(Backend):
         self.opt_context = Optimizer(spec, self.context_w.shape)
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        return Capabilities(sparse=True, compile=False, devices=("cpu",))
+    def gpu_count(cls) -> int:
+        return 0
 
     @classmethod
     def versions(cls) -> dict[str, str]:

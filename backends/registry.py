@@ -1,8 +1,8 @@
 """Backend names -> implementations, imported only when asked for (each lives in its own env).
 
 What the harness must know before it can import a framework (which env, whether a sparse
-or compiled variant exists) is declared here; each env's contract tests check that these
-flags match the backend's own `capabilities()`.
+or compiled variant exists) is declared here, once: `Backend.capabilities()` reads it, adding
+the devices the framework sees.
 """
 from __future__ import annotations
 

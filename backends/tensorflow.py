@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from backends.base import Backend, Capabilities  # noqa: E402
+from backends.base import Backend  # noqa: E402
 from common.batches import Batch  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
@@ -38,8 +38,7 @@ class TensorFlowBackend(Backend):
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         super().__init__(spec, init_center, init_context)
-        index = spec.device.split(":")[1] if ":" in spec.device else "0"
-        self.device = f"/GPU:{index}" if spec.device.startswith("cuda") else "/CPU:0"
+        self.device = "/CPU:0" if self.gpu_index is None else f"/GPU:{self.gpu_index}"
         with tf.device(self.device):
             self.tables = [tf.Variable(init_center), tf.Variable(init_context)]
             self.slots = [(tf.Variable(tf.zeros_like(t)), tf.Variable(tf.zeros_like(t))) for t in self.tables]
@@ -51,9 +50,8 @@ class TensorFlowBackend(Backend):
         self._loss_fn = tf.function(lambda *batch: skipgram_loss(*self.tables, *batch), input_signature=signature)
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
-        gpus = tuple(f"cuda:{i}" for i in range(len(tf.config.list_physical_devices("GPU"))))
-        return Capabilities(sparse=True, compile=True, devices=("cpu",) + gpus)
+    def gpu_count(cls) -> int:
+        return len(tf.config.list_physical_devices("GPU"))
 
     @classmethod
     def versions(cls) -> dict[str, str]:
