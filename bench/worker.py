@@ -64,7 +64,7 @@ class Timeline:
 
 def record(spec: RunSpec, status: str, error: str | None, env: dict, data_hash: str | None, timeline: Timeline,
            epoch_losses: list[float], epoch_seconds: list[float], timings: dict) -> dict:
-    """The result file's content (see ../shared/DESIGN.md, "A result file")."""
+    """The result file's content (DESIGN.md in the shared folder, "A result file")."""
     return {
         "schema": SCHEMA,
         "status": status,
