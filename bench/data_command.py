@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "corpus_sha256": dataset.corpus.sha256,
         "spec": spec.to_dict(),
         "seconds": round(time.perf_counter() - start, 4),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
     }
     print(json.dumps(summary))
     return 0

@@ -112,6 +112,18 @@ def microbench_section(entries: list[dict]) -> str:
         ax.set(xlabel="vocabulary size V", ylabel="step time (ms, median)", title="step cost against vocabulary")
         ax.legend(fontsize=7)
         parts.append(_svg(fig))
+    grown = [e for e in entries if e.get("extra_info", {}).get("stage") == "scaling"]
+    if grown:
+        fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
+        for phase in ("cold", "warm"):
+            points = sorted((e["extra_info"]["tokens"], e["stats"]["median"], e["extra_info"]["peak_rss_mib"])
+                            for e in grown if e["extra_info"]["phase"] == phase)
+            time_ax.loglog([p[0] for p in points], [p[1] for p in points], marker="o", label=phase)
+            memory_ax.loglog([p[0] for p in points], [p[2] for p in points], marker="o", label=phase)
+        time_ax.set(xlabel="corpus tokens", ylabel="seconds", title="data --summary, whole process")
+        memory_ax.set(xlabel="corpus tokens", ylabel="peak RSS (MiB)", title="peak memory")
+        time_ax.legend()
+        parts.append(_svg(fig))
     data = [e for e in entries if e.get("group") == "data"]
     if data:
         parts.append("<table><tr><th class='l'>data benchmark</th><th>median s</th><th>examples/s</th></tr>" + "".join(
