@@ -18,7 +18,7 @@ from common.corpus import Corpus, Vocab
 from common.errors import BenchError
 from common.spec import DataSpec
 
-_KEEP, _WINDOW, _NOISE = 1, 2, 3
+_WINDOW, _NOISE = 2, 3  # stream ids (batches.py holds 11, 12; init.py 21, 22; zipf.py 31)
 _TOKENS_PER_CHUNK = 1 << 22  # bounds the memory of subsampling large corpora
 
 
