@@ -95,9 +95,12 @@ class Dataset:
         stable sort here) and numpy 1.23's agree.
         """
         n = self.sampler(epoch).draw.centers.size
-        index = np.arange(n, dtype=np.uint64)
         low = np.uint64(max(1, (n - 1).bit_length()))
-        keys = rng.random_bits(rng.stream_key(self.spec.seed, _SHUFFLE, epoch), index) >> low << low | index
+        key = rng.stream_key(self.spec.seed, _SHUFFLE, epoch)
+        keys = np.empty(n, dtype=np.uint64)
+        for start in range(0, n, _ROWS_PER_CHUNK * 64):  # in chunks: the temporaries stay small
+            index = np.arange(start, min(n, start + _ROWS_PER_CHUNK * 64), dtype=np.uint64)
+            keys[start:start + index.size] = rng.random_bits(key, index) >> low << low | index
         return np.argsort(keys)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:

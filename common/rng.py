@@ -32,7 +32,8 @@ def stream_key(*parts: int) -> int:
 
 def random_bits(key: int, counters: np.ndarray) -> np.ndarray:
     """64 random bits per counter: SplitMix64 of key + counter * gamma."""
-    z = counters.astype(np.uint64) * np.uint64(_GAMMA) + np.uint64(key)
+    z = counters.astype(np.uint64, copy=False) * np.uint64(_GAMMA)
+    z += np.uint64(key)
     z ^= z >> np.uint64(30)
     z *= _M1
     z ^= z >> np.uint64(27)

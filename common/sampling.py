@@ -105,10 +105,10 @@ def subsample(corpus: Corpus, remap: np.ndarray, keep_prob: np.ndarray, key: int
         ids = remap[corpus.word_ids[t0:t1]]
         keep = rng.uniform(key, np.arange(t0, t1, dtype=np.uint64)) < keep_prob[ids]
         kept_ids.append(ids[keep])
-        line_of = np.repeat(np.arange(start_line, end_line), lengths[start_line:end_line])
+        line_of = np.repeat(np.arange(start_line, end_line, dtype=np.int32), lengths[start_line:end_line])
         kept_lines.append(line_of[keep])
         start_line = end_line
-    tokens = np.concatenate(kept_ids).astype(np.int32)
+    tokens = np.concatenate(kept_ids)  # int32, as remap is
     per_line = np.bincount(np.concatenate(kept_lines), minlength=lengths.size)
     offsets = np.concatenate([[0], np.cumsum(per_line)])
     is_center = np.repeat(per_line >= 2, per_line)
