@@ -29,14 +29,13 @@ def run(args: argparse.Namespace) -> int:
         digest.update(batch)
         batches += 1
     sampler = dataset.sampler(0)
-    examples = np.arange(sampler.draw.centers.size)
     source = dataset.rows_source(0)  # the row cache knows every example's context count
-    pairs = source.contexts.sum(dtype=np.int64) if isinstance(source, RowTable) else sampler.context_counts(examples).sum()
+    pairs = source.contexts.sum(dtype=np.int64) if isinstance(source, RowTable) else sampler.pairs()
     summary = {
         "vocab_size": len(dataset.vocab),
         "corpus_tokens": int(dataset.corpus.word_ids.size),
         "tokens_after_subsampling": int(sampler.draw.tokens.size),
-        "examples": int(examples.size),
+        "examples": int(sampler.draw.centers.size),
         "pairs": int(pairs),
         "batches": batches,
         "epochs": spec.epochs,

@@ -144,6 +144,11 @@ class Sampler:
         w = self.windows(examples)
         return np.minimum(w, pos - lo) + np.minimum(w, hi - 1 - pos)
 
+    def pairs(self) -> int:
+        """Center-context pairs in the whole draw, counted in chunks (bounded memory)."""
+        n, step = self.draw.centers.size, 1 << 22
+        return sum(int(self.context_counts(np.arange(s, min(n, s + step))).sum()) for s in range(0, n, step))
+
     def _noise(self, counters: np.ndarray, contexts: np.ndarray) -> np.ndarray:
         """Noise ids for a (rows, m*K) counter matrix, none equal to a context of its row.
 
