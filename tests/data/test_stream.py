@@ -108,3 +108,13 @@ def test_initial_weights_are_seeded_xavier_uniform():
     assert not np.array_equal(v, u)
     assert np.array_equal(v, initial_weights(0, 5000, 100)[0])
     assert not np.array_equal(v, initial_weights(1, 5000, 100)[0])
+
+
+def test_pairs_counted_in_chunks_equal_the_rows(zipf_file):
+    """Sampler.pairs (used when a draw is too large for the row cache) against the rows themselves."""
+    sampler = small(zipf_file).sampler(0)
+    rows = sampler.rows(np.arange(sampler.draw.centers.size))
+    assert sampler.pairs() == int(rows.contexts.sum())
+    summary = json.loads(run_bench("data", "--summary", "--corpus", str(zipf_file), "--min-freq", "3",
+                                   "--batch-size", "64").stdout)
+    assert summary["pairs"] == sampler.pairs() and summary["examples"] == rows.center.size
