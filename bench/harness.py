@@ -18,16 +18,12 @@ from pathlib import Path
 
 from bench import envs
 from bench.suite import PlannedRun
-from common.cache import atomic_write_bytes
+from bench.train_command import failed_result, write_result
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
 from common.machine import git_commit, machine_info
 
 ROOT = envs.ROOT
-
-
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def _bar(total: int, desc: str, position: int):
@@ -51,7 +47,7 @@ def write_meta(folder: Path, argv: list[str], plan: list[dict]) -> None:
     meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(ROOT),
             "argv": argv, "machine": {**machine_info(), "gpus": gpu_names()}, "plan": plan}
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "suite.json", meta)
+    write_result(folder / "suite.json", meta)
 
 
 class Harness:
@@ -76,7 +72,7 @@ class Harness:
             started = time.perf_counter()
             result = self.run_one(run)
             result.setdefault("wall_seconds", time.perf_counter() - started)
-            _write_json(self.result_path(run), result)
+            write_result(self.result_path(run), result)
             suite_bar.update(1)
             rate = result.get("examples_per_sec")
             note = f"{rate:,.0f} examples/s" if result["status"] == "ok" and rate else result.get("error") or ""
@@ -85,17 +81,13 @@ class Harness:
         suite_bar.close()
         return [json.loads(self.result_path(p).read_text()) for p in plan if self.result_path(p).exists()]
 
-    def _failed(self, run: PlannedRun, status: str, error: str) -> dict:
-        return {"schema": 1, "status": status, "error": error, "spec": run.spec.to_dict(), "losses": [],
-                "epoch_losses": [], "epoch_seconds": []}
-
     def run_one(self, run: PlannedRun) -> dict:
         try:
             python = envs.python_for(run.env) if run.env else Path(sys.executable)
         except BenchError as exc:
-            return self._failed(run, "failed", str(exc))
+            return failed_result(run.spec, str(exc))
         spec_file = self.out_dir / "logs" / f"{run.name}.spec.json"
-        _write_json(spec_file, run.spec.to_dict())
+        write_result(spec_file, run.spec.to_dict())
         partial = self.out_dir / "logs" / f"{run.name}.result.json"
         partial.unlink(missing_ok=True)
         cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(self.data_dir),
@@ -114,13 +106,13 @@ class Harness:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                return self._failed(run, "timed_out", f"no result after {self.timeout:.0f} s (the --timeout); "
-                                                      f"log: {log_path}")
+                error = f"no result after {self.timeout:.0f} s (the --timeout); log: {log_path}"
+                return failed_result(run.spec, error, status="timed_out")
             reader.join(timeout=5)
         if partial.exists():
             return json.loads(partial.read_text())
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        return self._failed(run, "failed", f"exit status {proc.returncode}: {tail[0]}")
+        return failed_result(run.spec, f"exit status {proc.returncode}: {tail[0]}")
 
     @staticmethod
     def _follow(proc: subprocess.Popen, run: PlannedRun) -> None:

@@ -46,8 +46,9 @@ def write_result(path: Path, result: dict) -> None:
     atomic_write_bytes(path, (json.dumps(result, indent=1) + "\n").encode())
 
 
-def failed_result(spec: RunSpec, error: str, trace: str | None = None) -> dict:
-    return {"schema": worker.SCHEMA, "status": "failed", "error": error, "traceback": trace,
+def failed_result(spec: RunSpec, error: str, trace: str | None = None, status: str = "failed") -> dict:
+    """The record of a run that produced none of its own (crashed, or killed by the harness)."""
+    return {"schema": worker.SCHEMA, "status": status, "error": error, "traceback": trace,
             "spec": spec.to_dict(), "losses": [], "epoch_losses": [], "epoch_seconds": []}
 
 
