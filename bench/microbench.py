@@ -6,21 +6,18 @@ import argparse
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from backends.registry import BACKENDS, tox_env
 from bench import envs, report
 from bench.harness import write_meta
+from bench.suite import new_results_dir, parse_names
 from common.errors import BenchError
 
 
 def run(args: argparse.Namespace) -> int:
-    names = [n.strip() for n in args.backends.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown or not names:
-        raise BenchError(f"unknown backend {', '.join(unknown) or repr(args.backends)}; available: {', '.join(BACKENDS)}")
-    out = Path(args.out) if args.out else Path("reports") / f"microbench-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    names = parse_names(args.backends, tuple(BACKENDS), "backend")
+    out = Path(args.out) if args.out else new_results_dir("microbench-")
     folder = out / "microbench"
     folder.mkdir(parents=True, exist_ok=True)
     if not (out / "suite.json").exists():  # a folder of its own; inside a suite's folder, keep the suite's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import tomllib
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 from backends.registry import BACKENDS, info, tox_env
@@ -28,6 +29,20 @@ class PlannedRun:
         if self.spec.runner == "gensim":
             return None
         return tox_env(self.spec.backend)
+
+
+def parse_names(value: str, allowed: tuple[str, ...], what: str, prefixes: tuple[str, ...] = ()) -> list[str]:
+    """A comma-separated option (--backends, --devices): each name allowed, or starting with one of `prefixes`."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    wrong = [n for n in names if n not in allowed and not n.startswith(prefixes)]
+    if wrong or not names:
+        raise BenchError(f"unknown {what} {', '.join(wrong) or repr(value)}; available: {', '.join(allowed)}")
+    return names
+
+
+def new_results_dir(prefix: str = "") -> Path:
+    """reports/<prefix><UTC time>: one folder per suite or micro-benchmark run."""
+    return Path("reports") / f"{prefix}{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
 def make_spec(settings: dict, where: str) -> RunSpec:
