@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", help=f"one of {', '.join(BACKENDS)}")
     train.add_argument("--spec", metavar="SPEC.json", help="a whole run spec (as the harness writes it)")
     train.add_argument("--runner", choices=RUNNERS, default=r.runner,
-                       help="backend (default), or a baseline: recipe-loop (the book's PyTorch loop), gensim")
+                       help="backend (default); bare-loop (the backend without the worker's bookkeeping); "
+                            "or a baseline: recipe-loop (the book's PyTorch loop), gensim")
     train.add_argument("--device", default=r.device, help="cpu, cuda or cuda:N")
     train.add_argument("--sparse", action="store_true", help="row-sparse gradients with lazy Adam")
     train.add_argument("--compile", action="store_true", help="torch.compile / XLA where the backend has it")

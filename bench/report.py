@@ -219,6 +219,27 @@ def throughput_figure(results: list[dict]) -> str:
     return _svg(fig)
 
 
+def batch_size_figure(results: list[dict]) -> str | None:
+    """examples/s against batch size, one line per group of runs that differ only in it."""
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict]] = {}
+    for r in _ok(results):
+        if r.get("rate_median"):
+            rest = {**r["spec"], "data": {**r["spec"]["data"], "batch_size": None}}
+            groups.setdefault(json.dumps(rest, sort_keys=True), []).append(r)
+    curves = [sorted(runs, key=lambda r: r["spec"]["data"]["batch_size"]) for runs in groups.values() if len(runs) > 1]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for runs in curves:
+        label = RunSpec.from_dict(runs[0]["spec"]).label
+        ax.plot([r["spec"]["data"]["batch_size"] for r in runs], [r["rate_median"] for r in runs], marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="examples/s (median of segments)")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
 def sparse_answer(results: list[dict]) -> str:
     """The book's exercise 1, answered from this run's numbers."""
     pairs = {}
@@ -280,6 +301,39 @@ def agreement(results: list[dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>" + _svg(fig)
 
 
+def harness_overhead(results: list[dict]) -> str:
+    """Worker vs bare loop on the same spec (suites/overhead.toml): what the measuring costs."""
+    def key(spec: dict) -> str:
+        return json.dumps({k: v for k, v in spec.items() if k != "runner"}, sort_keys=True)
+
+    workers = {key(r["spec"]): r for r in _ok(results)}
+    pairs: dict[str, list[tuple[float, float, float]]] = {}
+    for bare in _ok(results, "bare-loop"):
+        worker = workers.get(key(bare["spec"]))
+        if worker and worker.get("examples_per_sec") and bare.get("examples_per_sec"):
+            name = RunSpec.from_dict(worker["spec"]).label
+            pairs.setdefault(name, []).append((worker["examples_per_sec"] / bare["examples_per_sec"],
+                                               worker["wall_seconds"] / bare["wall_seconds"],
+                                               worker["wall_seconds"] - bare["wall_seconds"]))
+    if not pairs:
+        return "<p>No run has a finished bare-loop twin.</p>"
+    rows = []
+    for name, values in sorted(pairs.items()):
+        rate, wall, extra = (np.array(v) for v in zip(*values))
+        rows.append(f"<tr><td class='l'>{html.escape(name)}</td><td>{len(values)}</td>"
+                    f"<td>{np.median(rate):.3f} ({rate.min():.3f} – {rate.max():.3f})</td>"
+                    f"<td>{np.median(wall):.3f} ({wall.min():.3f} – {wall.max():.3f})</td>"
+                    f"<td>{np.median(extra):+.2f}</td></tr>")
+    head = ("<tr><th class='l'>run</th><th>pairs</th><th>examples/s, worker / bare loop: median (range)</th>"
+            "<th>process wall time, worker / bare loop</th><th>extra wall seconds (median)</th></tr>")
+    note = ("<p>Each pair is the same spec run through the suite's worker and through <code>bench/bare_loop.py</code> "
+            "(the loop a user would write: no stream hash, no 100-step segments, no evaluation), one after the "
+            "other. A rate ratio of 1 means the worker's bookkeeping does not slow training; the wall-time ratio "
+            "also counts what the worker does outside the clock (hashing the stream, neighbours and word-pair "
+            "scores, the result file).</p>")
+    return note + f"<table>{head}{''.join(rows)}</table>"
+
+
 def neighbours_table(results: list[dict]) -> str:
     runs = [r for r in _ok(results, None) if r.get("neighbours")]
     if not runs:
@@ -332,8 +386,10 @@ def render(folder: Path) -> Path:
         ("Summary", f"<p>{ok} of {len(results)} runs finished.</p>" + summary_table(results)),
         ("Loss curves", loss_figures(results)),
         ("Throughput", throughput_figure(results)),
+        *([("Throughput against batch size", curve)] if (curve := batch_size_figure(results)) else []),
         ("Sparse vs dense gradients", sparse_answer(results)),
         ("Cross-backend agreement", agreement(results)),
+        *([("Harness overhead", harness_overhead(results))] if _ok(results, "bare-loop") else []),
         ("Nearest neighbours (cosine, center vectors)", neighbours_table(results)),
         ("Failed runs", failures(results)),
         ("Micro-benchmarks", microbench_section(load_microbench(folder))),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from backends.registry import BACKENDS, info, tox_env
 from common.errors import BenchError
-from common.spec import DataSpec, RunSpec
+from common.spec import BASELINES, DataSpec, RunSpec
 
 FRAMEWORKS = ("torch", "mxnet", "tensorflow")
 QUICK = {"epochs": 1, "max_steps": 150}
@@ -104,7 +104,7 @@ def load_suite_file(path: Path, base: dict) -> list[PlannedRun]:
             raise BenchError(f"suite file {path}: [[runs]] #{i} names no backend")
         for values in itertools.product(*axes.values()):
             spec = make_spec({**common, **dict(zip(axes, values))}, f"suite file {path}, [[runs]] #{i}")
-            if spec.runner == "backend" and spec.backend not in BACKENDS:
+            if spec.runner not in BASELINES and spec.backend not in BACKENDS:
                 raise BenchError(f"suite file {path}, [[runs]] #{i}: unknown backend {spec.backend!r}; "
                                  f"available: {', '.join(BACKENDS)}")
             plan.setdefault(run_name(spec), PlannedRun(run_name(spec), spec))

@@ -39,6 +39,9 @@ def runner(spec: RunSpec) -> Callable[..., dict]:
     if spec.runner == "gensim":
         from bench import gensim_baseline
         return gensim_baseline.train
+    if spec.runner == "bare-loop":
+        from bench import bare_loop
+        return bare_loop.train
     return worker.train
 
 

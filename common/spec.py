@@ -60,8 +60,10 @@ class DataSpec:
 
 
 OPTIMIZERS = ("adam", "sgd")
-# How a run trains: a backend through the suite's worker, or one of the two baselines.
-RUNNERS = ("backend", "recipe-loop", "gensim")
+# How a run trains: a backend through the suite's worker; the same backend in the bare loop a
+# user would write (to measure what the worker adds); or one of the two baselines.
+RUNNERS = ("backend", "bare-loop", "recipe-loop", "gensim")
+BASELINES = ("recipe-loop", "gensim")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class RunSpec:
     max_steps: int | None = None
     compile: bool = False
     runner: str = "backend"
+    repeat: int = 0  # which of several otherwise identical runs (noise estimates); changes nothing in training
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,6 +97,7 @@ class RunSpec:
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must lie in [0, 1)"),
             (self.eps > 0, f"eps must be > 0, got {self.eps}"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
+            (self.repeat >= 0, f"repeat must be >= 0, got {self.repeat}"),
             (self.runner in RUNNERS, f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}"),
             (self.runner != "recipe-loop" or (self.backend == "torch" and self.device == "cpu"),
              "the recipe loop is the book's PyTorch CPU code: use --backend torch --device cpu"),
@@ -108,10 +112,11 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """What the report calls this run: backend (or baseline), variant, device."""
-        if self.runner != "backend":
+        """What the report calls this run: backend (or baseline), variant, device, and the loop."""
+        if self.runner in BASELINES:
             return self.runner
-        return f"{self.backend} {self.variant}{' compiled' if self.compile else ''} {self.device}"
+        loop = " bare-loop" if self.runner == "bare-loop" else ""
+        return f"{self.backend} {self.variant}{' compiled' if self.compile else ''} {self.device}{loop}"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -98,3 +98,13 @@ def test_sweeps_cross_their_lists(tmp_path):
     assert all(p.spec.data.epochs == 2 and p.spec.max_steps == 50 for p in plan)
     assert "torch-sparse-cpu_lr-0.01_sampling-dynamic" in {p.name for p in plan}
     assert json.dumps([p.spec.to_dict() for p in plan])  # serialisable for suite.json
+
+
+def test_overhead_suite_alternates_identical_twins():
+    """bench/suites/overhead.toml: each worker run right after its bare-loop twin, same spec otherwise."""
+    plan = load_suite_file(ROOT / "bench" / "suites" / "overhead.toml", {})
+    assert len(plan) == 24 and len({p.name for p in plan}) == 24
+    for bare, run in zip(plan[::2], plan[1::2]):
+        assert (bare.spec.runner, run.spec.runner) == ("bare-loop", "backend")
+        assert {**bare.spec.to_dict(), "runner": "backend"} == run.spec.to_dict()
+        assert bare.env == run.env

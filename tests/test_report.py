@@ -22,7 +22,9 @@ pytestmark = pytest.mark.envs
 def suite_dir(tmp_path_factory, ptb_dir):
     out = tmp_path_factory.mktemp("suite")
     settings = [{"backend": b, "sparse": s} for b in ("numpy", "torch") for s in (False, True)]
-    settings += [{"backend": "torch", "runner": "recipe-loop"}, {"backend": "torch", "runner": "gensim"},
+    settings += [{"backend": "numpy", "batch_size": 256},  # with numpy dense: a throughput-vs-batch-size curve
+                 {"backend": "torch", "runner": "bare-loop"},  # the twin of torch dense: harness overhead
+                 {"backend": "torch", "runner": "recipe-loop"}, {"backend": "torch", "runner": "gensim"},
                  {"backend": "numpy", "optimizer": "sgd", "lr": 1e300}]
     plan = []
     for extra in settings:
@@ -41,15 +43,17 @@ def page(suite_dir) -> str:
 
 
 def test_report_sections_and_numbers(page, suite_dir):
-    for heading in ("Summary", "Loss curves", "Throughput", "Sparse vs dense gradients", "Cross-backend agreement",
-                    "Nearest neighbours", "Failed runs", "Methodology"):
+    for heading in ("Summary", "Loss curves", "Throughput", "Throughput against batch size",
+                    "Sparse vs dense gradients", "Cross-backend agreement",
+                    "Harness overhead", "Nearest neighbours", "Failed runs", "Methodology"):
         assert f"<h2>{heading}" in page
-    assert "6 of 8 runs finished" in page  # the diverged run and the corrupt file are not
+    assert "8 of 10 runs finished" in page  # the diverged run and the corrupt file are not
     assert page.count("<svg") >= 3
     assert "Does sparse_grad accelerate training?" in page and "torch on cpu: sparse gradients were" in page
     assert re.search(r"numpy-dense-cpu</td><td class='l'>torch-dense-cpu</td><td>120</td><td>\d\.\d\de-0[5-9]", page)
     assert "broken.json: unreadable result" in page and "diverged" in page and "lower --lr" in page
     assert "x</td>" in page  # speed-up over the recipe loop
+    assert re.search(r"torch dense cpu</td><td>1</td><td>\d\.\d{3} \(", page)  # worker / bare-loop rate
     assert "2.13.0" in page and "(test fixture)" in page
 
 

@@ -88,3 +88,34 @@ def test_crashing_backend_becomes_a_failed_result(monkeypatch, tmp_path):
         train_command.run(args)
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["status"] == "failed" and "out of memory" in r["error"] and "Traceback" in r["traceback"]
+
+
+def test_bare_loop_trains_exactly_what_the_worker_trains(ptb_dir):
+    """The overhead comparison is fair only if both loops do the same work on the same batches."""
+    from bench import bare_loop
+    from common.spec import RunSpec
+
+    spec = RunSpec(backend="numpy", data=DataSpec(epochs=2), max_steps=4)
+    via_worker = worker.train(spec, str(ptb_dir), download=False)
+    bare = bare_loop.train(RunSpec.from_dict({**spec.to_dict(), "runner": "bare-loop"}), str(ptb_dir), download=False)
+    assert bare["status"] == "ok" and bare["steps"] == via_worker["steps"] == 4
+    assert bare["losses"] == via_worker["losses"] and bare["examples"] == via_worker["examples"]
+    assert bare["examples_per_sec"] > 0 and bare["data_hash"] is None and bare["evaluation"] == {}
+
+
+def test_bare_loop_from_the_command_line_and_its_label(ptb_dir, tmp_path):
+    out = tmp_path / "r.json"
+    run = run_bench("train", "--backend", "numpy", "--runner", "bare-loop", "--max-steps", "3",
+                    "--data-dir", str(ptb_dir), "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "[numpy dense cpu bare-loop, adam lr 0.002]" in run.stdout
+    assert json.loads(out.read_text())["steps"] == 3
+    assert_one_line_error(run_bench("train", "--spec", str(_spec_file(tmp_path, repeat=-1))), "repeat must be >= 0")
+
+
+def _spec_file(folder, **settings):
+    from common.spec import RunSpec
+
+    path = folder / "spec.json"
+    path.write_text(json.dumps({**RunSpec(backend="numpy").to_dict(), **settings}))
+    return path
