@@ -76,7 +76,7 @@ class Harness:
             suite_bar.update(1)
             rate = result.get("examples_per_sec")
             note = f"{rate:,.0f} examples/s" if result["status"] == "ok" and rate else result.get("error") or ""
-            print(f"[{i}/{len(todo)}] {run.spec.label}: {result['status']}, {note} "
+            print(f"[{i}/{len(todo)}] {run.name}: {result['status']}, {note} "
                   f"({result['wall_seconds']:.0f} s)", file=sys.stderr if suite_bar.disable else sys.stdout)
         suite_bar.close()
         return [json.loads(self.result_path(p).read_text()) for p in plan if self.result_path(p).exists()]
@@ -124,7 +124,7 @@ class Harness:
             if len(parts) == 3 and parts[0] == "progress":
                 done, total = int(parts[1]), int(parts[2])
                 if bar is None:
-                    bar = _bar(total, run.spec.label, 1)
+                    bar = _bar(total, run.name, 1)
                 bar.update(done - bar.n)
         if bar is not None:
             bar.close()

@@ -119,3 +119,22 @@ def _spec_file(folder, **settings):
     path = folder / "spec.json"
     path.write_text(json.dumps({**RunSpec(backend="numpy").to_dict(), **settings}))
     return path
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(ptb_dir, tmp_path):
+    """`python -m bench train ... | head -1`: the reader leaves early; the result file is still whole."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "r.json"
+    read, write = os.pipe()
+    os.close(read)  # nobody will read: the first print raises BrokenPipeError
+    proc = subprocess.run([sys.executable, "-m", "bench", "train", "--backend", "numpy", "--max-steps", "2",
+                           "--data-dir", str(ptb_dir), "--out", str(out)], cwd=ROOT, stdout=write,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(out.read_text())["steps"] == 2
