@@ -23,8 +23,8 @@ def keep_freed_memory() -> bool:
     torch's CPU tensors come straight from malloc, so by default each step's large activations
     (the (B, 60, 100) gather: 12 MB at batch 512) are fresh mmaps or a re-grown heap top, page-
     faulted in again every step. PyTorch's CPU tuning advice is a caching allocator (jemalloc,
-    tcmalloc); these two settings give glibc the same habit: +18 % examples/s at batch 512,
-    +57 % at 8192 (PERFORMANCE.md). Returns False where libc has no mallopt (macOS, musl).
+    tcmalloc); these two settings give glibc the same habit: +10 % examples/s at batch 512,
+    +56 % at 8192 (PERFORMANCE.md). Returns False where libc has no mallopt (macOS, musl).
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
