@@ -113,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         module, function = args.run.split(":")  # imported only now: each command pays for its own imports
         run: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), function)
-        return run(args)
+        status = run(args)
+        sys.stdout.flush()  # a pipe is block-buffered: a reader that left shows up here, not at print
+        return status
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from bench import train_command, worker
+from bench import bare_loop, train_command, worker
 from common.batches import StreamHash, load_dataset
 from common.errors import BenchError
-from common.spec import DataSpec
-from tests.conftest import run_bench
+from common.spec import DataSpec, RunSpec
+from tests.conftest import ROOT, run_bench
 from tests.data.test_bad_input import assert_one_line_error
 
 
@@ -92,9 +95,6 @@ def test_crashing_backend_becomes_a_failed_result(monkeypatch, tmp_path):
 
 def test_bare_loop_trains_exactly_what_the_worker_trains(ptb_dir):
     """The overhead comparison is fair only if both loops do the same work on the same batches."""
-    from bench import bare_loop
-    from common.spec import RunSpec
-
     spec = RunSpec(backend="numpy", data=DataSpec(epochs=2), max_steps=4)
     via_worker = worker.train(spec, str(ptb_dir), download=False)
     bare = bare_loop.train(RunSpec.from_dict({**spec.to_dict(), "runner": "bare-loop"}), str(ptb_dir), download=False)
@@ -114,27 +114,22 @@ def test_bare_loop_from_the_command_line_and_its_label(ptb_dir, tmp_path):
 
 
 def _spec_file(folder, **settings):
-    from common.spec import RunSpec
-
     path = folder / "spec.json"
     path.write_text(json.dumps({**RunSpec(backend="numpy").to_dict(), **settings}))
     return path
 
 
-def test_output_into_a_closed_pipe_is_not_a_traceback(ptb_dir, tmp_path):
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["block-buffered", "unbuffered"])
+def test_output_into_a_closed_pipe_is_not_a_traceback(ptb_dir, tmp_path, unbuffered):
     """`python -m bench train ... | head -1`: the reader leaves early; the result file is still whole."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     out = tmp_path / "r.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(PYTHONPATH=str(ROOT), **({"PYTHONUNBUFFERED": "1"} if unbuffered else {}))
     read, write = os.pipe()
     os.close(read)  # nobody will read: the first print raises BrokenPipeError
     proc = subprocess.run([sys.executable, "-m", "bench", "train", "--backend", "numpy", "--max-steps", "2",
                            "--data-dir", str(ptb_dir), "--out", str(out)], cwd=ROOT, stdout=write,
-                          stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+                          stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     os.close(write)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
     assert json.loads(out.read_text())["steps"] == 2
