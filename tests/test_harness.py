@@ -100,6 +100,12 @@ def test_sweeps_cross_their_lists(tmp_path):
     assert json.dumps([p.spec.to_dict() for p in plan])  # serialisable for suite.json
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "suites").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_suite_files_plan_distinct_runs(path):
+    plan = load_suite_file(path, {})
+    assert plan and len({p.name for p in plan}) == len(plan)
+
+
 def test_overhead_suite_alternates_identical_twins():
     """bench/suites/overhead.toml: each worker run right after its bare-loop twin, same spec otherwise."""
     plan = load_suite_file(ROOT / "bench" / "suites" / "overhead.toml", {})
