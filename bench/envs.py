@@ -1,11 +1,14 @@
 """The per-backend virtualenvs (tox envs), found or built on demand.
 
 The harness and the cross-env tests never import a framework: they run `python -m bench`
-with the interpreter of the backend's own env, which tox builds from pyproject's extras.
+with the interpreter of the backend's own env, which tox builds from pyproject's extras, or
+with one named by SKIPGRAM_PYTHON_<ENV> (a GPU machine's own python, a conda env) where the
+frameworks are already installed and nothing can be downloaded.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +24,25 @@ def work_dir() -> Path:
     return Path(os.environ.get("SKIPGRAM_TOX_WORKDIR") or ROOT / ".tox")
 
 
+def chosen_python(env: str) -> Path | None:
+    """The interpreter SKIPGRAM_PYTHON_<ENV> names (a path, or a command on PATH), if set."""
+    variable = f"SKIPGRAM_PYTHON_{env.upper()}"
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    found = shutil.which(value)
+    if found is None:
+        raise BenchError(f"{variable}={value} is not an executable python; point it at an interpreter that "
+                         f"has the {env!r} env's packages, or unset it to let tox build the env")
+    return Path(found)
+
+
 def python_for(env: str, build: bool = True) -> Path:
-    """The interpreter of tox env `env`, building the env with `tox run --notest` if needed."""
+    """The interpreter for tox env `env`: SKIPGRAM_PYTHON_<ENV> if set, else the tox env's,
+    building it with `tox run --notest` if needed."""
+    chosen = chosen_python(env)
+    if chosen is not None:
+        return chosen
     python = work_dir() / env / "bin" / "python"
     if python.exists() or not build:
         return python

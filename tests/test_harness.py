@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,19 @@ def test_overhead_suite_alternates_identical_twins():
         assert (bare.spec.runner, run.spec.runner) == ("bare-loop", "backend")
         assert {**bare.spec.to_dict(), "runner": "backend"} == run.spec.to_dict()
         assert bare.env == run.env
+
+
+def test_an_existing_interpreter_can_stand_in_for_a_tox_env(monkeypatch, tmp_path, ptb_dir):
+    """SKIPGRAM_PYTHON_<ENV>: machines where the frameworks are installed and tox cannot fetch them."""
+    from bench import envs
+
+    monkeypatch.setenv("SKIPGRAM_TOX_WORKDIR", str(tmp_path / "no-tox-envs-here"))
+    monkeypatch.setenv("SKIPGRAM_PYTHON_TESTS", sys.executable)
+    assert envs.python_for("tests") == Path(sys.executable)
+    result = Harness(tmp_path / "out", ptb_dir, timeout=120).run_all([numpy_run(max_steps=2)])
+    assert result[0]["status"] == "ok" and result[0]["steps"] == 2
+    monkeypatch.setenv("SKIPGRAM_PYTHON_TESTS", str(tmp_path / "missing-python"))
+    with pytest.raises(BenchError, match="SKIPGRAM_PYTHON_TESTS=.* is not an executable python"):
+        envs.python_for("tests")
+    failed = Harness(tmp_path / "out2", ptb_dir, timeout=120).run_all([numpy_run(max_steps=2)])
+    assert failed[0]["status"] == "failed" and "SKIPGRAM_PYTHON_TESTS" in failed[0]["error"]
