@@ -4,15 +4,21 @@ sgd_update) directly, so eps can be placed as the canonical form requires (see a
 Needs numpy 1.23: it lives in its own env."""
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
-import mxnet as mx
-import numpy as np
-from mxnet import autograd, gluon
+# Two engine threads on the CPU, as MXNet already uses on a GPU (MXNET_GPU_WORKER_NTHREADS=2):
+# the two tables are independent, so their Adam updates and embedding gradients run side by
+# side instead of one operator at a time. Step 11.4 -> 10.2 ms dense, 9.5 -> 8.9 ms sparse.
+os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "2")
 
-from backends.base import Backend, adam_scalars
-from common.batches import Batch
-from common.spec import RunSpec
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mxnet import autograd, gluon  # noqa: E402
+
+from backends.base import Backend, adam_scalars  # noqa: E402
+from common.batches import Batch  # noqa: E402
+from common.spec import RunSpec  # noqa: E402
 
 Arrays = tuple[mx.nd.NDArray, ...]
 
