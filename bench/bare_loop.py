@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from backends import registry
-from bench.worker import Progress, Timeline, record
+from bench.worker import Progress, Timeline, record, total_steps
 from common.batches import load_dataset
 from common.evaluate import write_word2vec
 from common.init import initial_weights
@@ -26,13 +26,14 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     backend_cls = registry.load(spec.backend)
     dataset = load_dataset(spec.data, data_dir, download, corpus)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
-    limit = spec.max_steps or dataset.batches_per_epoch() * spec.data.epochs
+    limit = total_steps(spec, dataset)
     timeline, epoch_losses, epoch_seconds = Timeline(), [], []
     for epoch in range(spec.data.epochs):
         batches = [b for _, b in zip(range(limit - len(timeline.losses)), dataset.epoch(epoch))]
         if not batches:
             break
         prepared = backend.prepare(batches)
+        backend.sync()  # transfers finished before the clock, as in the worker
         sizes = [b.center.size for b in batches]
         if epoch == 0:  # warm-up step, untimed, as the worker leaves its first step out of the rate
             losses = [backend.train(prepared[:1])]

@@ -17,7 +17,7 @@ import numpy as np
 
 from backends import registry
 from backends.base import Backend
-from common.batches import StreamHash, load_dataset
+from common.batches import Dataset, StreamHash, load_dataset
 from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
 from common.machine import machine_info
@@ -85,6 +85,12 @@ def record(spec: RunSpec, status: str, error: str | None, env: dict, data_hash: 
     }
 
 
+def total_steps(spec: RunSpec, dataset: Dataset) -> int:
+    """Steps a run takes: every epoch's batches, capped by max_steps."""
+    full = dataset.batches_per_epoch() * spec.data.epochs
+    return min(spec.max_steps or full, full)
+
+
 def finish(result: dict, tokens: list[str], center: np.ndarray, export_vectors: Path | None) -> None:
     """Neighbours and word-pair scores of a finished run; the vectors, if asked for."""
     result["vocab_size"] = len(tokens)
@@ -105,12 +111,11 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     dataset = load_dataset(spec.data, data_dir, download, corpus)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
     timings = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0, "train_seconds": 0.0}
-    total_steps = dataset.batches_per_epoch() * spec.data.epochs
-    total_steps = min(spec.max_steps or total_steps, total_steps)
+    limit = total_steps(spec, dataset)
     digest, timeline, epoch_losses, epoch_seconds = StreamHash(), Timeline(), [], []
     status, error = "ok", None
     for epoch in range(spec.data.epochs):
-        remaining = total_steps - len(timeline.losses)
+        remaining = limit - len(timeline.losses)
         if remaining <= 0:
             break
         t = clock()
@@ -137,7 +142,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
             break
         epoch_losses.append(float(np.average(losses, weights=sizes)))  # the recipe's example-weighted mean
         if progress:
-            progress(len(timeline.losses), total_steps)
+            progress(len(timeline.losses), limit)
     timings["train_seconds"] = float(sum(epoch_seconds))
     timings["first_step_seconds"] = timeline.first_step_seconds
     env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
