@@ -159,6 +159,15 @@ def _ok(results: list[dict], runner: str | None = "backend") -> list[dict]:
     return [r for r in results if r["status"] == "ok" and (runner is None or r["spec"]["runner"] == runner)]
 
 
+def _settings_key(spec: dict, *ignore: str) -> str:
+    """A spec as a comparable string without the `ignore`d fields (data fields as "data.NAME"):
+    runs with equal keys differ only in those fields."""
+    data_ignored = {name.removeprefix("data.") for name in ignore if name.startswith("data.")}
+    kept = {k: v for k, v in spec.items() if k not in ignore}
+    kept["data"] = {k: v for k, v in spec["data"].items() if k not in data_ignored}
+    return json.dumps(kept, sort_keys=True)
+
+
 def summary_table(results: list[dict]) -> str:
     recipe = [r for r in _ok(results, "recipe-loop") if r.get("rate_median")]
     base = recipe[0]["rate_median"] if recipe else None
@@ -226,8 +235,7 @@ def batch_size_figure(results: list[dict]) -> str | None:
     groups: dict[str, list[dict]] = {}
     for r in _ok(results):
         if r.get("rate_median"):
-            rest = {**r["spec"], "data": {**r["spec"]["data"], "batch_size": None}}
-            groups.setdefault(json.dumps(rest, sort_keys=True), []).append(r)
+            groups.setdefault(_settings_key(r["spec"], "data.batch_size"), []).append(r)
     curves = [sorted(runs, key=lambda r: r["spec"]["data"]["batch_size"]) for runs in groups.values() if len(runs) > 1]
     if not curves:
         return None
@@ -245,7 +253,7 @@ def sparse_answer(results: list[dict]) -> str:
     pairs = {}
     for r in _ok(results):
         s = r["spec"]
-        key = (s["backend"], s["device"], json.dumps({k: v for k, v in s.items() if k not in ("sparse",)}, sort_keys=True))
+        key = (s["backend"], s["device"], _settings_key(s, "sparse"))
         pairs.setdefault(key, {})["sparse" if s["sparse"] else "dense"] = r
     rows, sentences = [], []
     for (backend, device, _), pair in sorted(pairs.items()):
@@ -273,10 +281,7 @@ def agreement(results: list[dict]) -> str:
 
     groups: dict[tuple, list[dict]] = {}
     for r in _ok(results):
-        s = dict(r["spec"])
-        for k in ("backend", "device", "compile"):
-            s.pop(k)
-        groups.setdefault((r["data_hash"], json.dumps(s, sort_keys=True)), []).append(r)
+        groups.setdefault((r["data_hash"], _settings_key(r["spec"], "backend", "device", "compile")), []).append(r)
     rows, fig, ax = [], None, None
     for (_, settings), runs in groups.items():
         if len(runs) < 2:
@@ -303,13 +308,10 @@ def agreement(results: list[dict]) -> str:
 
 def harness_overhead(results: list[dict]) -> str:
     """Worker vs bare loop on the same spec (suites/overhead.toml): what the measuring costs."""
-    def key(spec: dict) -> str:
-        return json.dumps({k: v for k, v in spec.items() if k != "runner"}, sort_keys=True)
-
-    workers = {key(r["spec"]): r for r in _ok(results)}
+    workers = {_settings_key(r["spec"], "runner"): r for r in _ok(results)}
     pairs: dict[str, list[tuple[float, float, float]]] = {}
     for bare in _ok(results, "bare-loop"):
-        worker = workers.get(key(bare["spec"]))
+        worker = workers.get(_settings_key(bare["spec"], "runner"))
         if worker and worker.get("examples_per_sec") and bare.get("examples_per_sec"):
             name = RunSpec.from_dict(worker["spec"]).label
             pairs.setdefault(name, []).append((worker["examples_per_sec"] / bare["examples_per_sec"],
