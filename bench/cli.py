@@ -44,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from backends.registry import BACKENDS
-    from bench.suite import FRAMEWORKS, QUICK
+    from bench.executing.suite import FRAMEWORKS, QUICK
     from common.spec import OPTIMIZERS, RUNNERS, RunSpec
 
     parser = _Parser(prog="python -m bench", description=__doc__)
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode = data.add_mutually_exclusive_group(required=True)
     mode.add_argument("--summary", action="store_true", help="print one JSON line about the stream")
     mode.add_argument("--dump", metavar="FILE.npz", help="write the first epoch's batches, vocab and init weights")
-    data.set_defaults(run="bench.data_command:run")
+    data.set_defaults(run="bench.running.data_command:run")
 
     r = RunSpec(backend="numpy")
     train = commands.add_parser("train", help="train one backend and print loss, speed and neighbours")
@@ -73,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--progress", action="store_true", help="print 'progress DONE TOTAL' after each epoch")
     train.add_argument("--export-vectors", metavar="FILE.txt", help="center vectors in word2vec text format")
     add_data_args(train, epochs=DataSpec().epochs)
-    train.set_defaults(run="bench.train_command:run")
+    train.set_defaults(run="bench.running.train_command:run")
 
     near = commands.add_parser("neighbours", help="nearest words by cosine in exported vectors")
     near.add_argument("--vectors", required=True, help="a file written by train --export-vectors")
     near.add_argument("--word", required=True)
     near.add_argument("-k", type=int, default=3)
-    near.set_defaults(run="bench.train_command:run_neighbours")
+    near.set_defaults(run="bench.running.train_command:run_neighbours")
 
     suite = commands.add_parser("suite", help="run backends x variants x devices and write the HTML report")
     suite.add_argument("--quick", action="store_true", help=f"1 epoch of {QUICK['max_steps']} steps per run")
@@ -94,17 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--resume", metavar="DIR", help="finish an interrupted suite")
     suite.add_argument("--data-dir")
     suite.add_argument("--no-download", action="store_true")
-    suite.set_defaults(run="bench.suite_command:run")
+    suite.set_defaults(run="bench.executing.suite_command:run")
 
     report = commands.add_parser("report", help="rebuild DIR/index.html from DIR's stored results")
     report.add_argument("folder")
-    report.set_defaults(run="bench.suite_command:run_report")
+    report.set_defaults(run="bench.executing.suite_command:run_report")
 
     micro = commands.add_parser("microbench", help="pytest-benchmark step and data benchmarks in every env")
     micro.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
     micro.add_argument("--out", help="folder (default reports/microbench-<UTC time>)")
     micro.add_argument("-k", help="pytest -k expression to select benchmarks")
-    micro.set_defaults(run="bench.microbench:run")
+    micro.set_defaults(run="bench.executing.microbench:run")
     return parser
 
 

@@ -1,6 +1,8 @@
 """The data settings of a run: the recipe's defaults, validated once, serialisable to JSON."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 
 from common.errors import BenchError
@@ -121,6 +123,12 @@ class RunSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def key(self) -> str:
+        """The run's identity: a digest of its whole spec (every run and data field, the runner,
+        the repeat index). Results are paired, reused and resumed by it, never by name."""
+        return spec_key(self.to_dict())
+
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
         data = dict(data)
@@ -129,3 +137,8 @@ class RunSpec:
             raise BenchError(f"invalid setting: unknown run fields {sorted(unknown)}")
         data["data"] = DataSpec.from_dict(data.get("data", {}))
         return cls(**data)
+
+
+def spec_key(spec: dict) -> str:
+    """16 hex digits of SHA-256 over the spec's canonical JSON (sorted keys, exact float repr)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import Harness
-from bench.suite import PlannedRun, load_suite_file, make_spec, run_name
+from bench.executing.harness import Harness
+from bench.executing.suite import PlannedRun, load_suite_file, make_spec, run_name
 from common.errors import BenchError
 from tests.conftest import ROOT, run_bench
 from tests.data.test_bad_input import assert_one_line_error
@@ -119,7 +119,7 @@ def test_overhead_suite_alternates_identical_twins():
 
 def test_an_existing_interpreter_can_stand_in_for_a_tox_env(monkeypatch, tmp_path, ptb_dir):
     """SKIPGRAM_PYTHON_<ENV>: machines where the frameworks are installed and tox cannot fetch them."""
-    from bench import envs
+    from bench.executing import envs
 
     monkeypatch.setenv("SKIPGRAM_TOX_WORKDIR", str(tmp_path / "no-tox-envs-here"))
     monkeypatch.setenv("SKIPGRAM_PYTHON_TESTS", sys.executable)

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from bench import report
-from bench.harness import Harness
-from bench.suite import PlannedRun, make_spec, run_name
+from bench.reporting import report
+from bench.executing.harness import Harness
+from bench.executing.suite import PlannedRun, make_spec, run_name
 from common.errors import BenchError
 from tests.conftest import run_bench
 from tests.data.test_bad_input import assert_one_line_error

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from bench import bare_loop, train_command, worker
+from bench.running import bare_loop, train_command, worker
 from common.batches import StreamHash, load_dataset
 from common.errors import BenchError
 from common.spec import DataSpec, RunSpec

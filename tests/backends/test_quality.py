@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import worker
+from bench.running import worker
 from common.evaluate import eval_data_dir
 from common.spec import RunSpec
 from tests.conftest import BACKEND

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from backends.registry import BACKENDS, tox_env
-from bench.envs import python_for
+from bench.executing.envs import python_for
 from tests.conftest import run_bench
 
 pytestmark = pytest.mark.envs

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from bench.envs import python_for
+from bench.executing.envs import python_for
 from tests.conftest import run_bench
 
 pytestmark = pytest.mark.envs

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 from backends.registry import BACKENDS, tox_env
-from bench import envs, report
-from bench.harness import write_meta
-from bench.suite import new_results_dir, parse_names
+from bench.executing import envs
+from bench.reporting import report
+from bench.executing.harness import write_meta
+from bench.executing.suite import new_results_dir, parse_names
 from common.errors import BenchError
 
 

@@ -16,9 +16,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import envs
-from bench.suite import PlannedRun
-from bench.train_command import failed_result, write_result
+from bench.executing import envs
+from bench.executing.suite import PlannedRun
+from bench.running.train_command import failed_result, write_result
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
 from common.machine import git_commit, machine_info

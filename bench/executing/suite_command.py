@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import report
-from bench.harness import Harness, gpu_names
-from bench.suite import FRAMEWORKS, QUICK, default_plan, load_suite_file, new_results_dir, parse_names
+from bench.reporting import report
+from bench.executing.harness import Harness, gpu_names
+from bench.executing.suite import FRAMEWORKS, QUICK, default_plan, load_suite_file, new_results_dir, parse_names
 from common.errors import BenchError
 from common.ptb import find_ptb
 

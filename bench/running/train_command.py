@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench import worker
+from bench.running import worker
 from bench.cli import data_spec
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
@@ -34,13 +34,13 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
 def runner(spec: RunSpec) -> Callable[..., dict]:
     """The training function of a run; baselines are imported only when asked for."""
     if spec.runner == "recipe-loop":
-        from bench import recipe_loop
+        from bench.running import recipe_loop
         return recipe_loop.train
     if spec.runner == "gensim":
-        from bench import gensim_baseline
+        from bench.running import gensim_baseline
         return gensim_baseline.train
     if spec.runner == "bare-loop":
-        from bench import bare_loop
+        from bench.running import bare_loop
         return bare_loop.train
     return worker.train
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from backends import registry
-from bench.worker import Progress, Timeline, record, total_steps
+from bench.running.worker import Progress, Timeline, record, total_steps
 from common.batches import load_dataset
 from common.evaluate import write_word2vec
 from common.init import initial_weights

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.worker import Progress, Timeline, finish, record
+from bench.running.worker import Progress, Timeline, finish, record
 from common.corpus import UNK
 from common.ptb import find_ptb
 from common.spec import RunSpec

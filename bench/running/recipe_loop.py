@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.worker import Progress, Timeline, finish, record
+from bench.running.worker import Progress, Timeline, finish, record
 from common.batches import load_dataset
 from common.init import initial_weights
 from common.spec import RunSpec

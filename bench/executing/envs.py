@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common.errors import BenchError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Variables tox sets for the env it runs in; a nested tox must not inherit them.
 _TOX_VARS = ("TOX_ENV_NAME", "TOX_WORK_DIR", "TOX_ENV_DIR", "TOX_PACKAGE", "VIRTUAL_ENV", "PYTHONHOME")
 

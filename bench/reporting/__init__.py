@@ -1,0 +1,1 @@
+"""Pages built from stored results alone."""

@@ -1,0 +1,1 @@
+"""One run in this interpreter: the worker, the baselines, and the train / data commands."""
