@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from backends import registry
-from bench.running.worker import Progress, Timeline, record, total_steps
+from bench.running.worker import Progress, Timeline, outcome, record, total_steps
 from common.batches import load_dataset
 from common.evaluate import write_word2vec
 from common.init import initial_weights
@@ -51,8 +51,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
         epoch_losses.append(float(np.average(epoch_loss, weights=sizes)))
         if progress:
             progress(len(timeline.losses), limit)
-    finite = bool(np.all(np.isfinite(timeline.losses)))
-    status, error = ("ok", None) if finite else ("diverged", "loss became non-finite; lower --lr")
+    status, error = outcome(timeline.losses)
     env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
     timings = {"train_seconds": float(sum(epoch_seconds))}
     if export_vectors is not None:

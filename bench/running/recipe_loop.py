@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.running.worker import Progress, Timeline, finish, record
+from bench.running.worker import Progress, Timeline, finish, outcome, record
 from common.batches import load_dataset
 from common.init import initial_weights
 from common.spec import RunSpec
@@ -104,7 +104,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     env = {"backend": "recipe-loop", "versions": {"torch": torch.__version__}, "device_name": "cpu",
            "loader_workers": WORKERS}
     # No data hash: the same examples, but in the DataLoader's order and padded per batch.
-    result = record(spec, "ok", None, env, None, timeline, epoch_losses, epoch_seconds, timings)
+    status, error = outcome(timeline.losses)
+    result = record(spec, status, error, env, None, timeline, epoch_losses, epoch_seconds, timings)
     result["kind"] = "recipe-loop"
     finish(result, dataset.vocab.tokens, net[0].weight.detach().numpy(), export_vectors)
     return result
