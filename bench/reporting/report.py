@@ -400,10 +400,15 @@ def render(folder: Path) -> Path:
     return _write(folder, sections)
 
 
+def page(sections: list[tuple[str, str]], title: str = "skip-gram bench report",
+         heading: str = "skip-gram bench") -> str:
+    """One offline HTML page in the report's style (compare and history pages use it too)."""
+    body = "".join(f"<h2>{name}</h2>{content}" for name, content in sections)
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(heading)}</h1>{body}</body></html>")
+
+
 def _write(folder: Path, sections: list[tuple[str, str]]) -> Path:
-    body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>skip-gram bench report</title>"
-            f"<style>{CSS}</style></head><body><h1>skip-gram bench</h1>{body}</body></html>")
     out = folder / "index.html"
-    atomic_write_bytes(out, page.encode("utf-8"))
+    atomic_write_bytes(out, page(sections).encode("utf-8"))
     return out
