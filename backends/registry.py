@@ -26,6 +26,8 @@ BACKENDS = {
     "torch": BackendInfo("backends.pytorch", "TorchBackend", "torch", sparse=True, compile=True),
     "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False),
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True),
+    # JAX is always compiled (jit), so it has no separate compiled variant.
+    "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False),
 }
 
 
