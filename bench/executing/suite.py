@@ -12,7 +12,7 @@ from backends.registry import BACKENDS, info, tox_env
 from common.errors import BenchError
 from common.spec import BASELINES, DataSpec, RunSpec
 
-FRAMEWORKS = ("torch", "mxnet", "tensorflow")
+FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
 QUICK = {"epochs": 1, "max_steps": 150}
 _RUN_FIELDS = {f.name for f in fields(RunSpec)} - {"data"}
 _DATA_FIELDS = {f.name for f in fields(DataSpec)}
