@@ -1,12 +1,36 @@
-"""Where prepared data lives, and how it is written: to a temporary name, then renamed."""
+"""Where prepared data lives, and how everything is written: to a temporary name, then renamed.
+
+Every file the suite writes (results, caches, the report, dumps, exported vectors) goes through
+`atomic_file` / `atomic_dir`, so this is also the one place where a full, read-only or
+forbidden disk becomes one line naming the path and the space it needed (a BenchError), with
+the temporary file removed. Temporary names carry the writer's pid, so a later writer can tell
+a killed process's leftovers (removed) from a live one's (kept).
+"""
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from common.errors import BenchError
+
+# Errors of the place written to, not of the program: the user fixes them by freeing space or
+# choosing another path, so they are one line, never a traceback.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                errno.EISDIR, errno.EFBIG}
+# A temporary entry without a readable pid (written before pids were part of the name) is
+# stale once this old: no build or write in this suite takes an hour.
+STALE_SECONDS = 3600
+# The space a result file needs, checked before a run: losses of ~3,400 steps at ~25 bytes
+# each, plus segments and metadata, stay well under this.
+RESULT_BYTES = 256 << 10
+_TEMP_NAME = re.compile(r"^\.tmp-.*-p(\d+)-[^-]*$")
 
 
 def cache_dir() -> Path:
@@ -18,14 +42,156 @@ def cache_dir() -> Path:
     return Path(base) / "skipgram-bench"
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _fix(path: Path, full: bool = True) -> str:
+    """How the user gets out of a failed write to `path` (`full`: for want of space)."""
+    try:
+        in_cache = path.resolve().is_relative_to(cache_dir().resolve())
+    except OSError:
+        in_cache = False
+    if in_cache:
+        return ("free space there or " if full else "") + "set SKIPGRAM_BENCH_CACHE to a writable folder elsewhere"
+    return "free space there or choose a path on another disk" if full else "choose a writable path"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding `path` (its nearest existing ancestor); None if unknown."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def write_error(exc: OSError, path: Path, needed: int | None = None, at_least: bool = False) -> BenchError:
+    """The one-line error for a failed write to `path` (the error's own filename when it has one);
+    `needed` is the size of the write (a lower bound when `at_least`)."""
+    named = Path(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else None
+    temporary = named is not None and any(part.startswith(".tmp-") for part in named.parts)
+    where = named if named and not temporary else path  # the user knows no temporary name
+    reason = os.strerror(exc.errno).lower() if exc.errno else f"short write, the disk is probably full ({exc})"
+    space, full = "", exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, None)
+    if full:
+        free = free_bytes(where)
+        parts = [f"needed {'at least ' if at_least else ''}{_mib(needed)}"] if needed else []
+        parts += [f"{_mib(free)} free"] if free is not None else []
+        space = f" ({', '.join(parts)})" if parts else ""
+    return BenchError(f"cannot write {where}: {reason}{space}; {_fix(where, full)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def is_stale(entry: Path, now: float | None = None) -> bool:
+    """A `.tmp-*` entry whose writer is gone: its pid is dead, or it has no pid and is old."""
+    match = _TEMP_NAME.match(entry.name)
+    if match:
+        return int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))
+    try:
+        age = (now or time.time()) - entry.lstat().st_mtime
+    except OSError:
+        return False
+    return entry.name.startswith(".tmp-") and age > STALE_SECONDS
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete what killed writers left in `folder` (a full disk's usual cause); return what went."""
+    removed = []
+    try:
+        entries = [e for e in folder.iterdir() if e.name.startswith(".tmp-")]
+    except OSError:
+        return removed
+    for entry in entries:
+        if is_stale(entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _prefix(target: Path) -> str:
+    return f".tmp-{target.name}-p{os.getpid()}-"
+
+
+def is_write_failure(exc: OSError) -> bool:
+    """An error of the place written to: a listed errno, or a short write without one (numpy's
+    `tofile` reports a full disk as "N requested and M written" with no errno)."""
+    return exc.errno in WRITE_ERRNOS or (exc.errno is None and "written" in str(exc))
+
+
+def _make_parent(target: Path, needed: int | None) -> None:
+    """Create `target`'s folder; any failure is the path's fault, so it is one line."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise BenchError(f"cannot create folder {target.parent}: part of that path is a file; "
+                         f"{_fix(target.parent, False)}") from None
+    except OSError as exc:
+        raise write_error(exc, target.parent, needed) from None
+
+
+def check_writable(path: Path, what: str, needed: int = RESULT_BYTES, folder: bool = False) -> None:
+    """Fail now, before any work, if `path` cannot be written later: a run must not train for an
+    hour and then lose its result to a typo, a read-only mount or a full disk.
+
+    `path` is a file to be created or replaced (its folder is checked, and created if missing),
+    or with `folder=True` a folder to write files into (created if missing). The check writes
+    and removes a probe file there, and needs `needed` bytes free. Raises BenchError naming
+    `what` (e.g. "--out"), the path and the fix.
+    """
+    target = path / ".probe" if folder else path
+    if not folder and path.is_dir():
+        raise BenchError(f"{what} {path} is a folder; name a file")
+    if folder and path.exists() and not path.is_dir():
+        raise BenchError(f"{what} {path} is not a folder")
+    try:
+        _make_parent(target, needed)
+        fd, probe = tempfile.mkstemp(prefix=_prefix(target), dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except BenchError as exc:
+        raise BenchError(f"{what}: {exc}") from None
+    except OSError as exc:
+        if not is_write_failure(exc):
+            raise
+        raise BenchError(f"{what}: {write_error(exc, path, needed)}") from None
+    free = free_bytes(target.parent)
+    if free is not None and free < needed:
+        raise BenchError(f"{what}: no space for {path}: needs about {_mib(needed)}, {_mib(free)} free; "
+                         f"{_fix(target.parent)}")
+
+
 @contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; rename it into place only if the block succeeds.
 
-    An interrupted run leaves at most a `.tmp-*` folder, never a half-written `target`.
+    An interrupted run leaves at most a `.tmp-*-p<pid>-*` folder, never a half-written
+    `target`, and the next writer in that folder removes it once its pid is dead. A write that
+    fails for want of space or permission becomes a BenchError naming the path and `needed`
+    (the bytes the block meant to write, where the caller knows them).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    _make_parent(target, needed)
+    remove_stale_temps(target.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), dir=target.parent))
+    except OSError as exc:
+        if is_write_failure(exc):
+            raise write_error(exc, target, needed) from None
+        raise
     try:
         yield tmp
         try:
@@ -33,25 +199,59 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         except OSError:  # another process got there first: theirs is as good as ours
             if not target.exists():
                 raise
+    except OSError as exc:
+        if is_write_failure(exc):
+            shutil.rmtree(tmp, ignore_errors=True)  # first, so the message counts its space as free
+            raise write_error(exc, target, needed) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _position(f: BinaryIO) -> int:
+    """Bytes handed to `f` so far (0 when a failed flush left it unable to say)."""
+    try:
+        return f.tell()
+    except (OSError, ValueError):
+        return 0
+
+
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, needed: int | None = None) -> Iterator[BinaryIO]:
     """Yield a file to write; it replaces `path` only once the block succeeds, so readers see
-    the old content or the whole new one, never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    the old content or the whole new one, never a half-written file.
+
+    A full, read-only or forbidden disk becomes a BenchError naming `path` and the bytes
+    needed (`needed`, else at least what had been written when it failed); the temporary
+    file is removed whatever happens.
+    """
+    _make_parent(path, needed)
+    remove_stale_temps(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), dir=path.parent)
+    except OSError as exc:
+        if is_write_failure(exc):
+            raise write_error(exc, path, needed) from None
+        raise
+    written = 0
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            try:
+                yield f
+            finally:
+                written = _position(f)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if is_write_failure(exc):
+            raise write_error(exc, path, needed or written or None, at_least=needed is None) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_file(path) as f:
+    """Write `data` to `path` atomically (see atomic_file)."""
+    with atomic_file(path, needed=len(data)) as f:
         f.write(data)
