@@ -3,16 +3,14 @@ a diverged run and a corrupt file), read as text and opened in headless Chromium
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import pytest
 
 from bench.reporting import report
-from bench.executing.harness import Harness
-from bench.executing.suite import PlannedRun, make_spec, run_name
+from bench.executing.suite import make_spec, planned
 from common.errors import BenchError
-from tests.conftest import run_bench
+from tests.browser import assert_renders
+from tests.conftest import run_bench, run_plan
 from tests.data.test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.envs
@@ -26,13 +24,8 @@ def suite_dir(tmp_path_factory, ptb_dir):
                  {"backend": "torch", "runner": "bare-loop"},  # the twin of torch dense: harness overhead
                  {"backend": "torch", "runner": "recipe-loop"}, {"backend": "torch", "runner": "gensim"},
                  {"backend": "numpy", "optimizer": "sgd", "lr": 1e300}]
-    plan = []
-    for extra in settings:
-        spec = make_spec({"epochs": 1, "max_steps": 120, **extra}, "fixture")
-        plan.append(PlannedRun(run_name(spec), spec))
-    harness = Harness(out, ptb_dir, timeout=600)
-    harness.write_plan(plan, ["python", "-m", "bench", "suite", "(test fixture)"])
-    harness.run_all(plan)
+    plan = [planned(make_spec({"epochs": 1, "max_steps": 120, **extra}, "fixture")) for extra in settings]
+    run_plan(out, plan, ptb_dir, timeout=600)
     (out / "runs" / "broken.json").write_text('{"status": "ok", "spec": ')
     return out
 
@@ -78,16 +71,4 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
 
 
 def test_report_opens_in_headless_chromium(suite_dir, page, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (CI installs Debian's chromium)")
-    shot = tmp_path / "report.png"
-    run = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-                          f"--screenshot={shot}", "--window-size=1200,3000", (suite_dir / "index.html").as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert shot.exists() and shot.stat().st_size > 20_000
-    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-    assert not console, console
+    assert_renders(suite_dir / "index.html", tmp_path)
