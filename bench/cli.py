@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2, like every other error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise BenchError(f"{message} (see `python -m bench {self.prog.split()[-1]} --help`)")
+        raise BenchError(f"{message} (see `{self.prog} --help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--suite", metavar="FILE.toml", help="sweeps to run instead of the default plan")
     suite.add_argument("--timeout", type=float, default=3600, help="seconds before a run is killed")
     suite.add_argument("--out", help="results folder (default reports/<UTC time>)")
-    suite.add_argument("--resume", metavar="DIR", help="finish an interrupted suite")
+    suite.add_argument("--resume", metavar="DIR", help="finish an interrupted suite; its plan comes from DIR/suite.json")
+    suite.add_argument("--retry-failed", action="store_true", help="with --resume or --out: redo failed and "
+                       "timed-out runs too (runs with no valid result are always redone)")
+    suite.add_argument("--dry-run", action="store_true", help="print the plan and what would be skipped; run nothing")
+    suite.add_argument("--yes", action="store_true", help="start a plan of more than 200 runs")
     suite.add_argument("--data-dir")
     suite.add_argument("--no-download", action="store_true")
     suite.set_defaults(run="bench.executing.suite_command:run")
@@ -99,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild DIR/index.html from DIR's stored results")
     report.add_argument("folder")
     report.set_defaults(run="bench.executing.suite_command:run_report")
+
+    from bench.reporting.compare import METHOD_TEXT
+
+    comp = commands.add_parser("compare", help="pair two results folders' runs: speed verdicts, losses, quality, env",
+                               description=METHOD_TEXT + " Exit status: 1 when some pair is slower, 0 otherwise, "
+                               "2 for bad input.")
+    comp.add_argument("base", help="results folder measured first (the reference)")
+    comp.add_argument("new", help="results folder to judge against it")
+    comp.add_argument("--threshold", type=float, default=0.05, help="smallest change that counts (default 0.05)")
+    comp.add_argument("--out", metavar="FILE.html", help="also write an offline HTML page")
+    comp.add_argument("--json", metavar="FILE.json", help="where the JSON goes (default: beside --out, else NEW/compare.json)")
+    comp.set_defaults(run="bench.reporting.compare:run")
+
+    hist = commands.add_parser("history", help="each run's examples/s and final loss across folders, by date")
+    hist.add_argument("folders", nargs="+", metavar="FOLDER", help="results folders (ordered by suite.json's date)")
+    hist.add_argument("--out", metavar="FILE.html", help="the page (default: NEWEST_FOLDER/history.html)")
+    hist.set_defaults(run="bench.reporting.history:run")
 
     micro = commands.add_parser("microbench", help="pytest-benchmark step and data benchmarks in every env")
     micro.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")

@@ -1,0 +1,143 @@
+"""`python -m bench history FOLDER...`: each run's speed and final loss across results folders.
+
+asv's history graph for this suite: one offline page where a change in speed can be read
+against what changed with it. Folders are ordered by their suite.json date; each point says
+(as SVG <title> text, a tooltip in any browser) which commit and framework versions made it,
+and a vertical mark shows where a framework version changed.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.reporting.compare import Folder, group, headless_matplotlib, load_folder, names, write_file
+from bench.reporting.report import _fmt, _svg, page
+
+
+@dataclass
+class Point:
+    """One run setting in one folder: its repeats pooled."""
+
+    x: int
+    folder: Folder
+    rates: tuple[float, float, float] | None  # 25th, 50th, 75th percentile of the segment rates
+    final_loss: float | None
+    versions: dict[str, str]
+
+
+def collect(folders: list[Folder]) -> tuple[dict[str, str], dict[str, list[Point]]]:
+    """Settings key -> its points across the folders (in folder order), and key -> display name."""
+    series: dict[str, list[Point]] = {}
+    specs: dict[str, dict] = {}
+    for x, folder in enumerate(folders):
+        for key, runs in group(folder.results).items():
+            ok = [r for r in runs if r["status"] == "ok"]
+            if not ok:
+                continue
+            rates = [v for r in ok for v in r.get("segment_rates") or []]
+            losses = [r["final_loss"] for r in ok if r.get("final_loss") is not None]
+            versions: dict[str, str] = {}
+            for r in ok:
+                versions.update((r.get("env") or {}).get("versions") or {})
+            quartiles = tuple(float(q) for q in np.percentile(rates, [25, 50, 75])) if rates else None
+            specs.setdefault(key, ok[0]["spec"])
+            series.setdefault(key, []).append(Point(x, folder, quartiles, float(np.mean(losses)) if losses else None,
+                                                    versions))
+    return names(specs), series
+
+
+def version_changes(series: dict[str, list[Point]]) -> dict[int, set[str]]:
+    """Folder index -> 'framework old -> new' for every version that changed on arriving there."""
+    marks: dict[int, set[str]] = {}
+    for points in series.values():
+        for before, after in zip(points, points[1:]):
+            for name in sorted(set(before.versions) | set(after.versions)):
+                old, new = before.versions.get(name, "–"), after.versions.get(name, "–")
+                if old != new:
+                    marks.setdefault(after.x, set()).add(f"{name} {old} → {new}")
+    return marks
+
+
+def tooltip(name: str, p: Point) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(p.versions.items())) or "no versions recorded"
+    speed = (f"examples/s {p.rates[1]:,.0f} (IQR {p.rates[0]:,.0f}–{p.rates[2]:,.0f})" if p.rates
+             else "no segment rates")
+    return (f"{name}\n{p.folder.created}, commit {p.folder.commit}\n{versions}\n{speed}\n"
+            f"final loss {_fmt(p.final_loss, 4)}")
+
+
+def figure(folders: list[Folder], labels: dict[str, str], series: dict[str, list[Point]]) -> str:
+    """Speed (median, IQR band) and final loss against folder; points carry <title> tooltips."""
+    headless_matplotlib()
+    import matplotlib.pyplot as plt
+
+    fig, (speed_ax, loss_ax) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    titles: dict[str, str] = {}
+    for key in sorted(series, key=labels.get):
+        points = series[key]
+        timed = [p for p in points if p.rates]
+        line, = speed_ax.plot([p.x for p in timed], [p.rates[1] for p in timed], lw=1.2, label=labels[key])
+        speed_ax.fill_between([p.x for p in timed], [p.rates[0] for p in timed], [p.rates[2] for p in timed],
+                              color=line.get_color(), alpha=0.15, lw=0)
+        scored = [p for p in points if p.final_loss is not None]
+        loss_ax.plot([p.x for p in scored], [p.final_loss for p in scored], lw=1.2, color=line.get_color())
+        for ax, shown, value in ((speed_ax, timed, lambda p: p.rates[1]), (loss_ax, scored, lambda p: p.final_loss)):
+            for p in shown:
+                marker, = ax.plot([p.x], [value(p)], "o", color=line.get_color())
+                gid = f"history-point-{len(titles)}"
+                marker.set_gid(gid)
+                titles[gid] = tooltip(labels[key], p)
+    for x, changes in sorted(version_changes(series).items()):
+        for ax in (speed_ax, loss_ax):
+            ax.axvline(x - 0.5, color="#999", ls="--", lw=1)
+        speed_ax.annotate("\n".join(sorted(changes)), (x - 0.5, 1), xycoords=("data", "axes fraction"),
+                          fontsize=7, va="top", ha="left", xytext=(3, -3), textcoords="offset points")
+    speed_ax.set(ylabel="examples/s (median of segments, band: IQR)", title="speed")
+    loss_ax.set(ylabel="final loss", title="final loss")
+    loss_ax.set_xticks(range(len(folders)), [f"{f.created[:16]}\n{f.commit}" for f in folders], fontsize=7,
+                       rotation=30, ha="right")
+    speed_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return with_titles(_svg(fig), titles)
+
+
+def with_titles(svg: str, titles: dict[str, str]) -> str:
+    """Put <title> (a browser's tooltip) first in each group matplotlib wrote for an artist with that gid."""
+    for gid, text in titles.items():
+        opening = f'<g id="{gid}">'
+        if opening not in svg:
+            raise RuntimeError(f"matplotlib wrote no group {opening}: the points' titles would be lost")
+        svg = svg.replace(opening, f"{opening}<title>{html.escape(text)}</title>", 1)
+    return svg
+
+
+def folder_table(folders: list[Folder]) -> str:
+    rows = []
+    for f in folders:
+        versions: dict[str, str] = {}
+        for r in f.results:
+            versions.update((r.get("env") or {}).get("versions") or {})
+        ok = sum(r["status"] == "ok" for r in f.results)
+        cells = [f.created, f.commit, str(f.path), ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–",
+                 f"{ok} of {len(f.results)}"]
+        rows.append("<tr>" + "".join(f"<td class='l'>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th class='l'>{h}</th>" for h in ("created", "commit", "folder", "frameworks", "runs finished"))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def run(args: argparse.Namespace) -> int:
+    folders = sorted((load_folder(Path(p)) for p in args.folders), key=lambda f: (f.created, str(f.path)))
+    labels, series = collect(folders)
+    plot = figure(folders, labels, series) if series else "<p>No run finished in these folders.</p>"
+    note = ("<p>One line per run setting (the spec without its repeat index; repeats pooled). Hover a point for its "
+            "commit and framework versions; dashed lines mark a framework version change. Rates measured on "
+            "different days or machines drift (about ±10 % on a shared VM): use <code>python -m bench compare"
+            "</code> for a verdict with an interval.</p>")
+    out = Path(args.out) if args.out else folders[-1].path / "history.html"
+    write_file(out, page([("Folders", folder_table(folders)), ("History", note + plot)],
+                     title="skip-gram bench: history", heading="skip-gram bench: history"))
+    print(f"history of {len(series)} run settings over {len(folders)} folders: {out}")
+    return 0
