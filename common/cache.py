@@ -123,6 +123,12 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _prefix(target: Path) -> str:
     return f".tmp-{target.name}-p{os.getpid()}-"
 
@@ -195,6 +201,7 @@ def atomic_dir(target: Path, needed: int | None = None) -> Iterator[Path]:
     try:
         yield tmp
         try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared cache from others
             os.replace(tmp, target)
         except OSError:  # another process got there first: theirs is as good as ours
             if not target.exists():
@@ -240,6 +247,7 @@ def atomic_file(path: Path, needed: int | None = None) -> Iterator[BinaryIO]:
                 yield f
             finally:
                 written = _position(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would have made it, not mkstemp's 0600
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 
 def cpu_model() -> str:
@@ -34,3 +37,126 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
     }
+
+
+# --- what else the machine was doing while a run was timed ---------------------------------
+
+STAT = Path("/proc/stat")
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice.
+# Busy = everything but idle and iowait; guest time is already inside user and nice. Steal is
+# time the hypervisor gave this VM's CPUs to another guest: lost to the run all the same.
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
+_STEAL = 7
+
+
+class CpuSample(NamedTuple):
+    """One reading of the whole machine's CPU counters and of this process's own CPU time."""
+
+    wall: float       # time.monotonic()
+    busy: float       # CPU-seconds of every process on every CPU since boot (steal included)
+    steal: float      # CPU-seconds stolen by the hypervisor since boot
+    own: float        # CPU-seconds of this process (all its threads) and its reaped children
+    cores: int        # CPUs counted in /proc/stat
+
+
+def cpu_sample() -> CpuSample | None:
+    """Read /proc/stat and this process's rusage; None where there is no /proc/stat (not Linux)."""
+    try:
+        lines = STAT.read_text().splitlines()
+    except OSError:
+        return None
+    fields = [int(x) for x in lines[0].split()[1:]]
+    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    busy = sum(fields[i] for i in _BUSY_FIELDS if i < len(fields)) / _TICK
+    steal = (fields[_STEAL] if len(fields) > _STEAL else 0) / _TICK
+    return CpuSample(time.monotonic(), busy, steal, own, max(cores, 1))
+
+
+def _delta(before: CpuSample, after: CpuSample) -> CpuSample:
+    return CpuSample(*(a - b for a, b in zip(after[:4], before[:4])), after.cores)
+
+
+def _fractions(d: CpuSample) -> dict:
+    """CPU-seconds other processes took in a span `d` (all busy time less this process's own),
+    and that as a fraction of the machine (wall seconds x cores)."""
+    wall = max(d.wall, 1e-9)
+    other = max(0.0, d.busy - d.own)
+    capacity = wall * d.cores
+    return {"wall_seconds": d.wall, "cores": d.cores, "own_cpu_seconds": d.own, "other_cpu_seconds": other,
+            "other_cpu_fraction": min(1.0, other / capacity), "steal_fraction": min(1.0, max(0.0, d.steal) / capacity)}
+
+
+def other_cpu(before: CpuSample, after: CpuSample) -> dict:
+    """Between two samples: see _fractions."""
+    return _fractions(_delta(before, after))
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+class MachineLoad:
+    """What the machine was doing during a run's clock, so a busy machine is named in the
+    result instead of hiding in a low rate: the 1-minute load average before and after, and
+    the CPU time other processes took from /proc/stat less this process's own (its threads,
+    and children it has reaped, such as a DataLoader's workers at the end of each epoch).
+
+    start() / stop() may bracket several spans (each epoch's training clock, leaving out the
+    data building between them); stop() returns the totals so far. The 1-minute load average
+    lags (an exponential average over about a minute) and counts the run's own threads, so it
+    is context; other_cpu_fraction is the measure the report judges by.
+    """
+
+    def __init__(self) -> None:
+        self._start: CpuSample | None = None
+        self._total: CpuSample | None = None
+        self._loadavg_before: float | None = None
+        self._measurable = True
+
+    def start(self) -> "MachineLoad":
+        if self._total is None and self._start is None:
+            self._loadavg_before = _loadavg()
+        self._start = cpu_sample()
+        self._measurable &= self._start is not None
+        return self
+
+    def stop(self) -> dict:
+        """The record for the result: loadavg_before, loadavg_after, other_cpu_fraction (None
+        without /proc/stat), other_cpu_seconds, own_cpu_seconds, steal_fraction, wall_seconds, cores."""
+        end = cpu_sample()
+        if self._start is not None and end is not None:
+            span = _delta(self._start, end)
+            self._total = span if self._total is None else \
+                CpuSample(*(a + b for a, b in zip(self._total[:4], span[:4])), span.cores)
+        else:
+            self._measurable = False
+        self._start = None
+        load = {"loadavg_before": self._loadavg_before, "loadavg_after": _loadavg()}
+        if not self._measurable or self._total is None:
+            return {**load, "other_cpu_fraction": None}
+        return {**load, **_fractions(self._total)}
+
+
+def wait_for_quiet(max_wait: float, threshold: float, window: float = 1.0) -> bool:
+    """Sample the machine in `window`-second slices until other processes' CPU use (everything
+    but this process, which idles while it waits) is below `threshold` of the machine, or
+    `max_wait` seconds have passed. True when it became quiet. At least one slice is sampled,
+    so max_wait 0 still answers "is it quiet now?". False where /proc/stat cannot be read,
+    since quiet cannot be shown there."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = cpu_sample()
+        time.sleep(window)
+        after = cpu_sample()
+        if before is None or after is None:
+            return False
+        if other_cpu(before, after)["other_cpu_fraction"] < threshold:
+            return True
+        if time.monotonic() + window > deadline:
+            return False

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from backends import registry
-from bench.running.worker import Progress, Timeline, outcome, record, total_steps
+from bench.running.worker import Progress, Timeline, check_vectors, outcome, record, total_steps
 from common.batches import load_dataset
 from common.evaluate import write_word2vec
 from common.init import initial_weights
+from common.machine import MachineLoad
 from common.spec import RunSpec
 
 
@@ -25,9 +26,11 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     backend_cls = registry.load(spec.backend)
     dataset = load_dataset(spec.data, data_dir, download, corpus)
+    check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
     limit = total_steps(spec, dataset)
     timeline, epoch_losses, epoch_seconds = Timeline(), [], []
+    load, machine_load = MachineLoad(), None
     for epoch in range(spec.data.epochs):
         batches = [b for _, b in zip(range(limit - len(timeline.losses)), dataset.epoch(epoch))]
         if not batches:
@@ -40,9 +43,11 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
             prepared, timed_sizes = prepared[1:], sizes[1:]
         else:
             losses, timed_sizes = [], sizes
+        load.start()
         t = time.perf_counter()
         losses.append(backend.train(prepared))
         seconds = time.perf_counter() - t
+        machine_load = load.stop()
         epoch_loss = np.concatenate(losses)
         timeline.losses.extend(epoch_loss.tolist())
         timeline.sizes.extend(sizes)
@@ -56,4 +61,4 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     timings = {"train_seconds": float(sum(epoch_seconds))}
     if export_vectors is not None:
         write_word2vec(export_vectors, dataset.vocab.tokens, backend.embeddings()[0])
-    return record(spec, status, error, env, None, timeline, epoch_losses, epoch_seconds, timings)
+    return record(spec, status, error, env, None, timeline, epoch_losses, epoch_seconds, timings, machine_load)

@@ -12,7 +12,7 @@ import numpy as np
 
 from bench.cli import data_spec
 from common.batches import Dataset, StreamHash, load_dataset
-from common.cache import atomic_write_bytes
+from common.cache import atomic_write_bytes, check_writable
 from common.rowcache import RowTable
 from common.init import initial_weights
 
@@ -20,6 +20,8 @@ from common.init import initial_weights
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     spec = data_spec(args)
+    if args.dump:  # before the corpus is read: finding out afterwards wastes the work
+        check_writable(Path(args.dump), "--dump")
     dataset = load_dataset(spec, args.data_dir, not args.no_download, args.corpus)
     if args.dump:
         dump(dataset, Path(args.dump))
@@ -49,8 +51,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def dump_bytes(dataset: Dataset) -> int:
+    """The dump's size: per example a center (int32) and a row of ids (int32), mask and label
+    (uint8); two float32 tables of V x embed; tokens as fixed-width unicode (4 bytes a char)."""
+    spec, vocab = dataset.spec, dataset.vocab
+    examples = int(dataset.sampler(0).draw.centers.size)
+    longest = max(len(t) for t in vocab.tokens)
+    return (examples * (4 + spec.row_length * 6) + 2 * len(vocab) * spec.embed * 4
+            + len(vocab) * (4 * longest + 8) + (64 << 10))
+
+
 def dump(dataset: Dataset, path: Path) -> None:
     """The first epoch exactly as backends receive it, concatenated, plus vocab and init weights."""
+    check_writable(path, "--dump", needed=dump_bytes(dataset))  # now that its size is known
     batches = list(dataset.epoch(0))
     arrays = {name: np.concatenate([getattr(b, name) for b in batches]) for name in batches[0]._fields}
     center, context = initial_weights(dataset.spec.seed, len(dataset.vocab), dataset.spec.embed)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.running.worker import Progress, Timeline, finish, record
+from bench.running.worker import Progress, Timeline, check_vectors, finish, record
 from common.corpus import UNK
+from common.machine import MachineLoad
 from common.ptb import find_ptb
 from common.spec import RunSpec
 
@@ -32,21 +33,25 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     model = Word2Vec(vector_size=d.embed, window=d.window, min_count=d.min_freq, sg=1, negative=d.noise,
                      sample=d.subsample, workers=workers, seed=d.seed + 1)
     model.build_vocab(sentences)
+    check_vectors(export_vectors, len(model.wv.index_to_key) + 1, d.embed)
     timings = {"load_seconds": time.perf_counter() - t0}
     timeline, epoch_losses, epoch_seconds = Timeline(), [], []
+    load, machine_load = MachineLoad(), None
     decay = (model.alpha - model.min_alpha) / d.epochs
     for e in range(d.epochs):  # one call per epoch, so each epoch is a timed segment; alpha decays as in one call
+        load.start()
         t = time.perf_counter()
         effective, _raw = model.train(sentences, total_examples=len(sentences), epochs=1,
                                       start_alpha=model.alpha - e * decay, end_alpha=model.alpha - (e + 1) * decay)
         epoch_seconds.append(time.perf_counter() - t)
+        machine_load = load.stop()
         timeline.segments.append((effective, epoch_seconds[-1]))
         timeline.sizes.append(effective)
         if progress:
             progress(e + 1, d.epochs)
     timings["train_seconds"] = float(sum(epoch_seconds))
     env = {"backend": "gensim", "versions": {"gensim": gensim.__version__}, "device_name": f"cpu ({workers} workers)"}
-    result = record(spec, "ok", None, env, None, timeline, epoch_losses, epoch_seconds, timings)
+    result = record(spec, "ok", None, env, None, timeline, epoch_losses, epoch_seconds, timings, machine_load)
     result["kind"] = "gensim"
     tokens = [w for w in model.wv.index_to_key if w != UNK]  # PTB's literal <unk> is a word to gensim
     finish(result, [UNK] + tokens, np.vstack([np.zeros((1, d.embed), np.float32), model.wv[tokens]]),

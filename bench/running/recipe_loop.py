@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.running.worker import Progress, Timeline, finish, outcome, record
+from bench.running.worker import Progress, Timeline, check_vectors, finish, outcome, record
 from common.batches import load_dataset
 from common.init import initial_weights
+from common.machine import MachineLoad
 from common.spec import RunSpec
 
 WORKERS = 4  # d2l.get_dataloader_workers()
@@ -65,6 +66,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     t0 = time.perf_counter()
     dataset, data = examples(spec, data_dir, download, corpus)
+    check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     torch.manual_seed(spec.data.seed)
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # the book's 4 on any machine
     loader = torch.utils.data.DataLoader(data, spec.data.batch_size, shuffle=True, collate_fn=batchify,
@@ -76,8 +78,10 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
     timings = {"load_seconds": time.perf_counter() - t0, "first_step_seconds": None}
     timeline, epoch_losses, epoch_seconds = Timeline(), [], []
+    load, machine_load = MachineLoad(), None  # its clock is the whole epoch, DataLoader included: so is this span
     limit = spec.max_steps or len(loader) * spec.data.epochs
     for _ in range(spec.data.epochs):
+        load.start()
         t, total, count, epoch_examples = time.perf_counter(), 0.0, 0, 0
         for center, context_negative, mask, label in loader:
             if len(timeline.losses) >= limit:
@@ -94,6 +98,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
             timeline.sizes.append(loss.numel())
             epoch_examples += loss.numel()
         seconds = time.perf_counter() - t
+        machine_load = load.stop()  # after the loop, so its worker processes are reaped and counted as its own
         if epoch_examples:
             epoch_seconds.append(seconds)
             epoch_losses.append(total / count)
@@ -105,7 +110,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
            "loader_workers": WORKERS}
     # No data hash: the same examples, but in the DataLoader's order and padded per batch.
     status, error = outcome(timeline.losses)
-    result = record(spec, status, error, env, None, timeline, epoch_losses, epoch_seconds, timings)
+    result = record(spec, status, error, env, None, timeline, epoch_losses, epoch_seconds, timings, machine_load)
     result["kind"] = "recipe-loop"
     finish(result, dataset.vocab.tokens, net[0].weight.detach().numpy(), export_vectors)
     return result

@@ -12,7 +12,7 @@ import numpy as np
 
 from bench.running import worker
 from bench.cli import data_spec
-from common.cache import atomic_write_bytes
+from common.cache import atomic_write_bytes, check_writable
 from common.errors import BenchError
 from common.evaluate import neighbours, read_word2vec
 from common.spec import RunSpec
@@ -60,13 +60,23 @@ def print_progress(done: int, total: int) -> None:
     print(f"progress {done} {total}", flush=True)
 
 
+def check_outputs(out: Path | None, vectors: Path | None) -> None:
+    """Refuse unwritable or full output places now: finding out after training loses the run.
+    (The worker checks the vectors' space again once it knows the vocabulary's size.)"""
+    if out:
+        check_writable(out, "--out")
+    if vectors:
+        check_writable(vectors, "--export-vectors")
+
+
 def run(args: argparse.Namespace) -> int:
     spec = run_spec(args)
     out = Path(args.out) if args.out else None
+    vectors = Path(args.export_vectors) if args.export_vectors else None
+    check_outputs(out, vectors)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported as a status instead
-                result = runner(spec)(spec, args.data_dir, not args.no_download, args.corpus,
-                                  Path(args.export_vectors) if args.export_vectors else None,
+            result = runner(spec)(spec, args.data_dir, not args.no_download, args.corpus, vectors,
                                   progress=print_progress if args.progress else None)
     except BenchError:
         raise

@@ -19,9 +19,10 @@ import numpy as np
 from backends import registry
 from backends.base import Backend
 from common.batches import Dataset, StreamHash, load_dataset
+from common.cache import check_writable
 from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
-from common.machine import machine_info
+from common.machine import MachineLoad, machine_info
 from common.spec import RunSpec
 
 SCHEMA = 1
@@ -90,8 +91,9 @@ def outcome(losses: list[float]) -> tuple[str, str | None]:
 
 
 def record(spec: RunSpec, status: str, error: str | None, env: dict, data_hash: str | None, timeline: Timeline,
-           epoch_losses: list[float], epoch_seconds: list[float], timings: dict) -> dict:
-    """The result file's content (DESIGN.md in the shared folder, "A result file")."""
+           epoch_losses: list[float], epoch_seconds: list[float], timings: dict, machine_load: dict | None) -> dict:
+    """The result file's content (DESIGN.md in the shared folder, "A result file"). `machine_load`
+    is MachineLoad.stop()'s record over the training clock: what else the machine was doing."""
     return {
         "schema": SCHEMA,
         "status": status,
@@ -105,6 +107,7 @@ def record(spec: RunSpec, status: str, error: str | None, env: dict, data_hash: 
         "epoch_losses": epoch_losses,
         "epoch_seconds": epoch_seconds,
         "timings": timings,
+        "machine_load": machine_load,
         **timeline.rates(),
         "final_loss": epoch_losses[-1] if epoch_losses else None,
         "neighbours": {},
@@ -116,6 +119,13 @@ def total_steps(spec: RunSpec, dataset: Dataset) -> int:
     """Steps a run takes: every epoch's batches, capped by max_steps."""
     full = dataset.batches_per_epoch() * spec.data.epochs
     return min(spec.max_steps or full, full)
+
+
+def check_vectors(path: Path | None, vocab_size: int, embed: int) -> None:
+    """Before training, now that the vocabulary's size is known: room for the exported vectors
+    (word2vec text: about 13 bytes a number at 6 significant digits, plus the word)."""
+    if path is not None:
+        check_writable(path, "--export-vectors", needed=vocab_size * (embed * 13 + 32))
 
 
 def finish(result: dict, tokens: list[str], center: np.ndarray, export_vectors: Path | None) -> None:
@@ -136,8 +146,10 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     clock = time.perf_counter
     t0 = clock()
     dataset = load_dataset(spec.data, data_dir, download, corpus)
+    check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
     timings = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0, "train_seconds": 0.0}
+    load, machine_load = MachineLoad(), None
     limit = total_steps(spec, dataset)
     digest, timeline, epoch_losses, epoch_seconds = StreamHash(), Timeline(), [], []
     status, error = "ok", None
@@ -155,10 +167,12 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
         prepared = backend.prepare(batches)
         backend.sync()
         timings["prepare_seconds"] += clock() - t
-        t = clock()
         sizes = [b.center.size for b in batches]
+        load.start()
+        t = clock()
         losses = timeline.run_epoch(backend, prepared, sizes)
         epoch_seconds.append(clock() - t)
+        machine_load = load.stop()
         bad = first_bad_step(losses)
         keep = losses.size if bad is None else bad + 1
         if bad is not None:
@@ -173,6 +187,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
     timings["train_seconds"] = float(sum(epoch_seconds))
     timings["first_step_seconds"] = timeline.first_step_seconds
     env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
-    result = record(spec, status, error, env, digest.hexdigest(), timeline, epoch_losses, epoch_seconds, timings)
+    result = record(spec, status, error, env, digest.hexdigest(), timeline, epoch_losses, epoch_seconds, timings,
+                    machine_load)
     finish(result, dataset.vocab.tokens, backend.embeddings()[0], export_vectors)
     return result
