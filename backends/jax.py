@@ -1,13 +1,16 @@
-"""JAX: one jit-compiled program per segment. `prepare` stacks the epoch's batches on the device;
-`train` runs a segment's steps as one `lax.scan` (one dispatch, one sync), with the parameter
-and optimiser buffers donated so XLA updates them in place. Dense runs use optax's Adam (torch's
-form, checked in tests/backends/test_jax.py); sparse runs differentiate with respect to the
-gathered rows and apply lazy Adam to the unique rows only, with fixed shapes (`jnp.unique` with
-`size=`), so each batch shape compiles once."""
+"""JAX: compiled scans over an epoch that lives on the device.
+
+`prepare` stacks the epoch's batches into (n, B, ...) device arrays; `train` runs a segment as
+`lax.scan`s over them (dispatched asynchronously, one sync at the end) with the parameter and
+optimiser buffers donated, so XLA updates them in place. Dense runs use optax's Adam (torch's
+form: tests/backends/test_jax.py checks it); sparse runs differentiate with respect to the
+gathered rows and apply lazy Adam to the batch's unique rows only (`jnp.unique` with `size=`,
+so shapes are fixed and each batch shape compiles once). The step functions are module-level
+and keyed by hashable `Settings`, so backends with equal settings share compiled programs.
+"""
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +23,25 @@ from common.spec import RunSpec
 
 Params = tuple[jax.Array, jax.Array]  # (center table, context table)
 Arrays = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # center, context_negative, mask, label
+CHUNK = 32  # steps per compiled scan (see JaxBackend.train)
 HIGHEST = jax.lax.Precision.HIGHEST  # full float32 dots on every device (GPUs would default to TF32)
+
+
+class Settings(NamedTuple):
+    """What the compiled step depends on besides shapes (a static, hashable jit argument)."""
+    sparse: bool
+    optimizer: str
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    vocab: int
+
+
+class LazyAdamState(NamedTuple):
+    step: jax.Array
+    m: Params
+    v: Params
 
 
 def rows_loss(v: jax.Array, u: jax.Array, mask: jax.Array, label: jax.Array) -> jax.Array:
@@ -36,17 +57,104 @@ def table_loss(params: Params, batch: Arrays) -> jax.Array:
     return rows_loss(params[0][center], params[1][cn], mask, label)
 
 
-def coalesce(indices: jax.Array, row_grads: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
+def row_grads(params: Params, batch: Arrays) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Loss and gradients with respect to the gathered rows, (B, D) and (B, L, D), not the tables."""
+    center, cn, mask, label = batch
+    return jax.value_and_grad(rows_loss, argnums=(0, 1))(params[0][center], params[1][cn], mask, label)
+
+
+def coalesce(indices: jax.Array, grads: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
     """Unique rows (padded with `vocab`, out of range) and their summed gradients, fixed shapes."""
     flat = indices.reshape(-1)
     rows, inverse = jnp.unique(flat, size=flat.size, fill_value=vocab, return_inverse=True)
-    return rows, jax.ops.segment_sum(row_grads.reshape(flat.size, -1), inverse.reshape(-1), num_segments=flat.size)
+    return rows, jax.ops.segment_sum(grads.reshape(flat.size, -1), inverse.reshape(-1), num_segments=flat.size)
 
 
-class LazyAdamState(NamedTuple):
-    step: jax.Array
-    m: Params
-    v: Params
+def batch_at(block: Arrays, i: jax.Array | int) -> Arrays:
+    """Batch i of a stacked block (a dynamic index: one program serves every i)."""
+    return tuple(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in block)  # type: ignore[return-value]
+
+
+def dense_optimizer(c: Settings) -> optax.GradientTransformation:
+    return optax.sgd(c.lr) if c.optimizer == "sgd" else optax.adam(c.lr, b1=c.beta1, b2=c.beta2, eps=c.eps)
+
+
+def init_state(c: Settings, params: Params) -> Any:
+    if not c.sparse:
+        return dense_optimizer(c).init(params)
+    zeros = [tuple(jnp.zeros_like(t) for t in params) for _ in range(2)]  # distinct buffers: each is donated
+    return LazyAdamState(jnp.zeros((), jnp.int32), *zeros)
+
+
+def dense_update(c: Settings, params: Params, state: Any, batch: Arrays) -> tuple[Params, Any, jax.Array]:
+    loss, grads = jax.value_and_grad(table_loss)(params, batch)
+    updates, state = dense_optimizer(c).update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+
+
+def lazy_update(c: Settings, params: Params, state: LazyAdamState, batch: Arrays) -> tuple[Params, Any, jax.Array]:
+    """torch's SparseAdam (or row-wise SGD): moments and weights of the batch's unique rows only, global step t."""
+    loss, grads = row_grads(params, batch)
+    step = state.step + 1
+    t = step.astype(jnp.float32)
+    step_size = c.lr * jnp.sqrt(1.0 - c.beta2 ** t) / (1.0 - c.beta1 ** t)
+    tables, ms, vs = [], [], []
+    for table, m, v, indices, g_rows in zip(params, state.m, state.v, batch[:2], grads):
+        rows, g = coalesce(indices, g_rows, c.vocab)
+        if c.optimizer == "sgd":
+            tables.append(table.at[rows].add(-c.lr * g, mode="drop"))
+            ms.append(m), vs.append(v)
+            continue
+        m_rows = c.beta1 * m.at[rows].get(mode="fill", fill_value=0) + (1.0 - c.beta1) * g
+        v_rows = c.beta2 * v.at[rows].get(mode="fill", fill_value=0) + (1.0 - c.beta2) * g * g
+        ms.append(m.at[rows].set(m_rows, mode="drop"))
+        vs.append(v.at[rows].set(v_rows, mode="drop"))
+        tables.append(table.at[rows].add(-step_size * m_rows / (jnp.sqrt(v_rows) + c.eps), mode="drop"))
+    return tuple(tables), LazyAdamState(step, tuple(ms), tuple(vs)), loss  # type: ignore[arg-type]
+
+
+def scan_steps(c: Settings, params: Params, state: Any, block: Arrays, start: jax.Array,
+               length: int) -> tuple[Params, Any, jax.Array]:
+    """`length` steps on batches start, start+1, ... of a stacked block (read in place, no slice copies)."""
+    update = lazy_update if c.sparse else dense_update
+
+    def body(carry, i):
+        params, state, loss = update(c, *carry, batch_at(block, i))
+        return (params, state), loss
+
+    (params, state), losses = jax.lax.scan(body, (params, state), start + jnp.arange(length, dtype=jnp.int32))
+    return params, state, losses
+
+
+@jax.jit
+def loss_at(params: Params, block: Arrays, i: jax.Array) -> jax.Array:
+    return table_loss(params, batch_at(block, i))
+
+
+@jax.jit
+def dense_grads_at(params: Params, block: Arrays, i: jax.Array) -> tuple[jax.Array, Params]:
+    return jax.value_and_grad(table_loss)(params, batch_at(block, i))
+
+
+@jax.jit
+def row_grads_at(params: Params, block: Arrays, i: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return row_grads(params, batch_at(block, i))
+
+
+@jax.jit
+def densified_row_grads_at(params: Params, block: Arrays, i: jax.Array) -> tuple[jax.Array, Params]:
+    """Row gradients made dense through the same deduplication the lazy update uses (for the tests)."""
+    batch = batch_at(block, i)
+    loss, grads = row_grads(params, batch)
+    dense = []
+    for table, indices, g_rows in zip(params, batch[:2], grads):
+        rows, g = coalesce(indices, g_rows, table.shape[0])
+        dense.append(jnp.zeros_like(table).at[rows].add(g, mode="drop"))
+    return loss, tuple(dense)  # type: ignore[return-value]
+
+
+_scan = jax.jit(scan_steps, static_argnums=(0, 5), donate_argnums=(1, 2))
+_PROGRAMS: dict[tuple, Any] = {}  # compiled scans by settings, device, shapes and length
 
 
 class JaxBackend(Backend):
@@ -56,21 +164,10 @@ class JaxBackend(Backend):
         super().__init__(spec, init_center, init_context)
         index = self.gpu_index
         self.device = jax.devices("cpu")[0] if index is None else jax.devices("gpu")[index]
+        self.settings = Settings(spec.sparse, spec.optimizer, spec.lr, spec.beta1, spec.beta2, spec.eps,
+                                 init_center.shape[0])
         self.params: Params = tuple(jax.device_put(t, self.device) for t in (init_center, init_context))
-        self.vocab = init_center.shape[0]
-        if spec.sparse:
-            def zeros() -> Params:  # distinct buffers: each is donated
-                return tuple(jnp.zeros_like(t) for t in self.params)  # type: ignore[return-value]
-            self.state: Any = jax.device_put(LazyAdamState(jnp.zeros((), jnp.int32), zeros(), zeros()), self.device)
-            update: Callable = self._lazy_update
-        else:
-            self.tx = (optax.sgd(spec.lr) if spec.optimizer == "sgd"
-                       else optax.adam(spec.lr, b1=spec.beta1, b2=spec.beta2, eps=spec.eps))
-            self.state = jax.device_put(self.tx.init(self.params), self.device)
-            update = self._dense_update
-        self._run = jax.jit(partial(self._scan, update), donate_argnums=(0, 1))
-        self._loss = jax.jit(table_loss)
-        self._grads = jax.jit(self._sparse_grads if spec.sparse else jax.value_and_grad(table_loss))
+        self.state = jax.device_put(init_state(self.settings, self.params), self.device)
 
     @classmethod
     def gpu_count(cls) -> int:
@@ -89,48 +186,13 @@ class JaxBackend(Backend):
     def device_name(self) -> str:
         return "cpu" if self.device.platform == "cpu" else self.device.device_kind
 
-    # --- the step, traced once per batch shape and segment length
-    def _dense_update(self, params: Params, state: Any, batch: Arrays) -> tuple[Params, Any, jax.Array]:
-        loss, grads = jax.value_and_grad(table_loss)(params, batch)
-        updates, state = self.tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
+    def _program(self, block: Arrays, length: int) -> Any:
+        """The scan of `length` steps for this block shape, compiled ahead (not run) the first time."""
+        key = (self.settings, self.device, tuple(a.shape for a in block), length)
+        if key not in _PROGRAMS:
+            _PROGRAMS[key] = _scan.lower(self.settings, self.params, self.state, block, np.int32(0), length).compile()
+        return _PROGRAMS[key]
 
-    def _sparse_grads(self, params: Params, batch: Arrays) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """Loss and gradients with respect to the gathered rows (B, D) and (B, L, D), not the tables."""
-        center, cn, mask, label = batch
-        return jax.value_and_grad(rows_loss, argnums=(0, 1))(params[0][center], params[1][cn], mask, label)
-
-    def _lazy_update(self, params: Params, state: LazyAdamState, batch: Arrays) -> tuple[Params, Any, jax.Array]:
-        """torch's SparseAdam: moments and weights of the batch's unique rows only, global step t."""
-        s = self.spec
-        loss, row_grads = self._sparse_grads(params, batch)
-        step = state.step + 1
-        t = step.astype(jnp.float32)
-        step_size = s.lr * jnp.sqrt(1.0 - s.beta2 ** t) / (1.0 - s.beta1 ** t)
-        new_params, new_m, new_v = [], [], []
-        for table, m, v, indices, grads in zip(params, state.m, state.v, batch[:2], row_grads):
-            rows, g = coalesce(indices, grads, self.vocab)
-            if s.optimizer == "sgd":
-                new_params.append(table.at[rows].add(-s.lr * g, mode="drop"))
-                new_m.append(m), new_v.append(v)
-                continue
-            m_rows = s.beta1 * m.at[rows].get(mode="fill", fill_value=0) + (1.0 - s.beta1) * g
-            v_rows = s.beta2 * v.at[rows].get(mode="fill", fill_value=0) + (1.0 - s.beta2) * g * g
-            new_m.append(m.at[rows].set(m_rows, mode="drop"))
-            new_v.append(v.at[rows].set(v_rows, mode="drop"))
-            new_params.append(table.at[rows].add(-step_size * m_rows / (jnp.sqrt(v_rows) + s.eps), mode="drop"))
-        return tuple(new_params), LazyAdamState(step, tuple(new_m), tuple(new_v)), loss
-
-    @staticmethod
-    def _scan(update: Callable, params: Params, state: Any, batches: Arrays) -> tuple[Params, Any, jax.Array]:
-        def body(carry, batch):
-            params, state, loss = update(*carry, batch)
-            return (params, state), loss
-
-        (params, state), losses = jax.lax.scan(body, (params, state), batches)
-        return params, state, losses
-
-    # --- the Backend interface
     def prepare(self, batches: Sequence[Batch]) -> Stacked:
         """The epoch on the device, batches stacked in runs of one shape (the last batch is shorter)."""
         blocks, start = [], 0
@@ -140,34 +202,40 @@ class JaxBackend(Backend):
                 blocks.append(tuple(jax.device_put(np.stack([getattr(b, f) for b in group]), self.device)
                                     for f in ("center", "context_negative", "mask", "label")))
                 start = end
-        return Stacked(blocks)
+        return Stacked([(block, 0, int(block[0].shape[0])) for block in blocks])
 
     def sync(self) -> None:
         jax.block_until_ready((self.params, self.state))
 
     def train(self, prepared: Stacked) -> np.ndarray:
+        """Each view's steps as scans of CHUNK steps, then single steps: two programs per batch shape,
+        both compiled on the block's first call (the worker's timed-apart first step) whatever
+        lengths the caller's segments have (one scan per segment compiled each new segment length
+        inside the timed segments). Dispatch is asynchronous: one sync, when the losses are read."""
         losses = []
-        for block in prepared.blocks:
-            self.params, self.state, block_losses = self._run(self.params, self.state, block)
-            losses.append(block_losses)
+        for block, lo, hi in prepared.views:
+            chunked = hi - (hi - lo) % CHUNK
+            if block[0].shape[0] >= CHUNK:
+                self._program(block, CHUNK)
+            for start, length in [(s, CHUNK) for s in range(lo, chunked, CHUNK)] + [(s, 1) for s in range(chunked, hi)]:
+                self.params, self.state, step_losses = self._program(block, length)(
+                    self.params, self.state, block, np.int32(start))
+                losses.append(step_losses)
         return np.concatenate([np.asarray(x, dtype=np.float64) for x in losses]) if losses else np.zeros(0)
 
     def step(self, prepared_batch: Stacked) -> None:
         self.train(prepared_batch)
 
     def forward(self, prepared_batch: Stacked) -> None:
-        self._loss(self.params, prepared_batch.first()).block_until_ready()
+        loss_at(self.params, *prepared_batch.first()).block_until_ready()
 
     def forward_backward(self, prepared_batch: Stacked) -> None:
-        jax.block_until_ready(self._grads(self.params, prepared_batch.first()))
+        grads_at = row_grads_at if self.spec.sparse else dense_grads_at
+        jax.block_until_ready(grads_at(self.params, *prepared_batch.first()))
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
-        arrays = self.prepare([batch]).first()
-        loss, grads = self._grads(self.params, arrays)
-        if self.spec.sparse:  # densify through the same deduplication the lazy update uses
-            grads = tuple(jnp.zeros_like(table).at[rows].add(g, mode="drop")
-                          for table, (rows, g) in zip(self.params, (coalesce(i, g, self.vocab)
-                                                                    for i, g in zip(arrays[:2], grads))))
+        grads_at = densified_row_grads_at if self.spec.sparse else dense_grads_at
+        loss, grads = grads_at(self.params, *self.prepare([batch]).first())
         return float(loss), *(np.asarray(g, dtype=np.float64) for g in grads)  # type: ignore[return-value]
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
@@ -175,30 +243,33 @@ class JaxBackend(Backend):
 
 
 class Stacked:
-    """A run of prepared batches: blocks of (n, B, ...) device arrays. Slicing (the worker's
-    segments, the micro-benchmarks' single batches) slices the blocks on the device."""
+    """Prepared batches: views (block, lo, hi) of stacked (n, B, ...) device arrays, one block per
+    batch shape. Slicing (the worker's segments, the micro-benchmarks' single batches) makes new
+    views without touching the device."""
 
-    def __init__(self, blocks: list[Arrays]) -> None:
-        self.blocks = blocks
-        self.lengths = [int(b[0].shape[0]) for b in blocks]
+    def __init__(self, views: list[tuple[Arrays, int, int]]) -> None:
+        self.views = views
 
     def __len__(self) -> int:
-        return sum(self.lengths)
+        return sum(hi - lo for _, lo, hi in self.views)
 
     def __getitem__(self, key: int | slice) -> Stacked:
-        start, stop, stride = (key, key + 1, 1) if isinstance(key, int) else key.indices(len(self))
-        if isinstance(key, int) and not 0 <= key < len(self):
-            raise IndexError(key)
+        if isinstance(key, int):
+            if not 0 <= key < len(self):
+                raise IndexError(key)
+            key = slice(key, key + 1)
+        start, stop, stride = key.indices(len(self))
         if stride != 1:
             raise ValueError("prepared batches slice with step 1 only")
-        blocks, offset = [], 0
-        for block, n in zip(self.blocks, self.lengths):
-            lo, hi = max(start - offset, 0), min(stop - offset, n)
-            if lo < hi:
-                blocks.append(block if (lo, hi) == (0, n) else tuple(a[lo:hi] for a in block))
-            offset += n
-        return Stacked(blocks)
+        views, offset = [], 0
+        for block, lo, hi in self.views:
+            a, b = max(lo, lo + start - offset), min(hi, lo + stop - offset)
+            if a < b:
+                views.append((block, a, b))
+            offset += hi - lo
+        return Stacked(views)
 
-    def first(self) -> Arrays:
-        """The first batch alone, unstacked."""
-        return tuple(a[0] for a in self.blocks[0])  # type: ignore[return-value]
+    def first(self) -> tuple[Arrays, int]:
+        """The block holding the first batch, and its index there."""
+        block, lo, _ = self.views[0]
+        return block, lo

@@ -48,10 +48,11 @@ def test_prepared_epoch_slices_like_a_list(backend_cls, small_batches):
     whole, split = (backend_cls(RunSpec(backend="jax"), *init) for _ in range(2))
     prepared = whole.prepare(ragged)
     assert len(prepared) == 5 and [len(prepared[i]) for i in range(5)] == [1] * 5
-    assert len(prepared[3:]) == 2 and len(prepared[3:].blocks) == 2 and len(prepared[:0]) == 0
+    assert len(prepared[3:]) == 2 and len(prepared[3:].views) == 2 and len(prepared[:0]) == 0
     with pytest.raises(IndexError):
         prepared[5]
-    np.testing.assert_array_equal(np.asarray(prepared[4].first()[0]), ragged[4].center)
+    block, index = prepared[4].first()
+    np.testing.assert_array_equal(np.asarray(block[0][index]), ragged[4].center)
     expected = whole.train(prepared)
     got = np.concatenate([split.train(prepared[:1]), split.train(prepared[1:3]), split.train(prepared[3:])])
     np.testing.assert_allclose(got, expected, rtol=1e-6)
