@@ -33,7 +33,7 @@ more than absolute figures on a shared machine.</p>
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}tr.bad td{background:#fdecea}.answer{background:#eef6ee;padding:.8em;
+th{background:#f3f3f3}td.l,th.l{text-align:left}tr.bad td{background:#fdecea}tr.warn td{background:#fff6dc}.answer{background:#eef6ee;padding:.8em;
 border-left:4px solid #4a4}code{background:#f5f5f5}svg{max-width:100%;height:auto}"""
 
 
@@ -155,8 +155,66 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
+# A finished run: `noisy` (suite --require-quiet found no quiet machine) trained like an ok run,
+# so it is in every figure, and flagged in the summary and under "Measurement warnings".
+FINISHED = ("ok", "noisy")
+# Other processes' share of the machine's CPU during a run's clock above which the run is marked
+# busy. A CPU run with a thread per core loses about that share of its rate; 0.10 (a fifth of a
+# core on the 2-core VM) is the size of the +-10 % drift the README reports between quiet runs.
+BUSY_FRACTION = 0.10
+# Segment rates' interquartile range over their median above which a run's rate is marked
+# unsteady. pyperf warns at a standard deviation over 10 % of the mean (an IQR of 0.135 of the
+# median for normal data); segments are not normal (an epoch's last segment is short, sparse
+# steps vary with the batch's rows), and quiet runs in the README's suite reach 0.15 (torch
+# sparse, gensim), so the bar sits above that.
+SPREAD_RATIO = 0.20
+# An IQR of fewer segments says little (gensim and the recipe loop have one per epoch).
+SPREAD_MIN_SEGMENTS = 4
+
+
 def _ok(results: list[dict], runner: str | None = "backend") -> list[dict]:
-    return [r for r in results if r["status"] == "ok" and (runner is None or r["spec"]["runner"] == runner)]
+    return [r for r in results if r["status"] in FINISHED and (runner is None or r["spec"]["runner"] == runner)]
+
+
+def measurement_warnings(r: dict) -> list[tuple[str, str]]:
+    """Why a finished run's rate may not mean what a quiet machine's would: (short mark for the
+    summary's status, the reason in full) for each."""
+    if r["status"] not in FINISHED:
+        return []
+    notes = []
+    if r["status"] == "noisy":
+        notes.append(("noisy", "the machine never became quiet before it started (suite --require-quiet)"
+                      + (f": {r['error']}" if r.get("error") else "")))
+    load = r.get("machine_load") or {}
+    other = load.get("other_cpu_fraction")
+    if other is not None and other > BUSY_FRACTION:
+        notes.append((f"busy machine ({other:.0%} to others)",
+                      f"busy machine: other processes took {other:.0%} of its CPU during the clock "
+                      f"(over {BUSY_FRACTION:.0%}; 1-minute load {_fmt(load.get('loadavg_before'), 1)} before, "
+                      f"{_fmt(load.get('loadavg_after'), 1)} after)"))
+    rates = r.get("segment_rates") or []
+    median, iqr = r.get("rate_median"), r.get("rate_iqr")
+    if len(rates) >= SPREAD_MIN_SEGMENTS and median and iqr and (iqr[1] - iqr[0]) / median > SPREAD_RATIO:
+        spread = (iqr[1] - iqr[0]) / median
+        notes.append((f"unsteady rate (IQR {spread:.0%} of median)",
+                      f"unsteady rate: segment rates' IQR is {spread:.0%} of their median "
+                      f"(over {SPREAD_RATIO:.0%}, across {len(rates)} segments)"))
+    return notes
+
+
+def warnings_section(results: list[dict]) -> str:
+    """Runs whose rates should be read with care, and why; the thresholds, always."""
+    rows = [f"<tr class='warn'><td class='l'>{html.escape(_label(r))}</td><td class='l'>"
+            + "<br>".join(html.escape(reason) for _, reason in notes) + "</td></tr>"
+            for r in results if (notes := measurement_warnings(r))]
+    rule = (f"<p>A run is marked when other processes took more than {BUSY_FRACTION:.0%} of the machine's CPU "
+            f"during its training clock (from /proc/stat, less the run's own CPU time), when its 100-step "
+            f"segment rates' interquartile range exceeds {SPREAD_RATIO:.0%} of their median, or when "
+            f"<code>--require-quiet</code> waited for a quiet machine in vain (status <code>noisy</code>). "
+            f"Such rates are likely low or unsteady: rerun them on a quiet machine before comparing.</p>")
+    if not rows:
+        return rule + "<p>No run was marked.</p>"
+    return rule + "<table><tr><th class='l'>run</th><th class='l'>warning</th></tr>" + "".join(rows) + "</table>"
 
 
 def _settings_key(spec: dict, *ignore: str) -> str:
@@ -177,7 +235,9 @@ def summary_table(results: list[dict]) -> str:
         speed = r.get("rate_median")
         iqr = r.get("rate_iqr") or [None, None]
         up = f"{speed / base:.1f}x" if speed and base else "–"
-        cls = "" if r["status"] == "ok" else " class='bad'"
+        notes = measurement_warnings(r)
+        cls = " class='bad'" if r["status"] not in FINISHED else " class='warn'" if notes else ""
+        marks = "".join(f"; {mark}" for mark, _ in notes if mark != r["status"])  # reasons: "Measurement warnings"
         rows.append(f"<tr{cls}><td class='l'>{html.escape(_label(r))}</td><td class='l'>{spec.get('runner', '')}</td>"
                     f"<td class='l'>{html.escape(str((r.get('env') or {}).get('device_name', spec.get('device', ''))))}</td>"
                     f"<td>{_fmt(r.get('final_loss'))}</td><td>{_fmt(speed, 0)}</td>"
@@ -185,7 +245,7 @@ def summary_table(results: list[dict]) -> str:
                     f"<td>{_fmt((ev.get('wordsim353') or {}).get('spearman'))}</td>"
                     f"<td>{_fmt((ev.get('simlex999') or {}).get('spearman'))}</td>"
                     f"<td>{_fmt((ev.get('analogy') or {}).get('accuracy'))}</td>"
-                    f"<td class='l'>{r['status']}</td></tr>")
+                    f"<td class='l'>{html.escape(r['status'] + marks)}</td></tr>")
     head = ("<tr><th class='l'>run</th><th class='l'>runner</th><th class='l'>device</th><th>final loss</th>"
             "<th>examples/s (median)</th><th>IQR</th><th>vs recipe loop</th><th>WordSim-353</th><th>SimLex-999</th>"
             "<th>analogies</th><th class='l'>status</th></tr>")
@@ -349,7 +409,7 @@ def neighbours_table(results: list[dict]) -> str:
 
 
 def failures(results: list[dict]) -> str:
-    bad = [r for r in results if r["status"] != "ok"]
+    bad = [r for r in results if r["status"] not in FINISHED]
     if not bad:
         return "<p>Every run finished.</p>"
     rows = [f"<tr class='bad'><td class='l'>{html.escape(_label(r))}</td><td class='l'>{r['status']}</td>"
@@ -386,6 +446,7 @@ def render(folder: Path) -> Path:
     sections = [
         ("Run", metadata(meta, results)),
         ("Summary", f"<p>{ok} of {len(results)} runs finished.</p>" + summary_table(results)),
+        ("Measurement warnings", warnings_section(results)),
         ("Loss curves", loss_figures(results)),
         ("Throughput", throughput_figure(results)),
         *([("Throughput against batch size", curve)] if (curve := batch_size_figure(results)) else []),
