@@ -110,7 +110,7 @@ def test_shipped_suite_files_plan_distinct_runs(path):
 def test_overhead_suite_alternates_identical_twins():
     """bench/suites/overhead.toml: each worker run right after its bare-loop twin, same spec otherwise."""
     plan = load_suite_file(ROOT / "bench" / "suites" / "overhead.toml", {})
-    assert len(plan) == 24 and len({p.name for p in plan}) == 24
+    assert len(plan) == 32 and len({p.name for p in plan}) == 32
     for bare, run in zip(plan[::2], plan[1::2]):
         assert (bare.spec.runner, run.spec.runner) == ("bare-loop", "backend")
         assert {**bare.spec.to_dict(), "runner": "backend"} == run.spec.to_dict()
