@@ -18,7 +18,7 @@ import numpy as np
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.spec import RunSpec, spec_key
-from bench.reporting.report import _fmt, _svg, load_results, page
+from bench.reporting.report import FINISHED, _fmt, _svg, load_results, measurement_warnings, page
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -149,9 +149,9 @@ def _quality(runs: list[dict], section: str, metric: str) -> float | None:
 
 
 def _env(folder: Folder, run: dict) -> dict:
-    """What a run was measured on: its result's env plus the suite's commit and GPUs."""
+    """What a run was measured on: its result's env, where it ran (executor, host), the suite's commit and GPUs."""
     return {"commit": folder.meta.get("commit"), "gpus": (folder.meta.get("machine") or {}).get("gpus"),
-            **(run.get("env") or {})}
+            **{k: run[k] for k in ("executor", "host") if k in run}, **(run.get("env") or {})}
 
 
 @dataclass
@@ -166,6 +166,7 @@ class Pair:
     losses: dict | None = None
     quality: dict[str, dict] = field(default_factory=dict)
     environment: dict[str, list] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # why a side's rates may not be a quiet machine's
 
     @property
     def verdict(self) -> str:
@@ -178,7 +179,9 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
                  threshold: float) -> Pair:
     pair = Pair(name, key, [r["status"] for r in base_runs], [r["status"] for r in new_runs])
     pair.environment = differing([_env(base, base_runs[0]), _env(new, new_runs[0])])
-    ok_base, ok_new = ([r for r in runs if r["status"] == "ok"] for runs in (base_runs, new_runs))
+    ok_base, ok_new = ([r for r in runs if r["status"] in FINISHED] for runs in (base_runs, new_runs))
+    pair.warnings = [f"{side} repeat {r['spec']['repeat']}: {note}" for side, runs in (("base", ok_base), ("new", ok_new))
+                     for r in runs for _, note in measurement_warnings(r)]
     if not (ok_base and ok_new):
         return pair
     pair.losses = loss_difference(ok_base[0]["losses"], ok_new[0]["losses"])
@@ -253,7 +256,7 @@ def _delta(p: Pair, name: str) -> str:
 
 def _row(p: Pair) -> list[str]:
     status = "" if p.speed is not None else f" (base {'/'.join(p.base_status)}, new {'/'.join(p.new_status)})"
-    return [p.name, _fmt((p.speed or {}).get("base_median"), 0), _fmt((p.speed or {}).get("new_median"), 0),
+    return [p.name + (" !" if p.warnings else ""), _fmt((p.speed or {}).get("base_median"), 0), _fmt((p.speed or {}).get("new_median"), 0),
             _ratio_text(p), p.verdict + status, _loss_text(p), *(_delta(p, q) for q in QUALITY),
             ", ".join(k for k in p.environment if k != "commit") or "–"]
 
@@ -285,6 +288,9 @@ def terminal(c: Comparison) -> str:
     for side, runs in (("base", c.only_base), ("new", c.only_new)):
         for r in runs:
             lines.append(f"only in {side}: {r['name']} ({'/'.join(r['status'])})")
+    warned = [f"  {p.name}, {w}" for p in c.pairs for w in p.warnings]
+    if warned:
+        lines += ["", "! measurement warnings; read these rates with care:", *warned]
     changes = environment_changes(c)
     if changes:
         lines += ["", "environment, base -> new:"] + [f"  {k}: {v[0]} -> {v[1]}" for k, v in changes.items()]
@@ -316,8 +322,9 @@ def ratio_figure(c: Comparison) -> str:
     return _svg(fig)
 
 
-def _html_table(head: list[str], rows: list[list[str]], bad: list[bool]) -> str:
-    cells = lambda r, tag: "".join(f"<{tag}{' class=l' if i == 0 else ''}>{html.escape(x)}</{tag}>"  # noqa: E731
+def _html_table(head: list[str], rows: list[list[str]], bad: list[bool], numeric: tuple[int, ...] = ()) -> str:
+    """The report's table style: text columns left, the `numeric` columns right, slower rows marked."""
+    cells = lambda r, tag: "".join(f"<{tag}{'' if i in numeric else ' class=l'}>{html.escape(x)}</{tag}>"  # noqa: E731
                                    for i, x in enumerate(r))
     body = "".join(f"<tr{' class=bad' if b else ''}>{cells(r, 'td')}</tr>" for r, b in zip(rows, bad))
     return f"<table><tr>{cells(head, 'th')}</tr>{body}</table>"
@@ -336,7 +343,8 @@ def html_page(c: Comparison) -> str:
     folders = _html_table(["", "folder", "created", "commit"],
                           [[side, f["path"], f["created"], f["commit"]] for side, f in c.folders.items()],
                           [False, False])
-    pairs = _html_table(HEADER, [_row(p) for p in c.pairs], [p.verdict == "slower" for p in c.pairs])
+    pairs = _html_table(HEADER, [_row(p) for p in c.pairs], [p.verdict == "slower" for p in c.pairs],
+                        numeric=(1, 2, 3, 6, 7, 8))
     changes = environment_changes(c)
     env = _html_table(["field", "base", "new"], [[k, str(v[0]), str(v[1])] for k, v in changes.items()],
                       [False] * len(changes)) if changes else "<p>No environment field differs.</p>"
@@ -344,8 +352,12 @@ def html_page(c: Comparison) -> str:
                 for r in runs]
     alone = _html_table(["run", "only in", "status"], one_side, [False] * len(one_side)) if one_side else \
         "<p>Every setting was run on both sides.</p>"
+    warned = [[p.name, w] for p in c.pairs for w in p.warnings]
+    warnings = _html_table(["run (! in the table)", "warning"], warned, [False] * len(warned)) \
+        if warned else "<p>No run was marked (busy machine, unsteady segment rates, or status noisy).</p>"
     sections = [("Folders", folders), ("Pairs", f"<p>Threshold {c.threshold:.0%}.</p>" + pairs),
-                ("Speed", ratio_figure(c)), ("Environment differences", env), ("Runs on one side only", alone),
+                ("Speed", ratio_figure(c)), ("Measurement warnings", warnings),
+                ("Environment differences", env), ("Runs on one side only", alone),
                 ("Method", f"<p>{METHOD}</p>")]
     return page(sections, title="skip-gram bench: compare", heading="skip-gram bench: compare")
 

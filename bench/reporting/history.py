@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.reporting.compare import Folder, group, headless_matplotlib, load_folder, names, write_file
-from bench.reporting.report import _fmt, _svg, page
+from bench.reporting.report import FINISHED, _fmt, _svg, page
 
 
 @dataclass
@@ -35,7 +35,7 @@ def collect(folders: list[Folder]) -> tuple[dict[str, str], dict[str, list[Point
     specs: dict[str, dict] = {}
     for x, folder in enumerate(folders):
         for key, runs in group(folder.results).items():
-            ok = [r for r in runs if r["status"] == "ok"]
+            ok = [r for r in runs if r["status"] in FINISHED]
             if not ok:
                 continue
             rates = [v for r in ok for v in r.get("segment_rates") or []]
@@ -120,7 +120,7 @@ def folder_table(folders: list[Folder]) -> str:
         versions: dict[str, str] = {}
         for r in f.results:
             versions.update((r.get("env") or {}).get("versions") or {})
-        ok = sum(r["status"] == "ok" for r in f.results)
+        ok = sum(r["status"] in FINISHED for r in f.results)
         cells = [f.created, f.commit, str(f.path), ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–",
                  f"{ok} of {len(f.results)}"]
         rows.append("<tr>" + "".join(f"<td class='l'>{html.escape(c)}</td>" for c in cells) + "</tr>")
