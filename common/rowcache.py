@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from common.cache import atomic_dir, cache_dir, free_bytes, write_error
+from common.cache import atomic_dir, cache_dir, free_bytes
 from common.errors import BenchError
 from common.sampling import Rows, Sampler
 from common.spec import DataSpec
@@ -75,7 +75,7 @@ def _open_allocated(path: Path, shape: tuple[int, ...], dtype: type) -> np.memma
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate
             del array
-            raise write_error(exc, path, os.path.getsize(path)) from None
+            raise  # atomic_dir makes it the one-line error, naming the cache folder
     finally:
         os.close(fd)
     return array
