@@ -15,6 +15,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from common import rng
+from common.errors import BenchError
 from common.corpus import Corpus, Vocab, build_vocab, load_corpus
 from common.ptb import find_ptb
 from common.rowcache import RowTable, cached_rows
@@ -142,4 +143,8 @@ def load_dataset(spec: DataSpec, data_dir: str | None = None, download: bool = T
     path = Path(corpus_file) if corpus_file else find_ptb(data_dir, download)
     corpus = load_corpus(path)
     vocab, remap = build_vocab(corpus, spec.min_freq)
-    return Dataset(spec, corpus, vocab, remap)
+    dataset = Dataset(spec, corpus, vocab, remap)
+    if dataset.sampler(0).draw.centers.size == 0:  # training on nothing would report a rate of nothing as ok
+        raise BenchError(f"{path} yields no training example (min_freq {spec.min_freq}, subsample "
+                         f"{spec.subsample}): lower --min-freq or use a larger corpus")
+    return dataset

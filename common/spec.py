@@ -3,11 +3,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from common.errors import BenchError
 
 SAMPLING_MODES = ("static", "dynamic")
+SEED_LIMIT = 2 ** 63  # SplitMix64 keys hold the seed in 64 bits; larger seeds would alias smaller ones
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def check_types(spec: object) -> None:
+    """Every field of a spec dataclass holds its declared type: no bool where a number goes
+    (TOML's `lr = true` is not 1.0), no float where an int goes (`epochs = 1.5`), no string
+    for a flag (`sparse = "no"`). Ints in float fields become floats, so 1 and 1.0 are one key."""
+    for f in fields(spec):  # type: ignore[arg-type]
+        value, kind = getattr(spec, f.name), str(f.type).removesuffix(" | None")
+        if kind not in _KINDS or (value is None and str(f.type).endswith("| None")):
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = {"int": number and isinstance(value, int), "float": number, "bool": isinstance(value, bool),
+              "str": isinstance(value, str)}[kind]
+        if not ok:
+            raise BenchError(f"invalid setting: {f.name} must be {_KINDS[kind]}, got {json.dumps(value)}")
+        if kind == "float":
+            object.__setattr__(spec, f.name, float(value))
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,7 @@ class DataSpec:
     epochs: int = 5
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = [
             (self.batch_size > 0, f"batch size must be > 0, got {self.batch_size}"),
             (self.window >= 1, f"window must be >= 1, got {self.window}"),
@@ -37,7 +57,7 @@ class DataSpec:
             (self.embed >= 1, f"embedding size must be >= 1, got {self.embed}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.subsample > 0, f"subsample threshold must be > 0, got {self.subsample}"),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (0 <= self.seed < SEED_LIMIT, f"seed must be >= 0 and < 2^63, got {self.seed}"),
             (self.sampling in SAMPLING_MODES,
              f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.sampling!r}"),
         ]
@@ -92,6 +112,9 @@ class RunSpec:
     repeat: int = 0  # which of several otherwise identical runs (noise estimates); changes nothing in training
 
     def __post_init__(self) -> None:
+        check_types(self)
+        if not isinstance(self.data, DataSpec):
+            raise BenchError("invalid setting: data must be a table of data settings")
         checks = [
             (self.optimizer in OPTIMIZERS,
              f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),

@@ -49,3 +49,14 @@ def run_bench(*args: str, python: str = sys.executable, env: dict | None = None,
     full_env["PYTHONPATH"] = str(ROOT)
     return subprocess.run([python, "-m", "bench", *args], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_plan(out: Path, plan: list, data_dir: Path, timeout: float = 120) -> list[dict | None]:
+    """Run `plan` into results folder `out` as the suite command does; each run's stored result."""
+    from bench.executing.folder import ResultsFolder
+    from bench.executing.harness import Harness, LocalExecutor
+
+    with ResultsFolder(out) as folder:
+        folder.adopt(plan, ["python", "-m", "bench", "suite", "(test fixture)"])
+        Harness(folder, LocalExecutor(data_dir, timeout, folder.logs)).run(plan)
+        return [folder.stored_result(run) for run in plan]

@@ -43,7 +43,7 @@ def test_report_sections_and_numbers(page, suite_dir):
     assert "8 of 10 runs finished" in page  # the diverged run and the corrupt file are not
     assert page.count("<svg") >= 3
     assert "Does sparse_grad accelerate training?" in page and "torch on cpu: sparse gradients were" in page
-    assert re.search(r"numpy-dense-cpu</td><td class='l'>torch-dense-cpu</td><td>120</td><td>\d\.\d\de-0[5-9]", page)
+    assert re.search(r"numpy dense cpu</td><td class='l'>torch dense cpu</td><td>120</td><td>\d\.\d\de-0[5-9]", page)
     assert "broken.json: unreadable result" in page and "diverged" in page and "lower --lr" in page
     assert "x</td>" in page  # speed-up over the recipe loop
     assert re.search(r"torch dense cpu</td><td>1</td><td>\d\.\d{3} \(", page)  # worker / bare-loop rate

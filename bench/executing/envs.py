@@ -46,6 +46,7 @@ def python_for(env: str, build: bool = True) -> Path:
     python = work_dir() / env / "bin" / "python"
     if python.exists() or not build:
         return python
+    print(f"building the {env!r} env with tox (the first time takes minutes)", flush=True)
     clean = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
     clean["PATH"] = os.pathsep.join(p for p in clean.get("PATH", "").split(os.pathsep)
                                     if not p.startswith(str(work_dir())))

@@ -1,130 +1,131 @@
-"""Runs a suite: each run in its backend's env as a subprocess, results written as they finish.
+"""Runs a plan: what is not finished yet goes to an executor; each result is written as it comes.
 
 The harness never imports a framework. A run that cannot get its env, crashes, diverges or
 outlives its timeout becomes a result with that status and its reason; the suite goes on.
-Finished runs are skipped on --resume, so an interrupted suite picks up where it stopped.
+Where runs execute is the executor's business (`local`: one after another on this machine);
+planning, the folder, writing results and telling the user what is happening stay here.
+SIGINT, SIGTERM and SIGHUP end the running worker and record nothing for it.
 """
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import sys
-import threading
 import time
-from datetime import datetime, timezone
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator, Protocol
 
-from bench.executing import envs
+from bench.executing.attempt import attempt
+from bench.executing.folder import ResultsFolder
 from bench.executing.suite import PlannedRun
-from bench.running.train_command import failed_result, write_result
-from common.errors import BenchError
-from common.evaluate import eval_data_dir
-from common.machine import git_commit, machine_info
 
-ROOT = envs.ROOT
+Finished = Callable[[PlannedRun, dict], None]
 
 
-def _bar(total: int, desc: str, position: int):
-    from tqdm import tqdm
+class Executor(Protocol):
+    """Runs planned runs somewhere and hands back each result record as it finishes."""
 
-    return tqdm(total=total, desc=desc, position=position, leave=False, disable=not sys.stderr.isatty(),
-                dynamic_ncols=True)
+    name: str
+
+    def run(self, runs: list[PlannedRun], started: Callable[[PlannedRun], None], finished: Finished) -> None: ...
 
 
-def gpu_names() -> list[str]:
-    """GPUs named by nvidia-smi, without importing any framework."""
+class LocalExecutor:
+    """One run after another, each a subprocess of this machine."""
+
+    name = "local"
+
+    def __init__(self, data_dir: Path, timeout: float, scratch: Path) -> None:
+        self.data_dir, self.timeout, self.scratch = data_dir, timeout, scratch
+
+    def run(self, runs: list[PlannedRun], started: Callable[[PlannedRun], None], finished: Finished) -> None:
+        for run in runs:
+            started(run)
+            with _bar(run.name) as bar:
+                result = attempt(run, self.data_dir, self.timeout, self.scratch, progress=bar)
+            finished(run, result)
+
+
+class Interrupted(BaseException):
+    """A signal asked the harness to stop (BaseException: no `except Exception` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM, SIGHUP raise Interrupted in the main thread; later ones are ignored
+    while the running worker is ended, so cleaning up cannot itself be interrupted."""
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def handler(signum: int, frame: object) -> None:
+        for s in caught:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in caught}
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.split(":", 1)[1].split("(")[0].strip() for line in out.stdout.splitlines() if line.startswith("GPU")]
-
-
-def write_meta(folder: Path, argv: list[str], plan: list[dict]) -> None:
-    """folder/suite.json: when, which commit, which machine, what command, what was planned."""
-    meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(ROOT),
-            "argv": argv, "machine": {**machine_info(), "gpus": gpu_names()}, "plan": plan}
-    folder.mkdir(parents=True, exist_ok=True)
-    write_result(folder / "suite.json", meta)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class Harness:
-    def __init__(self, out_dir: Path, data_dir: Path, timeout: float) -> None:
-        self.out_dir, self.data_dir, self.timeout = out_dir, data_dir, timeout
-        self.runs_dir = out_dir / "runs"
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "logs").mkdir(exist_ok=True)
+    def __init__(self, folder: ResultsFolder, executor: Executor) -> None:
+        self.folder, self.executor = folder, executor
+        self._done = 0
+        self._total = 0
+        self._started = time.monotonic()
 
-    def write_plan(self, plan: list[PlannedRun], argv: list[str]) -> None:
-        write_meta(self.out_dir, argv, [{"name": p.name, "env": p.env, "spec": p.spec.to_dict()} for p in plan])
-
-    def result_path(self, run: PlannedRun) -> Path:
-        return self.runs_dir / f"{run.name}.json"
-
-    def run_all(self, plan: list[PlannedRun]) -> list[dict]:
-        todo = [p for p in plan if not self.result_path(p).exists()]
+    def run(self, plan: list[PlannedRun], retry_failed: bool = False) -> None:
+        todo = [run for run, _ in self.folder.todo(plan, retry_failed)]
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already finished", file=sys.stderr)
-        suite_bar = _bar(len(todo), "suite", 0)
-        for i, run in enumerate(todo, start=1):
-            started = time.perf_counter()
-            result = self.run_one(run)
-            result.setdefault("wall_seconds", time.perf_counter() - started)
-            write_result(self.result_path(run), result)
-            suite_bar.update(1)
-            rate = result.get("examples_per_sec")
-            note = f"{rate:,.0f} examples/s" if result["status"] == "ok" and rate else result.get("error") or ""
-            print(f"[{i}/{len(todo)}] {run.name}: {result['status']}, {note} "
-                  f"({result['wall_seconds']:.0f} s)", file=sys.stderr if suite_bar.disable else sys.stdout)
-        suite_bar.close()
-        return [json.loads(self.result_path(p).read_text()) for p in plan if self.result_path(p).exists()]
+        self._total, self._started = len(todo), time.monotonic()
+        self.executor.run(todo, self._on_start, self._on_finish)
 
-    def run_one(self, run: PlannedRun) -> dict:
-        try:
-            python = envs.python_for(run.env) if run.env else Path(sys.executable)
-        except BenchError as exc:
-            return failed_result(run.spec, str(exc))
-        spec_file = self.out_dir / "logs" / f"{run.name}.spec.json"
-        write_result(spec_file, run.spec.to_dict())
-        partial = self.out_dir / "logs" / f"{run.name}.result.json"
-        partial.unlink(missing_ok=True)
-        cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(self.data_dir),
-               "--out", str(partial), "--progress", "--no-download"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        if eval_data_dir():
-            env["SKIPGRAM_EVAL_DATA"] = str(eval_data_dir())
-        log_path = self.out_dir / "logs" / f"{run.name}.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-                                    start_new_session=True)
-            reader = threading.Thread(target=self._follow, args=(proc, run), daemon=True)
-            reader.start()
-            try:
-                proc.wait(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                error = f"no result after {self.timeout:.0f} s (the --timeout); log: {log_path}"
-                return failed_result(run.spec, error, status="timed_out")
-            reader.join(timeout=5)
-        if partial.exists():
-            return json.loads(partial.read_text())
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        return failed_result(run.spec, f"exit status {proc.returncode}: {tail[0]}")
+    def _on_start(self, run: PlannedRun) -> None:
+        say(f"[{self._done + 1}/{self._total}] {run.name}: started ({run.env or 'harness'} env, {run.spec.device})")
 
-    @staticmethod
-    def _follow(proc: subprocess.Popen, run: PlannedRun) -> None:
-        """Move the run's bar on the worker's 'progress DONE TOTAL' lines."""
-        bar = None
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "progress":
-                done, total = int(parts[1]), int(parts[2])
-                if bar is None:
-                    bar = _bar(total, run.name, 1)
-                bar.update(done - bar.n)
+    def _on_finish(self, run: PlannedRun, result: dict) -> None:
+        result.setdefault("executor", self.executor.name)
+        self.folder.save(run, result)
+        self._done += 1
+        rate = result.get("examples_per_sec")
+        note = f"{rate:,.0f} examples/s" if result["status"] == "ok" and rate else result.get("error") or ""
+        elapsed = time.monotonic() - self._started
+        left = elapsed / self._done * (self._total - self._done)
+        say(f"[{self._done}/{self._total}] {run.name}: {result['status']}, {note}"
+            + (f"; about {_duration(left)} left" if self._done < self._total else ""))
+
+
+def say(line: str) -> None:
+    """A progress line, flushed: a CI log or `> log` shows it as it happens."""
+    print(line, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+@contextmanager
+def _bar(name: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for one run on a terminal (tqdm); nothing elsewhere."""
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=name, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
         if bar is not None:
             bar.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from backends.registry import BACKENDS, tox_env
 from bench.executing import envs
 from bench.reporting import report
-from bench.executing.harness import write_meta
+from bench.executing.folder import write_meta
 from bench.executing.suite import new_results_dir, parse_names
 from common.errors import BenchError
 

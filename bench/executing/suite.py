@@ -24,11 +24,31 @@ class PlannedRun:
     spec: RunSpec
 
     @property
+    def key(self) -> str:
+        """The run's identity (the digest of its whole spec): results are matched by it."""
+        return self.spec.key
+
+    @property
     def env(self) -> str | None:
         """The tox env whose interpreter runs it; None: the harness's own (gensim lives there)."""
         if self.spec.runner == "gensim":
             return None
         return tox_env(self.spec.backend)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "key": self.key, "env": self.env, "spec": self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> "PlannedRun":
+        """A stored plan entry, refused unless its key is its spec's digest (an edited or corrupt plan)."""
+        run = cls(entry["name"], RunSpec.from_dict(entry["spec"]))
+        if run.key != entry["key"]:
+            raise BenchError(f"plan entry {entry['name']!r} does not match its key")
+        return run
+
+
+def planned(spec: RunSpec) -> PlannedRun:
+    return PlannedRun(run_name(spec), spec)
 
 
 def parse_names(value: str, allowed: tuple[str, ...], what: str, prefixes: tuple[str, ...] = ()) -> list[str]:
@@ -51,23 +71,23 @@ def make_spec(settings: dict, where: str) -> RunSpec:
     if unknown:
         raise BenchError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(sorted(_RUN_FIELDS | _DATA_FIELDS))}")
-    data = DataSpec(**{k: v for k, v in settings.items() if k in _DATA_FIELDS})
-    run = {k: v for k, v in settings.items() if k in _RUN_FIELDS}
     try:
-        return RunSpec(data=data, **run)
-    except TypeError as exc:
+        data = DataSpec(**{k: v for k, v in settings.items() if k in _DATA_FIELDS})
+        return RunSpec(data=data, **{k: v for k, v in settings.items() if k in _RUN_FIELDS})
+    except BenchError as exc:
         raise BenchError(f"{where}: {exc}") from None
 
 
 def run_name(spec: RunSpec) -> str:
-    """A file-safe name: the label, then every setting that differs from the recipe's."""
+    """A readable, file-safe, unique name: the label, every setting that differs from the
+    recipe's, then the first 8 digits of the key (names of two different specs never collide)."""
     default_run, default_data = RunSpec(backend=spec.backend), DataSpec()
     extras = [f"{k}-{getattr(spec, k)}" for k in sorted(_RUN_FIELDS - {"backend", "device", "sparse", "runner",
-                                                                     "compile", "max_steps"})
+                                                                     "compile"})
               if getattr(spec, k) != getattr(default_run, k)]
-    extras += [f"{k}-{getattr(spec.data, k)}" for k in sorted(_DATA_FIELDS - {"epochs"})
+    extras += [f"{k}-{getattr(spec.data, k)}" for k in sorted(_DATA_FIELDS)
                if getattr(spec.data, k) != getattr(default_data, k)]
-    return "_".join([spec.label.replace(" ", "-").replace(":", "")] + extras)
+    return "_".join([spec.label.replace(" ", "-").replace(":", "")] + extras + [spec.key[:8]])
 
 
 def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:
@@ -81,7 +101,7 @@ def default_plan(backends: list[str], devices: list[str], base: dict, baselines:
         specs.append(make_spec({**base, "backend": "torch", "runner": "recipe-loop"}, "default suite"))
         specs.append(make_spec({**base, "backend": "torch", "runner": "gensim",
                                 "max_steps": None}, "default suite"))
-    return [PlannedRun(run_name(s), s) for s in specs]
+    return [planned(s) for s in specs]
 
 
 def load_suite_file(path: Path, base: dict) -> list[PlannedRun]:
@@ -99,14 +119,18 @@ def load_suite_file(path: Path, base: dict) -> list[PlannedRun]:
     common = {**base, **doc.get("base", {})}
     plan: dict[str, PlannedRun] = {}
     for i, sweep in enumerate(doc["runs"], start=1):
+        where = f"suite file {path}, [[runs]] #{i}"
         axes = {k: v if isinstance(v, list) else [v] for k, v in sweep.items()}
         if "backend" not in axes:
-            raise BenchError(f"suite file {path}: [[runs]] #{i} names no backend")
+            raise BenchError(f"{where} names no backend")
+        empty = [k for k, v in axes.items() if not v]
+        if empty:
+            raise BenchError(f"{where}: {', '.join(empty)} is an empty list, which would plan no run; "
+                             f"give it at least one value")
         for values in itertools.product(*axes.values()):
-            spec = make_spec({**common, **dict(zip(axes, values))}, f"suite file {path}, [[runs]] #{i}")
+            spec = make_spec({**common, **dict(zip(axes, values))}, where)
             if spec.runner not in BASELINES and spec.backend not in BACKENDS:
-                raise BenchError(f"suite file {path}, [[runs]] #{i}: unknown backend {spec.backend!r}; "
-                                 f"available: {', '.join(BACKENDS)}")
-            plan.setdefault(run_name(spec), PlannedRun(run_name(spec), spec))
+                raise BenchError(f"{where}: unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
+            plan.setdefault(spec.key, planned(spec))  # the same spec twice is one run
     return list(plan.values())
 

@@ -1,45 +1,111 @@
-"""`python -m bench suite` (what `tox -e bench` runs) and `python -m bench report DIR`."""
+"""`python -m bench suite` (what `tox -e bench` runs) and `python -m bench report DIR`.
+
+Everything that can be checked is checked before the first run starts: the plan (typed
+settings, its size), the corpus, the folder (writable, free, holding this plan or none).
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from bench.executing.envs import work_dir
+from bench.executing.folder import ResultsFolder
+from bench.executing.gpus import gpu_names
+from bench.executing.harness import Harness, Interrupted, LocalExecutor, say, stop_on_signals
+from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, load_suite_file, new_results_dir, \
+    parse_names
 from bench.reporting import report
-from bench.executing.harness import Harness, gpu_names
-from bench.executing.suite import FRAMEWORKS, QUICK, default_plan, load_suite_file, new_results_dir, parse_names
 from common.errors import BenchError
 from common.ptb import find_ptb
 
 DEVICES = ("cpu", "cuda")
+LARGE_PLAN = 200
+# For the size warning only: a CPU run of the recipe trains about 50k examples/s (README's table)
+# on PTB's 343k examples an epoch, plus about 15 s of start-up and evaluation.
+_ESTIMATE_RATE, _PTB_EXAMPLES, _RUN_OVERHEAD = 50_000, 343_273, 15
+# Options that shape the plan: with --resume they must spell out the stored one (or be left out).
+_PLAN_OPTIONS = ("quick", "backends", "devices", "epochs", "max_steps", "no_baselines", "suite")
 
 
-def run(args: argparse.Namespace) -> int:
+def resume_command(folder: Path) -> str:
+    """What to type to finish `folder`: the same front door the user came in by."""
+    if os.environ.get("TOX_ENV_NAME") == "bench":
+        return f"tox -e bench -- --resume {folder}"
+    return f"python -m bench suite --resume {folder}"
+
+
+def plan_from_args(args: argparse.Namespace) -> list[PlannedRun]:
     base = dict(QUICK) if args.quick else {}
     if args.epochs is not None:
         base["epochs"] = args.epochs
     if args.max_steps is not None:
         base["max_steps"] = args.max_steps
     if args.suite:
-        plan = load_suite_file(Path(args.suite), base)
-    else:
-        devices = parse_names(args.devices, DEVICES, "device", prefixes=("cuda:",)) if args.devices else \
-            ["cpu"] + (["cuda"] if gpu_names() else [])
-        plan = default_plan(parse_names(args.backends, FRAMEWORKS, "backend"), devices, base,
-                            baselines=not args.no_baselines)
-    ptb = find_ptb(args.data_dir, not args.no_download).parent
+        return load_suite_file(Path(args.suite), base)
+    devices = parse_names(args.devices, DEVICES, "device", prefixes=("cuda:",)) if args.devices else \
+        ["cpu"] + (["cuda"] if gpu_names() else [])
+    return default_plan(parse_names(args.backends, FRAMEWORKS, "backend"), devices, base,
+                        baselines=not args.no_baselines)
+
+
+def check_size(plan: list[PlannedRun], yes: bool) -> None:
+    """A plan over LARGE_PLAN runs starts only with --yes: a typo in a sweep can mean days."""
+    if len(plan) <= LARGE_PLAN or yes:
+        return
+    examples = sum(min(r.spec.data.epochs * _PTB_EXAMPLES, (r.spec.max_steps or 10**12) * r.spec.data.batch_size)
+                   for r in plan)
+    hours = (examples / _ESTIMATE_RATE + len(plan) * _RUN_OVERHEAD) / 3600
+    raise BenchError(f"the plan has {len(plan)} runs, about {hours:.1f} h on a 2-core CPU at 50k examples/s; "
+                     f"add --yes to start it, or --dry-run to list it")
+
+
+def dry_run(plan: list[PlannedRun], folder: ResultsFolder, retry_failed: bool) -> int:
+    """Print what would run and what would be skipped, and why; write and start nothing."""
+    todo = dict(folder.todo(plan, retry_failed)) if folder.path.exists() else {run: "not run yet" for run in plan}
+    print(f"plan: {len(plan)} runs -> {folder.path} ({len(todo)} to run, {len(plan) - len(todo)} skipped)")
+    for run in plan:
+        env = run.env or "harness"
+        where = "named by SKIPGRAM_PYTHON_" + env.upper() if os.environ.get(f"SKIPGRAM_PYTHON_{env.upper()}") \
+            else ("built" if (work_dir() / env).exists() or env == "harness" else "to be built by tox")
+        why = f"run: {todo[run]}" if run in todo else \
+            f"skip: finished ({folder.stored_result(run)['status']}) in {folder.result_path(run)}"
+        print(f"  {run.name}  env={env} ({where})  device={run.spec.device}  key={run.key}  {why}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        raise BenchError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.resume:
-        out = Path(args.resume)
-        if not (out / "suite.json").exists():
-            raise BenchError(f"{out} holds no suite to resume (no suite.json); start one without --resume")
+        folder = ResultsFolder(Path(args.resume))
+        plan = folder.stored_plan()
+        if plan is None:
+            raise BenchError(f"{args.resume} holds no suite to resume (no suite.json); start one without --resume")
+        if args.out and Path(args.out) != folder.path:
+            raise BenchError(f"--resume {args.resume} writes into that folder: drop --out {args.out}")
+        if any(getattr(args, name) not in (None, False, ",".join(FRAMEWORKS)) for name in _PLAN_OPTIONS):
+            folder.check_plan(plan_from_args(args))  # the same plan spelled out again is fine
     else:
-        out = Path(args.out) if args.out else new_results_dir()
-    harness = Harness(out, ptb, args.timeout)
-    if not args.resume:
-        harness.write_plan(plan, ["python", "-m", "bench", *sys.argv[1:]])
-    print(f"suite: {len(plan)} runs -> {out} (interrupted? resume with: tox -e bench -- --resume {out})")
-    harness.run_all(plan)
-    print(f"report: {report.render(out).resolve()}")
+        plan = plan_from_args(args)
+        folder = ResultsFolder(Path(args.out) if args.out else new_results_dir())
+    check_size(plan, args.yes)
+    ptb = find_ptb(args.data_dir, not args.no_download).parent
+    if args.dry_run:
+        if folder.path.exists():
+            folder.check_plan(plan)
+        return dry_run(plan, folder, args.retry_failed)
+    try:
+        with folder, stop_on_signals():
+            folder.adopt(plan, ["python", "-m", "bench", *sys.argv[1:]])
+            say(f"suite: {len(plan)} runs -> {folder.path} (interrupted? resume with: {resume_command(folder.path)})")
+            Harness(folder, LocalExecutor(ptb, args.timeout, folder.logs)).run(plan, retry_failed=args.retry_failed)
+            say(f"report: {report.render(folder.path).resolve()}")
+    except Interrupted as stop:
+        print(f"error: interrupted by {stop}: the unfinished run was stopped and recorded nothing; "
+              f"resume with: {resume_command(folder.path)}", file=sys.stderr)
+        return 128 + stop.signum
     return 0
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
-from common.spec import RunSpec
+from common.spec import DataSpec, RunSpec
 
 METHODOLOGY = """
 <p><b>examples/s</b> counts center words (examples) per second of training in steady state: from the
@@ -46,7 +46,7 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
         try:
             meta = json.loads((folder / "suite.json").read_text())
         except ValueError:
-            meta = {"warning": "suite.json is corrupt"}
+            meta = {"warning": f"{folder / 'suite.json'} is corrupt: the plan, date and command are unknown"}
     results = []
     for path in sorted((folder / "runs").glob("*.json")):
         try:
@@ -58,9 +58,33 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
                       "spec": None}
         result["_name"] = path.stem
         results.append(result)
+    _name_by_settings(results)
     if not results and not list((folder / "microbench").glob("*.json")):
         raise BenchError(f"no results in {folder / 'runs'}: run `python -m bench suite` first")
     return meta, results
+
+
+_IN_LABEL = ("backend", "device", "sparse", "compile", "runner")
+
+
+def _name_by_settings(results: list[dict]) -> None:
+    """Call each run by its label plus the settings that vary across this folder where it leaves
+    the recipe's value (file names carry every non-recipe setting and a key: unique, but long)."""
+    flat = {id(r): {**{k: v for k, v in r["spec"].items() if k != "data"}, **r["spec"]["data"]}
+            for r in results if r["spec"]}
+    keys = {k for f in flat.values() for k in f} - set(_IN_LABEL)
+    varying = [k for k in sorted(keys) if len({json.dumps(f.get(k)) for f in flat.values()}) > 1]
+    names = {}
+    for r in results:
+        if r["spec"]:
+            spec = RunSpec.from_dict(r["spec"])
+            default = {**RunSpec(backend=spec.backend).to_dict(), **DataSpec().to_dict()}
+            extras = [f"{k} {flat[id(r)][k]}" for k in varying if flat[id(r)][k] != default.get(k)]
+            names[id(r)] = " ".join([spec.label, *extras])
+    taken = list(names.values())
+    for r in results:
+        if id(r) in names and taken.count(names[id(r)]) == 1:
+            r["_name"] = names[id(r)]
 
 
 def load_microbench(folder: Path) -> list[dict]:
@@ -134,9 +158,7 @@ def microbench_section(entries: list[dict]) -> str:
 
 
 def _label(r: dict) -> str:
-    if r["spec"] is None:
-        return r["_name"]
-    return r["_name"].replace("_", " ")
+    return r["_name"]
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -428,6 +450,8 @@ def metadata(meta: dict, results: list[dict]) -> str:
              "python": machine.get("python", "–"),
              "frameworks": ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–",
              "command": " ".join(meta.get("argv", [])) or "–"}
+    if meta.get("warning"):
+        items = {"warning": meta["warning"], **items}
     return "<table>" + "".join(f"<tr><th class='l'>{k}</th><td class='l'>{html.escape(str(v))}</td></tr>"
                                for k, v in items.items()) + "</table>"
 

@@ -1,0 +1,106 @@
+"""One attempt at one planned run: `python -m bench train` in the run's env, as a subprocess.
+
+Every executor runs a run this way, so a run's losses and timing environment do not depend
+on which one ran it. The worker gets a process group of its own (the harness ends the whole
+group: the recipe loop's DataLoader processes too) and dies with the process that started it
+(PR_SET_PDEATHSIG), so a killed harness leaves no orphan training beside a later --resume.
+Each attempt writes its spec, log and partial result under names of its own.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from bench.executing import envs
+from bench.executing.suite import PlannedRun
+from bench.running.train_command import failed_result, write_result
+from common.errors import BenchError
+from common.evaluate import eval_data_dir
+
+Progress = Callable[[int, int], None]
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when `parent` dies (Linux), and at once if it already has."""
+    def arm() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # not Linux: the harness's signal handlers still end the group
+            return
+        if os.getppid() != parent:
+            os._exit(1)
+    return arm
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """Kill the worker's whole process group and reap the worker."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None = None,
+            extra_env: dict[str, str] | None = None) -> dict:
+    """The run's result record (the worker's own, or a failed / timed-out one saying why), with
+    the attempt's wall time: process start, data, compilation, training and evaluation."""
+    started = time.perf_counter()
+    result = _attempt(run, data_dir, timeout, scratch, progress, extra_env)
+    result.setdefault("wall_seconds", time.perf_counter() - started)
+    return result
+
+
+def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None,
+             extra_env: dict[str, str] | None) -> dict:
+    try:
+        python = envs.python_for(run.env) if run.env else Path(sys.executable)
+    except BenchError as exc:
+        return failed_result(run.spec, str(exc))
+    stem = scratch / f"{run.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}"
+    spec_file, partial, log_path = (Path(f"{stem}.{suffix}") for suffix in ("spec.json", "result.json", "log"))
+    write_result(spec_file, run.spec.to_dict())
+    cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(data_dir),
+           "--out", str(partial), "--progress", "--no-download"]
+    env = {**os.environ, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(extra_env or {})}
+    if eval_data_dir():
+        env["SKIPGRAM_EVAL_DATA"] = str(eval_data_dir())
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=envs.ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+                                start_new_session=True, preexec_fn=_die_with(os.getpid()))
+        try:
+            reader = threading.Thread(target=_follow, args=(proc, progress), daemon=True)
+            reader.start()
+            proc.wait(timeout=timeout)
+            reader.join(timeout=5)
+        except subprocess.TimeoutExpired:
+            end_group(proc)
+            return failed_result(run.spec, f"no result after {timeout:.0f} s (the --timeout); log: {log_path}",
+                                 status="timed_out")
+        finally:  # a signal to the harness, or any error here: the worker must not outlive us
+            if proc.poll() is None:
+                end_group(proc)
+    try:
+        return json.loads(partial.read_text())
+    except (OSError, ValueError):
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        return failed_result(run.spec, f"exit status {proc.returncode}: {tail[0]}")
+
+
+def _follow(proc: subprocess.Popen, progress: Progress | None) -> None:
+    """Pass the worker's 'progress DONE TOTAL' lines on."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        parts = line.split()
+        if progress and len(parts) == 3 and parts[0] == "progress":
+            progress(int(parts[1]), int(parts[2]))
