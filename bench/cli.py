@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "timed-out runs too (runs with no valid result are always redone)")
     suite.add_argument("--dry-run", action="store_true", help="print the plan and what would be skipped; run nothing")
     suite.add_argument("--yes", action="store_true", help="start a plan of more than 200 runs")
+    suite.add_argument("--require-quiet", action="store_true", help="wait up to 60 s before each run for a quiet "
+                       "machine; record a run measured on a busy one as `noisy`, not `ok`")
     suite.add_argument("--data-dir")
     suite.add_argument("--no-download", action="store_true")
     suite.set_defaults(run="bench.executing.suite_command:run")

@@ -9,6 +9,11 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+# Other processes' share of the machine's CPU during a run's clock above which the run is marked
+# busy. A CPU run with a thread per core loses about that share of its rate; 0.10 (a fifth of a
+# core on the 2-core VM) is the size of the +-10 % drift the README reports between quiet runs.
+BUSY_FRACTION = 0.10
+
 
 def cpu_model() -> str:
     try:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Protocol
 from bench.executing.attempt import attempt
 from bench.executing.folder import ResultsFolder
 from bench.executing.suite import PlannedRun
+from common.machine import BUSY_FRACTION, wait_for_quiet
 
 Finished = Callable[[PlannedRun, dict], None]
 
@@ -73,9 +74,15 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
+# --require-quiet waits up to this long before each run for other processes to use less than the
+# report's busy threshold of the machine (common.machine.BUSY_FRACTION).
+QUIET_WAIT_SECONDS = 60
+
+
 class Harness:
-    def __init__(self, folder: ResultsFolder, executor: Executor) -> None:
-        self.folder, self.executor = folder, executor
+    def __init__(self, folder: ResultsFolder, executor: Executor, require_quiet: bool = False) -> None:
+        self.folder, self.executor, self.require_quiet = folder, executor, require_quiet
+        self._quiet_before: dict[str, bool] = {}
         self._done = 0
         self._total = 0
         self._started = time.monotonic()
@@ -88,10 +95,14 @@ class Harness:
         self.executor.run(todo, self._on_start, self._on_finish)
 
     def _on_start(self, run: PlannedRun) -> None:
+        if self.require_quiet:
+            self._quiet_before[run.key] = wait_for_quiet(QUIET_WAIT_SECONDS, BUSY_FRACTION)
         say(f"[{self._done + 1}/{self._total}] {run.name}: started ({run.env or 'harness'} env, {run.spec.device})")
 
     def _on_finish(self, run: PlannedRun, result: dict) -> None:
         result.setdefault("executor", self.executor.name)
+        if self.require_quiet and result["status"] == "ok":
+            _mark_noisy(result, self._quiet_before.get(run.key, True))
         self.folder.save(run, result)
         self._done += 1
         rate = result.get("examples_per_sec")
@@ -100,6 +111,17 @@ class Harness:
         left = elapsed / self._done * (self._total - self._done)
         say(f"[{self._done}/{self._total}] {run.name}: {result['status']}, {note}"
             + (f"; about {_duration(left)} left" if self._done < self._total else ""))
+
+
+def _mark_noisy(result: dict, quiet_before: bool) -> None:
+    """--require-quiet: an ok run is `noisy` when the machine never became quiet before it, or
+    other processes took more than BUSY_FRACTION of it during its clock."""
+    during = (result.get("machine_load") or {}).get("other_cpu_fraction")
+    reasons = ([] if quiet_before else [f"not quiet after waiting {QUIET_WAIT_SECONDS} s"]) + \
+        ([f"other processes took {during:.0%} of the CPU during its clock"]
+         if during is not None and during > BUSY_FRACTION else [])
+    if reasons:
+        result["status"], result["error"] = "noisy", "busy machine: " + "; ".join(reasons)
 
 
 def say(line: str) -> None:

@@ -17,6 +17,7 @@ from bench.executing.harness import Harness, Interrupted, LocalExecutor, say, st
 from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, load_suite_file, new_results_dir, \
     parse_names
 from bench.reporting import report
+from common.cache import check_writable
 from common.errors import BenchError
 from common.ptb import find_ptb
 
@@ -96,11 +97,13 @@ def run(args: argparse.Namespace) -> int:
         if folder.path.exists():
             folder.check_plan(plan)
         return dry_run(plan, folder, args.retry_failed)
+    check_writable(folder.path, "--out", folder=True)
     try:
         with folder, stop_on_signals():
             folder.adopt(plan, ["python", "-m", "bench", *sys.argv[1:]])
             say(f"suite: {len(plan)} runs -> {folder.path} (interrupted? resume with: {resume_command(folder.path)})")
-            Harness(folder, LocalExecutor(ptb, args.timeout, folder.logs)).run(plan, retry_failed=args.retry_failed)
+            harness = Harness(folder, LocalExecutor(ptb, args.timeout, folder.logs), require_quiet=args.require_quiet)
+            harness.run(plan, retry_failed=args.retry_failed)
             say(f"report: {report.render(folder.path).resolve()}")
     except Interrupted as stop:
         print(f"error: interrupted by {stop}: the unfinished run was stopped and recorded nothing; "

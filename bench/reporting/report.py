@@ -14,6 +14,7 @@ import numpy as np
 
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
+from common.machine import BUSY_FRACTION
 from common.spec import DataSpec, RunSpec
 
 METHODOLOGY = """
@@ -180,10 +181,6 @@ def _svg(fig) -> str:
 # A finished run: `noisy` (suite --require-quiet found no quiet machine) trained like an ok run,
 # so it is in every figure, and flagged in the summary and under "Measurement warnings".
 FINISHED = ("ok", "noisy")
-# Other processes' share of the machine's CPU during a run's clock above which the run is marked
-# busy. A CPU run with a thread per core loses about that share of its rate; 0.10 (a fifth of a
-# core on the 2-core VM) is the size of the +-10 % drift the README reports between quiet runs.
-BUSY_FRACTION = 0.10
 # Segment rates' interquartile range over their median above which a run's rate is marked
 # unsteady. pyperf warns at a standard deviation over 10 % of the mean (an IQR of 0.135 of the
 # median for normal data); segments are not normal (an epoch's last segment is short, sparse
