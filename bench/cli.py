@@ -38,8 +38,18 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2, like every other error."""
 
+    commands: argparse._SubParsersAction | None = None
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise BenchError(f"{message} (see `{self.prog} --help`)")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """An unknown flag is the subcommand's usage error, so the hint names its --help."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self.commands.choices.get(getattr(parsed, "command", None)) if self.commands else None
+            (command or self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     from common.spec import OPTIMIZERS, RUNNERS, RunSpec
 
     parser = _Parser(prog="python -m bench", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     data = commands.add_parser("data", help="summarise or dump the batch stream")
     add_data_args(data, epochs=1)
     mode = data.add_mutually_exclusive_group(required=True)

@@ -1,0 +1,223 @@
+"""Result integrity, as a user meets it: a run is its whole spec, a folder has one owner, no
+worker outlives its harness, a blow-up is recorded as one, bad settings stop before any work."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.executing.suite import load_suite_file
+from bench.running.worker import DIVERGENCE_BOUND, first_bad_step
+from common.errors import BenchError
+from tests.conftest import ROOT, run_bench, write_text
+from tests.data.test_bad_input import assert_one_line_error
+
+SWEEP = "[base]\nepochs = 1\nmax_steps = 3\n[[runs]]\nbackend = 'numpy'\nseed = [1, 2]\n"
+SLOW = "[[runs]]\nbackend = 'numpy'\nepochs = 1\nmax_steps = 5000\n"  # about a minute: long enough to interrupt
+
+
+def suite_file(tmp_path: Path, text: str) -> Path:
+    return write_text(tmp_path / "s.toml", text)
+
+
+def start_suite(*args: str) -> subprocess.Popen:
+    """A suite in the background, its stdout readable line by line."""
+    return subprocess.Popen([sys.executable, "-m", "bench", "suite", *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_worker(proc: subprocess.Popen, timeout: float = 120) -> int:
+    """The pid of the `bench train` worker the suite started, once its first run has begun."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if ": started (" in line:
+            break
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise AssertionError("the suite started no worker")
+
+
+def gone(pid: int, within: float = 10) -> bool:
+    """Whether process `pid` has ended (or is a zombie nobody reaps) within `within` seconds."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# planning: identity and types
+
+def test_every_setting_is_part_of_a_runs_identity(tmp_path):
+    plan = load_suite_file(suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nepochs = [1, 2]\n"
+                                                "max_steps = [10, 20]\n"), {})
+    assert len(plan) == 4 and len({p.name for p in plan}) == 4 and len({p.key for p in plan}) == 4
+    again = load_suite_file(suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nepochs = [1, 1]\nlr = [0.002, 2e-3]\n"), {})
+    assert len(again) == 1  # the same spec twice is one run
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("batch_size = '512'", 'batch_size must be an integer, got "512"'),
+    ("epochs = 1.5", "epochs must be an integer, got 1.5"),
+    ("sparse = 'no'", 'sparse must be true or false, got "no"'),
+    ("lr = true", "lr must be a number, got true"),
+    ("lr = []", "lr is an empty list"),
+    ("seed = 18446744073709551616", "seed must be >= 0 and < 2^63"),
+])
+def test_suite_files_are_typed(tmp_path, line, fragment):
+    path = suite_file(tmp_path, f"[[runs]]\nbackend = 'numpy'\n{line}\n")
+    out = tmp_path / "out"
+    result = run_bench("suite", "--suite", str(path), "--out", str(out))
+    assert_one_line_error(result, fragment, f"suite file {path}, [[runs]] #1")
+    assert not out.exists()  # nothing made before the error
+
+
+def test_bad_suite_options_stop_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    assert_one_line_error(run_bench("suite", "--timeout", "0", "--out", str(out)), "--timeout must be > 0")
+    big = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nseed = [" + ", ".join(map(str, range(201))) + "]\n")
+    assert_one_line_error(run_bench("suite", "--suite", str(big), "--out", str(out)),
+                          "the plan has 201 runs", "add --yes")
+    assert not out.exists()
+    assert_one_line_error(run_bench("suite", "--bogus"), "see `python -m bench suite --help`")
+    assert_one_line_error(run_bench("--bogus"), "see `python -m bench --help`")
+
+
+def test_dry_run_lists_the_plan_and_writes_nothing(tmp_path, ptb_dir):
+    out = tmp_path / "out"
+    result = run_bench("suite", "--suite", str(suite_file(tmp_path, SWEEP)), "--out", str(out), "--dry-run",
+                       "--data-dir", str(ptb_dir))
+    assert result.returncode == 0, result.stderr
+    assert "plan: 2 runs" in result.stdout and result.stdout.count("key=") == 2 and "env=tests" in result.stdout
+    assert not out.exists()
+
+
+def test_a_corpus_that_yields_no_example_is_an_error(tmp_path):
+    corpus = write_text(tmp_path / "tiny.txt", "a b c\nd e f\n")
+    result = run_bench("train", "--backend", "numpy", "--corpus", str(corpus), "--min-freq", "1", "--max-steps", "2")
+    assert_one_line_error(result, "yields no training example")
+
+
+# divergence
+
+def test_divergence_bound():
+    assert first_bad_step(np.array([0.69, 0.6, 0.5])) is None
+    assert first_bad_step(np.array([0.69, DIVERGENCE_BOUND * 1.01, np.inf])) == 1
+    assert first_bad_step(np.array([0.69, np.nan])) == 1
+
+
+@pytest.mark.parametrize("lr, status", [(1e6, "diverged"), (0.01, "ok"), (0.002, "ok")])
+def test_adam_blowing_up_is_diverged_and_the_recipes_rates_are_not(tmp_path, ptb_dir, lr, status):
+    out = tmp_path / "r.json"
+    result = run_bench("train", "--backend", "numpy", "--lr", str(lr), "--epochs", "1", "--max-steps", "150",
+                       "--data-dir", str(ptb_dir), "--out", str(out))
+    record = json.loads(out.read_text())
+    assert record["status"] == status, record["error"]
+    if status == "diverged":
+        assert result.returncode == 1 and "at step " in record["error"] and "10 x ln 2" in record["error"]
+        assert record["steps"] < 150  # stopped at the first bad step
+    else:
+        assert result.returncode == 0 and max(record["losses"]) < DIVERGENCE_BOUND
+
+
+# folders: reuse, resume, ownership
+
+def test_a_folder_is_reused_only_for_its_own_plan(tmp_path, ptb_dir):
+    out, sweep = tmp_path / "out", suite_file(tmp_path, SWEEP)
+    args = ["--out", str(out), "--data-dir", str(ptb_dir)]
+    first = run_bench("suite", "--suite", str(sweep), *args)
+    assert first.returncode == 0, first.stderr
+    assert "[2/2]" in first.stdout and "started" in first.stdout  # progress lines on a pipe too
+    plan = json.loads((out / "suite.json").read_text())["plan"]
+    assert [e["key"] for e in plan] and all(e["name"].endswith(e["key"][:8]) for e in plan)
+
+    again = run_bench("suite", "--suite", str(sweep), *args)  # same plan: nothing to redo
+    assert again.returncode == 0 and "resuming: 2 of 2 runs already finished" in again.stderr
+
+    other = run_bench("suite", "--suite", str(write_text(tmp_path / "other.toml", SWEEP.replace("2]", "3]"))), *args)
+    assert_one_line_error(other, "holds another plan", f"--resume {out}` alone")
+
+    runs = sorted((out / "runs").glob("*.json"))
+    stored = json.loads(runs[0].read_text())
+    runs[0].write_text(json.dumps({**stored, "spec": {**stored["spec"], "lr": 0.5}}))  # another spec's result
+    runs[1].write_text(runs[1].read_text()[:100])                                       # truncated
+    resumed = run_bench("suite", "--resume", str(out), "--data-dir", str(ptb_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" not in resumed.stderr and "[2/2]" in resumed.stdout
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in runs)
+
+
+def test_failed_runs_are_kept_unless_retried(tmp_path, ptb_dir):
+    out = tmp_path / "out"
+    path = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\ndevice = 'cuda'\nmax_steps = 2\n")
+    assert run_bench("suite", "--suite", str(path), "--out", str(out), "--data-dir", str(ptb_dir)).returncode == 0
+    kept = run_bench("suite", "--resume", str(out), "--data-dir", str(ptb_dir))
+    assert "resuming: 1 of 1 runs already finished" in kept.stderr
+    retried = run_bench("suite", "--resume", str(out), "--retry-failed", "--data-dir", str(ptb_dir))
+    assert "resuming" not in retried.stderr and "[1/1]" in retried.stdout and "failed" in retried.stdout
+
+
+def test_a_corrupt_plan_is_named(tmp_path, ptb_dir):
+    out = tmp_path / "out"
+    assert run_bench("suite", "--suite", str(suite_file(tmp_path, SWEEP)), "--out", str(out),
+                     "--data-dir", str(ptb_dir)).returncode == 0
+    (out / "suite.json").write_text('{"plan": [')
+    assert_one_line_error(run_bench("suite", "--resume", str(out), "--data-dir", str(ptb_dir)), "suite.json is corrupt")
+    page = run_bench("report", str(out))
+    assert page.returncode == 0 and "suite.json is corrupt" in Path(page.stdout.strip()).read_text()
+
+
+def test_one_owner_per_folder(tmp_path, ptb_dir):
+    out, slow = tmp_path / "out", suite_file(tmp_path, SLOW)
+    owner = start_suite("--suite", str(slow), "--out", str(out), "--data-dir", str(ptb_dir))
+    try:
+        wait_for_worker(owner)
+        second = run_bench("suite", "--suite", str(slow), "--out", str(out), "--data-dir", str(ptb_dir))
+        assert_one_line_error(second, "is in use by another suite", f"pid {owner.pid}")
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_ends_the_worker_records_nothing_and_says_how_to_resume(tmp_path, ptb_dir, sig):
+    out = tmp_path / "out"
+    proc = start_suite("--suite", str(suite_file(tmp_path, SLOW)), "--out", str(out), "--data-dir", str(ptb_dir))
+    worker = wait_for_worker(proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig, stderr
+    assert stderr.strip().splitlines()[-1].endswith(f"resume with: python -m bench suite --resume {out}")
+    assert "Traceback" not in stderr and gone(worker)
+    assert not list((out / "runs").glob("*.json"))
+
+
+def test_a_killed_harness_takes_its_worker_with_it(tmp_path, ptb_dir):
+    out = tmp_path / "out"
+    proc = start_suite("--suite", str(suite_file(tmp_path, SLOW)), "--out", str(out), "--data-dir", str(ptb_dir))
+    worker = wait_for_worker(proc)
+    proc.kill()  # SIGKILL: no handler runs; PR_SET_PDEATHSIG ends the worker
+    proc.wait()
+    assert gone(worker)
+    resumed = start_suite("--resume", str(out), "--data-dir", str(ptb_dir))  # the folder is free again
+    try:
+        wait_for_worker(resumed)
+    finally:
+        resumed.kill()
+        resumed.wait()
