@@ -31,12 +31,19 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGKILL this child when `parent` dies (Linux), and at once if it already has."""
+    """preexec_fn: SIGKILL this child when `parent` dies (Linux), and at once if it already has.
+
+    prctl is looked up here, before the fork: the child of a threaded parent (a Dask worker)
+    must not dlopen, whose lock another thread may have held at the fork."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the harness's signal handlers still end the group
+        prctl = None
+
     def arm() -> None:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):  # not Linux: the harness's signal handlers still end the group
+        if prctl is None:
             return
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(1)
     return arm
@@ -52,17 +59,20 @@ def end_group(proc: subprocess.Popen) -> None:
 
 
 def attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None = None,
-            extra_env: dict[str, str] | None = None) -> dict:
+            extra_env: dict[str, str | None] | None = None, stop: threading.Event | None = None) -> dict:
     """The run's result record (the worker's own, or a failed / timed-out one saying why), with
-    the attempt's wall time: process start, data, compilation, training and evaluation."""
+    the attempt's wall time: process start, data, compilation, training and evaluation.
+
+    `extra_env` sets variables for the worker (None removes one: a Dask nanny's thread limits);
+    setting `stop` ends the worker's group and records it failed (a cluster task cancelled)."""
     started = time.perf_counter()
-    result = _attempt(run, data_dir, timeout, scratch, progress, extra_env)
+    result = _attempt(run, data_dir, timeout, scratch, progress, extra_env, stop)
     result.setdefault("wall_seconds", time.perf_counter() - started)
     return result
 
 
 def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None,
-             extra_env: dict[str, str] | None) -> dict:
+             extra_env: dict[str, str | None] | None, stop: threading.Event | None) -> dict:
     try:
         python = envs.python_for(run.env) if run.env else Path(sys.executable)
     except BenchError as exc:
@@ -72,7 +82,12 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
     write_result(spec_file, run.spec.to_dict())
     cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(data_dir),
            "--out", str(partial), "--progress", "--no-download"]
-    env = {**os.environ, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(extra_env or {})}
+    env = {**os.environ, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for name, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     if eval_data_dir():
         env["SKIPGRAM_EVAL_DATA"] = str(eval_data_dir())
     with open(log_path, "w") as log:
@@ -81,7 +96,9 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         try:
             reader = threading.Thread(target=_follow, args=(proc, progress), daemon=True)
             reader.start()
-            proc.wait(timeout=timeout)
+            if not _wait(proc, timeout, stop):
+                end_group(proc)
+                return failed_result(run.spec, "cancelled (the suite was stopped); nothing recorded")
             reader.join(timeout=5)
         except subprocess.TimeoutExpired:
             end_group(proc)
@@ -95,6 +112,22 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
     except (OSError, ValueError):
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         return failed_result(run.spec, f"exit status {proc.returncode}: {tail[0]}")
+
+
+def _wait(proc: subprocess.Popen, timeout: float, stop: threading.Event | None) -> bool:
+    """Wait for the worker to exit (True), or for `stop` (False); TimeoutExpired after `timeout`."""
+    if stop is None:
+        proc.wait(timeout=timeout)
+        return True
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        try:
+            proc.wait(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
+            return True
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+    return False
 
 
 def _follow(proc: subprocess.Popen, progress: Progress | None) -> None:
