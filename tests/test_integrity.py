@@ -70,6 +70,9 @@ def test_every_setting_is_part_of_a_runs_identity(tmp_path):
     assert len(plan) == 4 and len({p.name for p in plan}) == 4 and len({p.key for p in plan}) == 4
     again = load_suite_file(suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nepochs = [1, 1]\nlr = [0.002, 2e-3]\n"), {})
     assert len(again) == 1  # the same spec twice is one run
+    overridden = load_suite_file(suite_file(tmp_path, "[base]\nepochs = 3\n[[runs]]\nbackend = 'numpy'\n"
+                                                      "epochs = [2, 4]\n"), {"epochs": 1})
+    assert [p.spec.data.epochs for p in overridden] == [1]  # --epochs on the command line means every run
 
 
 @pytest.mark.parametrize("line, fragment", [
@@ -95,6 +98,8 @@ def test_bad_suite_options_stop_before_any_work(tmp_path):
     assert_one_line_error(run_bench("suite", "--suite", str(big), "--out", str(out)),
                           "the plan has 201 runs", "add --yes")
     assert not out.exists()
+    not_a_table = write_text(tmp_path / "t.toml", "base = 3\n[[runs]]\nbackend = 'numpy'\n")
+    assert_one_line_error(run_bench("suite", "--suite", str(not_a_table)), "expected an optional [base] table")
     assert_one_line_error(run_bench("suite", "--bogus"), "see `python -m bench suite --help`")
     assert_one_line_error(run_bench("--bogus"), "see `python -m bench --help`")
 

@@ -104,8 +104,10 @@ def default_plan(backends: list[str], devices: list[str], base: dict, baselines:
     return [planned(s) for s in specs]
 
 
-def load_suite_file(path: Path, base: dict) -> list[PlannedRun]:
-    """[base] holds settings for every run; each [[runs]] table is a sweep whose lists are crossed."""
+def load_suite_file(path: Path, overrides: dict) -> list[PlannedRun]:
+    """[base] holds settings for every run; each [[runs]] table is a sweep whose lists are crossed.
+    `overrides` (the command line's --quick, --epochs, --max-steps) win over the file: a user who
+    types `--epochs 1` means every run, not only those the file leaves unset."""
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -113,10 +115,10 @@ def load_suite_file(path: Path, base: dict) -> list[PlannedRun]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BenchError(f"suite file {path} is not valid TOML ({exc})") from None
     unknown = set(doc) - {"base", "runs"}
-    if unknown or not isinstance(doc.get("runs"), list) or not doc["runs"]:
+    if unknown or not isinstance(doc.get("runs"), list) or not doc["runs"] or not isinstance(doc.get("base", {}), dict):
         raise BenchError(f"suite file {path}: expected an optional [base] table and one or more [[runs]] tables"
                          + (f", found {', '.join(sorted(unknown))}" if unknown else ""))
-    common = {**base, **doc.get("base", {})}
+    common = doc.get("base", {})
     plan: dict[str, PlannedRun] = {}
     for i, sweep in enumerate(doc["runs"], start=1):
         where = f"suite file {path}, [[runs]] #{i}"
@@ -128,7 +130,7 @@ def load_suite_file(path: Path, base: dict) -> list[PlannedRun]:
             raise BenchError(f"{where}: {', '.join(empty)} is an empty list, which would plan no run; "
                              f"give it at least one value")
         for values in itertools.product(*axes.values()):
-            spec = make_spec({**common, **dict(zip(axes, values))}, where)
+            spec = make_spec({**common, **dict(zip(axes, values)), **overrides}, where)
             if spec.runner not in BASELINES and spec.backend not in BACKENDS:
                 raise BenchError(f"{where}: unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
             plan.setdefault(spec.key, planned(spec))  # the same spec twice is one run
