@@ -202,8 +202,8 @@ def measurement_warnings(r: dict) -> list[tuple[str, str]]:
         return []
     notes = []
     if r["status"] == "noisy":
-        notes.append(("noisy", "the machine never became quiet before it started (suite --require-quiet)"
-                      + (f": {r['error']}" if r.get("error") else "")))
+        notes.append(("noisy", "status noisy (suite --require-quiet): "
+                      + (r.get("error") or "the machine was busy before or during the run")))
     load = r.get("machine_load") or {}
     other = load.get("other_cpu_fraction")
     if other is not None and other > BUSY_FRACTION:
@@ -229,7 +229,8 @@ def warnings_section(results: list[dict]) -> str:
     rule = (f"<p>A run is marked when other processes took more than {BUSY_FRACTION:.0%} of the machine's CPU "
             f"during its training clock (from /proc/stat, less the run's own CPU time), when its 100-step "
             f"segment rates' interquartile range exceeds {SPREAD_RATIO:.0%} of their median, or when "
-            f"<code>--require-quiet</code> waited for a quiet machine in vain (status <code>noisy</code>). "
+            f"<code>--require-quiet</code> found the machine busy before or during the run (status "
+            f"<code>noisy</code>). "
             f"Such rates are likely low or unsteady: rerun them on a quiet machine before comparing.</p>")
     if not rows:
         return rule + "<p>No run was marked.</p>"
