@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "machine; record a run measured on a busy one as `noisy`, not `ok`")
     suite.add_argument("--data-dir")
     suite.add_argument("--no-download", action="store_true")
+    suite.add_argument("--executor", choices=("local", "dask"), default="local",
+                       help="where runs execute: local (one after another here) or dask (a Dask cluster)")
+    suite.add_argument("--address", metavar="tcp://HOST:PORT",
+                       help="the Dask scheduler for --executor dask (default: $SKIPGRAM_DASK_ADDRESS)")
     suite.set_defaults(run="bench.executing.suite_command:run")
 
     report = commands.add_parser("report", help="rebuild DIR/index.html from DIR's stored results")

@@ -109,7 +109,8 @@ class Harness:
         note = f"{rate:,.0f} examples/s" if result["status"] == "ok" and rate else result.get("error") or ""
         elapsed = time.monotonic() - self._started
         left = elapsed / self._done * (self._total - self._done)
-        say(f"[{self._done}/{self._total}] {run.name}: {result['status']}, {note}"
+        where = f" on {result['host']} ({result['worker']})" if result.get("worker") else ""  # a cluster's run
+        say(f"[{self._done}/{self._total}] {run.name}: {result['status']}{where}, {note}"
             + (f"; about {_duration(left)} left" if self._done < self._total else ""))
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from bench.executing.envs import work_dir
 from bench.executing.folder import ResultsFolder
 from bench.executing.gpus import gpu_names
-from bench.executing.harness import Harness, Interrupted, LocalExecutor, say, stop_on_signals
+from bench.executing.dask_executor import executor_from_args
+from bench.executing.harness import Harness, Interrupted, say, stop_on_signals
 from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, load_suite_file, new_results_dir, \
     parse_names
 from bench.reporting import report
@@ -97,12 +98,13 @@ def run(args: argparse.Namespace) -> int:
         if folder.path.exists():
             folder.check_plan(plan)
         return dry_run(plan, folder, args.retry_failed)
+    executor = executor_from_args(args, ptb, folder.logs)  # a cluster that cannot be reached: before any folder
     check_writable(folder.path, "--out", folder=True)
     try:
         with folder, stop_on_signals():
             folder.adopt(plan, ["python", "-m", "bench", *sys.argv[1:]])
             say(f"suite: {len(plan)} runs -> {folder.path} (interrupted? resume with: {resume_command(folder.path)})")
-            harness = Harness(folder, LocalExecutor(ptb, args.timeout, folder.logs), require_quiet=args.require_quiet)
+            harness = Harness(folder, executor, require_quiet=args.require_quiet)
             harness.run(plan, retry_failed=args.retry_failed)
             say(f"report: {report.render(folder.path).resolve()}")
     except Interrupted as stop:

@@ -1,0 +1,218 @@
+"""The `dask` executor: a suite's runs fan out over a Dask distributed cluster.
+
+One Dask worker is one timing slot (a GPU, or a group of pinned cores; `--nthreads 1`): a
+cuda run asks for the resource `GPU=1`, any other run for `slot=1`, so two runs never share
+a GPU or a core. Each task calls attempt() on its worker's node, exactly as a local run
+does, and returns the result record as its value; the harness on the client writes it, so
+results need no shared filesystem. The envs and PTB are found on the node; a node that
+lacks one gives that run a failed result naming the node and what is missing.
+
+Why the timing variables travel with each task: Dask's nanny sets OMP_NUM_THREADS,
+MKL_NUM_THREADS, OPENBLAS_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=65536 in its worker, and
+a `bench train` child would inherit them: every timing would silently change. The client
+sends what a local run's child would see (set or unset) and the task removes the rest.
+
+`distributed` is imported only when this executor is chosen: `local` needs no extra package.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+from bench.executing import envs
+from bench.executing.attempt import attempt
+from bench.executing.harness import Executor, Finished, LocalExecutor
+from bench.executing.suite import PlannedRun
+from bench.running.train_command import failed_result
+from common.errors import BenchError
+from common.machine import git_commit
+from common.ptb import verify_ptb
+
+ADDRESS_VARIABLE = "SKIPGRAM_DASK_ADDRESS"
+CONNECT_SECONDS = 10
+WORKER_WAIT_SECONDS = 60
+# The thread and malloc settings a run's timing depends on; Dask's nanny sets each of them.
+TIMING_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+_INSTALL_HINT = "pip install 'skipgram-bench[dask]' (tox's bench and tests envs have it)"
+
+
+def executor_from_args(args: argparse.Namespace, ptb: Path, scratch: Path) -> Executor:
+    """The executor `--executor` names; for dask, connected, so an unreachable scheduler is one
+    line before any results folder exists."""
+    if args.executor == "local":
+        if args.address:
+            raise BenchError("--address names a Dask scheduler: add --executor dask")
+        return LocalExecutor(ptb, args.timeout, scratch)
+    if getattr(args, "require_quiet", False):
+        raise BenchError("--require-quiet watches this machine's load; with --executor dask the runs are on the "
+                         "cluster's nodes: start one worker per timing slot instead (README)")
+    address = args.address or os.environ.get(ADDRESS_VARIABLE)
+    if not address:
+        raise BenchError(f"--executor dask needs the scheduler's address: --address tcp://HOST:PORT "
+                         f"or {ADDRESS_VARIABLE}")
+    return DaskExecutor.connect(address, ptb, args.timeout)
+
+
+def run_resources(run: PlannedRun) -> dict[str, float]:
+    """What a run occupies: one GPU, or one slot of pinned cores (what the README's workers offer)."""
+    return {"GPU": 1} if run.spec.device.startswith("cuda") else {"slot": 1}
+
+
+def client_timing_env() -> dict[str, str | None]:
+    """The timing variables as a local run's child would see them here (None: unset), plus any
+    other variable this Dask version's nanny sets, so the task can remove it."""
+    names = set(TIMING_VARIABLES) | set(_nanny_variables())
+    return {name: os.environ.get(name) for name in sorted(names)}
+
+
+def _nanny_variables() -> list[str]:
+    """What Dask's nanny puts into its worker's environment before starting it."""
+    import dask
+
+    return list(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+
+
+class DaskExecutor:
+    """Submits every run at once; the scheduler hands each to a worker with its resource free."""
+
+    name = "dask"
+
+    def __init__(self, client: object, data_dir: Path, timeout: float) -> None:
+        self.client, self.data_dir, self.timeout = client, data_dir, timeout
+        self.address = getattr(client, "scheduler").address
+
+    @classmethod
+    def connect(cls, address: str, data_dir: Path, timeout: float) -> "DaskExecutor":
+        try:
+            from distributed import Client
+        except ImportError:
+            raise BenchError(f"--executor dask needs the `distributed` package: {_INSTALL_HINT}") from None
+        try:
+            client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise BenchError(f"cannot reach the Dask scheduler at {address} ({exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}); start it with "
+                             f"`dask scheduler` or fix --address / {ADDRESS_VARIABLE}") from None
+        return cls(client, data_dir, timeout)
+
+    def run(self, runs: list[PlannedRun], started: Callable[[PlannedRun], None], finished: Finished) -> None:
+        """Submit all runs, hand back each result as it arrives; on any exit (Ctrl-C included)
+        cancel what is left: each task's watcher then ends its `bench train` child."""
+        from distributed import as_completed
+
+        futures: dict = {}
+        try:
+            self._check_workers(runs)
+            env, commit = client_timing_env(), git_commit(envs.ROOT)
+            for run in runs:
+                future = self.client.submit(run_task, run.to_dict(), str(self.data_dir), self.timeout, env, commit,
+                                            key=f"skipgram-{run.name}-{os.urandom(4).hex()}", pure=False,
+                                            resources=run_resources(run))
+                futures[future] = run
+            for future in as_completed(list(futures), loop=self.client.loop):
+                run = futures.pop(future)
+                finished(run, self._result(run, future, len(futures)))
+        finally:
+            if futures:
+                self.client.cancel(list(futures), force=True)
+            self.client.close()
+
+    def _check_workers(self, runs: list[PlannedRun]) -> None:
+        """Refuse runs no worker can take (they would wait forever): say which resource is missing."""
+        if not self.client.scheduler_info(n_workers=-1)["workers"]:
+            print(f"waiting up to {WORKER_WAIT_SECONDS} s for a worker to join {self.address}", file=sys.stderr)
+            try:
+                self.client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+            except TimeoutError:
+                raise BenchError(f"the Dask scheduler at {self.address} has no workers; start them as the "
+                                 f"README says (`dask worker {self.address} --nthreads 1 --resources slot=1`)") from None
+        offered: set[str] = set()
+        for worker in self.client.scheduler_info(n_workers=-1)["workers"].values():
+            offered |= {name for name, amount in (worker.get("resources") or {}).items() if amount >= 1}
+        for resource in sorted({name for run in runs for name in run_resources(run)} - offered):
+            names = [run.name for run in runs if resource in run_resources(run)]
+            raise BenchError(f"no worker of {self.address} offers the resource {resource} that {len(names)} run(s) "
+                             f"need (e.g. {names[0]}); start workers with `--resources {resource}=1` (README)")
+
+    def _result(self, run: PlannedRun, future: object, unfinished: int) -> dict:
+        """The task's value, or a failed record saying why the cluster could not produce one."""
+        from distributed import KilledWorker
+
+        if future.cancelled():  # not by us: the client lost the scheduler
+            raise BenchError(f"lost the Dask scheduler at {self.address}; finished results are kept, the "
+                             f"{unfinished + 1} unfinished run(s) recorded nothing: finish them with --resume "
+                             f"(any executor)")
+        try:
+            return future.result()
+        except KilledWorker as exc:
+            reason = f"the Dask workers that ran it died each time ({exc}); nothing recorded of its own"
+        except Exception as exc:  # the task itself raised: a bug, or an incompatible node
+            reason = f"the Dask task raised {exc.__class__.__name__}: {exc}"
+        return {**failed_result(run.spec, reason), "executor": self.name, "host": None, "worker": None}
+
+
+# --- on the worker --------------------------------------------------------------------------
+
+def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict[str, str | None],
+             commit: str | None) -> dict:
+    """One run on this worker: the node's env and corpus, the client's timing variables, and a
+    watcher that ends the child if the task is cancelled (Ctrl-C, or the client gone)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    where = {"executor": DaskExecutor.name, "host": socket.gethostname(), "worker": worker.address}
+    run = PlannedRun.from_dict(entry)
+    try:
+        data_dir = node_data_dir(run, client_data_dir, commit)
+    except BenchError as exc:
+        return {**failed_result(run.spec, f"node {where['host']} (worker {where['worker']}): {exc}"), **where}
+    scratch = Path(worker.local_directory) / "skipgram-bench"
+    scratch.mkdir(parents=True, exist_ok=True)
+    stop, done = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=_watch, args=(worker, worker.get_current_task(), stop, done), daemon=True)
+    watcher.start()
+    try:
+        result = attempt(run, data_dir, timeout, scratch, extra_env=child_env(timing_env), stop=stop)
+    finally:
+        done.set()
+    return {**result, **where}
+
+
+def node_data_dir(run: PlannedRun, client_data_dir: str, commit: str | None) -> Path:
+    """Check this node can do the run and return its corpus folder: the worker's own $PTB_DIR
+    if set (nodes mount data in different places), else the client's folder. Raises BenchError
+    saying what the node lacks."""
+    ours = git_commit(envs.ROOT)
+    if commit and ours and ours != commit:
+        raise BenchError(f"its checkout {envs.ROOT} is at commit {ours}, the suite's at {commit}; "
+                         f"update it so every node runs the same code")
+    if run.env:
+        python = envs.python_for(run.env, build=False)  # building here would race the node's other workers
+        if not python.exists():
+            raise BenchError(f"no {run.env!r} env ({python} is missing); build it on that node with "
+                             f"`tox -e {run.env} --notest`, or set SKIPGRAM_PYTHON_{run.env.upper()} for its workers")
+    if os.environ.get("PTB_DIR"):
+        return verify_ptb(Path(os.environ["PTB_DIR"]), "the worker's PTB_DIR").parent
+    return verify_ptb(Path(client_data_dir), "the suite's corpus folder (set PTB_DIR for workers where it differs)"
+                      ).parent
+
+
+def child_env(timing_env: dict[str, str | None]) -> dict[str, str | None]:
+    """extra_env for attempt(): the client's timing variables, and every variable this worker's
+    nanny set that the client does not have removed (None)."""
+    return {**{name: None for name in _nanny_variables()}, **timing_env}
+
+
+def _watch(worker: object, key: object, stop: threading.Event, done: threading.Event) -> None:
+    """Set `stop` once the scheduler no longer wants this task: cancelled by the client, or
+    released because the client is gone. Dask cannot interrupt a running task; this ends its child."""
+    while not done.wait(0.5):
+        task = worker.state.tasks.get(key)
+        if task is None or task.state not in ("executing", "long-running", "resumed"):
+            stop.set()
+            return
