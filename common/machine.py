@@ -33,6 +33,10 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+# The thread and malloc settings a run's speed depends on (and that a Dask nanny would set).
+TIMING_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
 def machine_info() -> dict:
     return {
         "python": platform.python_version(),
@@ -40,7 +44,7 @@ def machine_info() -> dict:
         "hostname": platform.node(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "threads_env": {k: os.environ[k] for k in TIMING_VARIABLES if k in os.environ},
     }
 
 

@@ -30,14 +30,12 @@ from bench.executing.harness import Executor, Finished, LocalExecutor
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result
 from common.errors import BenchError
-from common.machine import git_commit
+from common.machine import TIMING_VARIABLES, git_commit
 from common.ptb import verify_ptb
 
 ADDRESS_VARIABLE = "SKIPGRAM_DASK_ADDRESS"
 CONNECT_SECONDS = 10
 WORKER_WAIT_SECONDS = 60
-# The thread and malloc settings a run's timing depends on; Dask's nanny sets each of them.
-TIMING_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
 _INSTALL_HINT = "pip install 'skipgram-bench[dask]' (tox's bench and tests envs have it)"
 
 
