@@ -19,15 +19,24 @@ class BackendInfo(NamedTuple):
     env: str        # the tox env that can import it
     sparse: bool    # has a sparse-gradient variant
     compile: bool   # has a compiled variant
+    cuda_env: str | None = None  # the tox env of its GPU build; None: it has none
+    # Newest GPU its GPU build has kernels for (no PTX to JIT beyond it); None: no known limit.
+    max_compute_capability: tuple[int, int] | None = None
+    graph: bool = False  # has a variant that replays each step as one captured CUDA graph
 
 
 BACKENDS = {
     "numpy": BackendInfo("backends.reference", "NumpyBackend", "tests", sparse=True, compile=False),
-    "torch": BackendInfo("backends.pytorch", "TorchBackend", "torch", sparse=True, compile=True),
-    "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False),
-    "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True),
+    # The index's torch wheel on Linux is a CUDA build: one env serves both devices.
+    "torch": BackendInfo("backends.pytorch", "TorchBackend", "torch", sparse=True, compile=True,
+                         cuda_env="torch", graph=True),
+    # mxnet-cu117 1.9.1 ships sm_50-86 kernels and no PTX: no H100 / H200.
+    "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False,
+                         cuda_env="mxnet-cuda", max_compute_capability=(8, 6)),
+    "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
+                              cuda_env="tensorflow-cuda"),
     # JAX is always compiled (jit), so it has no separate compiled variant.
-    "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False),
+    "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda"),
 }
 
 
@@ -37,9 +46,11 @@ def info(name: str) -> BackendInfo:
     return BACKENDS[name]
 
 
-def tox_env(name: str) -> str:
-    """The tox env whose interpreter can import backend `name`."""
-    return info(name).env
+def tox_env(name: str, device: str = "cpu") -> str:
+    """The tox env whose interpreter can run backend `name` on `device`: its GPU env for cuda
+    (its CPU env where it has no GPU build: the run then fails saying the device is missing)."""
+    entry = info(name)
+    return (entry.cuda_env or entry.env) if device.startswith("cuda") else entry.env
 
 
 def load(name: str) -> type[Backend]:

@@ -4,6 +4,11 @@ The harness and the cross-env tests never import a framework: they run `python -
 with the interpreter of the backend's own env, which tox builds from pyproject's extras, or
 with one named by SKIPGRAM_PYTHON_<ENV> (a GPU machine's own python, a conda env) where the
 frameworks are already installed and nothing can be downloaded.
+
+A GPU env (`jax-cuda`) is named by SKIPGRAM_PYTHON_JAX_CUDA (a dash becomes an underscore) and,
+when that is unset, by its CPU env's variable (SKIPGRAM_PYTHON_JAX): on a GPU machine one
+python usually has the GPU builds, and a CPU-only interpreter named there fails its cuda runs
+with "device 'cuda' is not available", never trains on the CPU instead.
 """
 from __future__ import annotations
 
@@ -24,12 +29,26 @@ def work_dir() -> Path:
     return Path(os.environ.get("SKIPGRAM_TOX_WORKDIR") or ROOT / ".tox")
 
 
+GPU_SUFFIX = "-cuda"  # a backend's GPU env is its CPU env's name plus this (backends/registry.py)
+
+
+def python_variables(env: str) -> list[str]:
+    """The variables that may name `env`'s interpreter, first match wins."""
+    names = [env] + ([env.removesuffix(GPU_SUFFIX)] if env.endswith(GPU_SUFFIX) else [])
+    return ["SKIPGRAM_PYTHON_" + name.upper().replace("-", "_") for name in names]
+
+
+def naming_variable(env: str) -> str | None:
+    """The variable that names `env`'s interpreter now, if any is set."""
+    return next((v for v in python_variables(env) if os.environ.get(v)), None)
+
+
 def chosen_python(env: str) -> Path | None:
     """The interpreter SKIPGRAM_PYTHON_<ENV> names (a path, or a command on PATH), if set."""
-    variable = f"SKIPGRAM_PYTHON_{env.upper()}"
-    value = os.environ.get(variable)
-    if not value:
+    variable = naming_variable(env)
+    if variable is None:
         return None
+    value = os.environ[variable]
     found = shutil.which(value)
     if found is None:
         raise BenchError(f"{variable}={value} is not an executable python; point it at an interpreter that "
