@@ -108,6 +108,7 @@ class RunSpec:
     eps: float = 1e-8
     max_steps: int | None = None
     compile: bool = False
+    graph: bool = False  # replay each dense step as one captured CUDA graph (backends declaring it)
     runner: str = "backend"
     repeat: int = 0  # which of several otherwise identical runs (noise estimates); changes nothing in training
 
@@ -124,6 +125,11 @@ class RunSpec:
             (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
             (self.repeat >= 0, f"repeat must be >= 0, got {self.repeat}"),
             (self.runner in RUNNERS, f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}"),
+            (not self.graph or self.device.startswith("cuda"),
+             f"CUDA graphs need a cuda device, got {self.device!r}: drop --graph or use --device cuda"),
+            (not self.graph or not (self.sparse or self.compile),
+             "--graph captures the dense step: it cannot be combined with --sparse or --compile "
+             "(--compile on cuda already replays CUDA graphs: torch.compile's reduce-overhead mode)"),
             (self.runner != "recipe-loop" or (self.backend == "torch" and self.device == "cpu"),
              "the recipe loop is the book's PyTorch CPU code: use --backend torch --device cpu"),
         ]
@@ -141,10 +147,17 @@ class RunSpec:
         if self.runner in BASELINES:
             return self.runner
         loop = " bare-loop" if self.runner == "bare-loop" else ""
-        return f"{self.backend} {self.variant}{' compiled' if self.compile else ''} {self.device}{loop}"
+        how = " compiled" if self.compile else " graphed" if self.graph else ""
+        return f"{self.backend} {self.variant}{how} {self.device}{loop}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except those added after results were first stored (ADDED_LATER) while they
+        hold their default: older results keep their keys and still pair with new ones."""
+        data = asdict(self)
+        for name, default in ADDED_LATER.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @property
     def key(self) -> str:
@@ -160,6 +173,9 @@ class RunSpec:
             raise BenchError(f"invalid setting: unknown run fields {sorted(unknown)}")
         data["data"] = DataSpec.from_dict(data.get("data", {}))
         return cls(**data)
+
+
+ADDED_LATER = {"graph": False}  # field -> the default a spec leaves out of its dict and key
 
 
 def spec_key(spec: dict) -> str:
