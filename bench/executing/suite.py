@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from backends.registry import BACKENDS, info, tox_env
+from bench.executing.gpus import Gpu
 from common.errors import BenchError
 from common.spec import BASELINES, DataSpec, RunSpec
 
@@ -22,6 +23,7 @@ _DATA_FIELDS = {f.name for f in fields(DataSpec)}
 class PlannedRun:
     name: str
     spec: RunSpec
+    skip: str | None = None  # why this machine cannot run it (set at planning): recorded, never started
 
     @property
     def key(self) -> str:
@@ -33,15 +35,16 @@ class PlannedRun:
         """The tox env whose interpreter runs it; None: the harness's own (gensim lives there)."""
         if self.spec.runner == "gensim":
             return None
-        return tox_env(self.spec.backend)
+        return tox_env(self.spec.backend, self.spec.device)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "key": self.key, "env": self.env, "spec": self.spec.to_dict()}
+        return {"name": self.name, "key": self.key, "env": self.env, "spec": self.spec.to_dict(),
+                **({"skip": self.skip} if self.skip else {})}
 
     @classmethod
     def from_dict(cls, entry: dict) -> "PlannedRun":
         """A stored plan entry, refused unless its key is its spec's digest (an edited or corrupt plan)."""
-        run = cls(entry["name"], RunSpec.from_dict(entry["spec"]))
+        run = cls(entry["name"], RunSpec.from_dict(entry["spec"]), entry.get("skip"))
         if run.key != entry["key"]:
             raise BenchError(f"plan entry {entry['name']!r} does not match its key")
         return run
@@ -83,7 +86,7 @@ def run_name(spec: RunSpec) -> str:
     recipe's, then the first 8 digits of the key (names of two different specs never collide)."""
     default_run, default_data = RunSpec(backend=spec.backend), DataSpec()
     extras = [f"{k}-{getattr(spec, k)}" for k in sorted(_RUN_FIELDS - {"backend", "device", "sparse", "runner",
-                                                                     "compile"})
+                                                                     "compile", "graph"})
               if getattr(spec, k) != getattr(default_run, k)]
     extras += [f"{k}-{getattr(spec.data, k)}" for k in sorted(_DATA_FIELDS)
                if getattr(spec.data, k) != getattr(default_data, k)]
@@ -92,11 +95,14 @@ def run_name(spec: RunSpec) -> str:
 
 def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:
     """Every backend x {dense, sparse} x device, plus dense compiled where the backend has a
-    compiler (torch.compile, XLA), plus the recipe loop and gensim."""
-    variants = [{"sparse": False}, {"sparse": True}, {"sparse": False, "compile": True}]
+    compiler (torch.compile, XLA), dense graphed on cuda where it can capture CUDA graphs, plus
+    the recipe loop and gensim."""
+    variants = [{"sparse": False}, {"sparse": True}, {"sparse": False, "compile": True},
+                {"sparse": False, "graph": True}]
     specs = [make_spec({**base, "backend": b, "device": d, **v}, "default suite")
              for d in devices for b in backends for v in variants
-             if (info(b).sparse or not v["sparse"]) and (info(b).compile or not v.get("compile"))]
+             if (info(b).sparse or not v["sparse"]) and (info(b).compile or not v.get("compile"))
+             and (not v.get("graph") or (info(b).graph and d.startswith("cuda")))]
     if baselines:
         specs.append(make_spec({**base, "backend": "torch", "runner": "recipe-loop"}, "default suite"))
         specs.append(make_spec({**base, "backend": "torch", "runner": "gensim",
@@ -136,3 +142,36 @@ def load_suite_file(path: Path, overrides: dict) -> list[PlannedRun]:
             plan.setdefault(spec.key, planned(spec))  # the same spec twice is one run
     return list(plan.values())
 
+
+
+def gpu_of(device: str, found: list[Gpu]) -> Gpu:
+    """The GPU a cuda device names, or an error before anything is made: a suite that asks for a
+    GPU this machine lacks would otherwise run nothing but failures."""
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if not found:
+        raise BenchError(f"device {device} asked for, but nvidia-smi sees no GPU on this machine; "
+                         f"run on cpu (--devices cpu), or on a machine with an NVIDIA GPU and its driver")
+    if index >= len(found):
+        raise BenchError(f"device {device} asked for, but this machine has {len(found)} GPU(s): cuda:0 to "
+                         f"cuda:{len(found) - 1}")
+    return found[index]
+
+
+def skip_reason(spec: RunSpec, found: list[Gpu]) -> str | None:
+    """Why `spec` cannot run on the GPU it names here (registry facts, not backend names), if so."""
+    if not spec.device.startswith("cuda") or spec.runner in BASELINES:
+        return None
+    gpu, entry = gpu_of(spec.device, found), info(spec.backend)
+    if entry.cuda_env is None:
+        return f"{spec.backend} has no GPU build"
+    newest, have = entry.max_compute_capability, gpu.compute_capability
+    if newest is not None and have is not None and have > newest:
+        return (f"{spec.backend}'s GPU build has kernels up to compute capability {'%d.%d' % newest} and no PTX; "
+                f"{gpu.name} ({spec.device}) is {gpu.capability_text}")
+    return None
+
+
+def for_machine(plan: list[PlannedRun], found: list[Gpu]) -> list[PlannedRun]:
+    """The plan with each run this machine's GPUs cannot serve marked skipped, saying why; an
+    error if a run names a GPU the machine does not have."""
+    return [replace(run, skip=skip_reason(run.spec, found)) for run in plan]
