@@ -10,13 +10,13 @@ import os
 import sys
 from pathlib import Path
 
-from bench.executing.envs import work_dir
+from bench.executing.envs import naming_variable, work_dir
 from bench.executing.folder import ResultsFolder
-from bench.executing.gpus import gpu_names
+from bench.executing.gpus import gpus
 from bench.executing.dask_executor import executor_from_args
 from bench.executing.harness import Harness, Interrupted, say, stop_on_signals
-from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, load_suite_file, new_results_dir, \
-    parse_names
+from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, for_machine, load_suite_file, \
+    new_results_dir, parse_names
 from bench.reporting import report
 from common.cache import check_writable
 from common.errors import BenchError
@@ -39,17 +39,19 @@ def resume_command(folder: Path) -> str:
 
 
 def plan_from_args(args: argparse.Namespace) -> list[PlannedRun]:
+    """The plan the options describe, with runs this machine's GPUs cannot serve marked skipped."""
     base = dict(QUICK) if args.quick else {}
     if args.epochs is not None:
         base["epochs"] = args.epochs
     if args.max_steps is not None:
         base["max_steps"] = args.max_steps
+    found = gpus()
     if args.suite:
-        return load_suite_file(Path(args.suite), base)
+        return for_machine(load_suite_file(Path(args.suite), base), found)
     devices = parse_names(args.devices, DEVICES, "device", prefixes=("cuda:",)) if args.devices else \
-        ["cpu"] + (["cuda"] if gpu_names() else [])
-    return default_plan(parse_names(args.backends, FRAMEWORKS, "backend"), devices, base,
-                        baselines=not args.no_baselines)
+        ["cpu"] + (["cuda"] if found else [])
+    return for_machine(default_plan(parse_names(args.backends, FRAMEWORKS, "backend"), devices, base,
+                                    baselines=not args.no_baselines), found)
 
 
 def check_size(plan: list[PlannedRun], yes: bool) -> None:
@@ -66,12 +68,14 @@ def check_size(plan: list[PlannedRun], yes: bool) -> None:
 def dry_run(plan: list[PlannedRun], folder: ResultsFolder, retry_failed: bool) -> int:
     """Print what would run and what would be skipped, and why; write and start nothing."""
     todo = dict(folder.todo(plan, retry_failed)) if folder.path.exists() else {run: "not run yet" for run in plan}
-    print(f"plan: {len(plan)} runs -> {folder.path} ({len(todo)} to run, {len(plan) - len(todo)} skipped)")
+    runnable = sum(run in todo and not run.skip for run in plan)
+    print(f"plan: {len(plan)} runs -> {folder.path} ({runnable} to run, {len(plan) - runnable} skipped)")
     for run in plan:
         env = run.env or "harness"
-        where = "named by SKIPGRAM_PYTHON_" + env.upper() if os.environ.get(f"SKIPGRAM_PYTHON_{env.upper()}") \
+        variable = naming_variable(env)
+        where = f"named by {variable}" if variable \
             else ("built" if (work_dir() / env).exists() or env == "harness" else "to be built by tox")
-        why = f"run: {todo[run]}" if run in todo else \
+        why = f"run: {todo[run]}" if run in todo and not run.skip else f"skip: {run.skip}" if run.skip else \
             f"skip: finished ({folder.stored_result(run)['status']}) in {folder.result_path(run)}"
         print(f"  {run.name}  env={env} ({where})  device={run.spec.device}  key={run.key}  {why}")
     return 0
