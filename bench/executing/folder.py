@@ -21,7 +21,7 @@ from common.errors import BenchError
 from common.machine import git_commit, machine_info
 from common.spec import spec_key
 
-FINISHED = ("ok", "diverged", "noisy")  # a result of the spec; kept on resume
+FINISHED = ("ok", "diverged", "noisy", "skipped")  # a result of the spec (or why none can be had); kept on resume
 RETRYABLE = ("failed", "timed_out")      # kept too, unless --retry-failed
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Protocol
 from bench.executing.attempt import attempt
 from bench.executing.folder import ResultsFolder
 from bench.executing.suite import PlannedRun
+from bench.running.train_command import failed_result
 from common.machine import BUSY_FRACTION, wait_for_quiet
 
 Finished = Callable[[PlannedRun, dict], None]
@@ -91,6 +92,10 @@ class Harness:
         todo = [run for run, _ in self.folder.todo(plan, retry_failed)]
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already finished", file=sys.stderr)
+        for run in (r for r in todo if r.skip):  # planned skipped: recorded with the reason, never started
+            self.folder.save(run, failed_result(run.spec, run.skip, status="skipped"))
+            say(f"{run.name}: skipped, {run.skip}")
+        todo = [run for run in todo if not run.skip]
         self._total, self._started = len(todo), time.monotonic()
         self.executor.run(todo, self._on_start, self._on_finish)
 
