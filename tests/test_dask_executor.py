@@ -1,0 +1,212 @@
+"""--executor dask on a real cluster: `dask scheduler` and two `dask worker` processes (with
+their nannies) on 127.0.0.1, as the README starts them, running numpy runs of a few steps on PTB.
+
+What must hold: a run's losses and data hash are the local executor's, bit for bit; its
+child sees the client's thread variables, not the nanny's; each result names executor, host
+and worker; a killed worker's `bench train` child dies with it and the run is redone
+elsewhere; Ctrl-C ends the cluster's children and `--resume` finishes with the local
+executor; an unreachable scheduler is one line before any folder exists; a node without the
+corpus gives a failed result naming itself. Workers get no PTB_DIR: they use the client's path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is part of the tests env")
+
+from bench.executing import dask_executor  # noqa: E402
+from bench.executing.suite import load_suite_file  # noqa: E402
+from common.errors import BenchError  # noqa: E402
+from tests.conftest import ROOT, run_bench, write_text  # noqa: E402
+from tests.data.test_bad_input import assert_one_line_error  # noqa: E402
+from tests.test_integrity import gone  # noqa: E402
+
+pytestmark = pytest.mark.ptb
+TWO_RUNS = "[base]\nepochs = 1\nmax_steps = {steps}\n[[runs]]\nbackend = 'numpy'\nsparse = [false, true]\n"
+NANNY_SET = ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
+class Cluster(NamedTuple):
+    address: str
+    worker_pids: list[int]  # the `dask worker` processes we started (each a nanny over its worker)
+
+
+def _spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, ptb_dir: Path) -> Iterator[Cluster]:
+    """A scheduler and two one-slot workers, started the README's way (about 3-8 s)."""
+    tmp = tmp_path_factory.mktemp("dask")
+    env = {k: v for k, v in os.environ.items() if k not in ("PTB_DIR", *NANNY_SET, "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(ROOT)
+    file = tmp / "scheduler.json"
+    procs = [_spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                     "--scheduler-file", str(file)], tmp / "scheduler.log", env)]
+    try:
+        deadline = time.time() + 60
+        while not file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        for i in range(2):
+            procs.append(_spawn(["worker", "--scheduler-file", str(file), "--host", "127.0.0.1", "--nthreads", "1",
+                                 "--resources", "slot=1", "--no-dashboard", "--name", f"w{i}",
+                                 "--local-directory", str(tmp / f"w{i}")], tmp / f"w{i}.log", env))
+        address = json.loads(file.read_text())["address"]
+        with distributed.Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield Cluster(address, [p.pid for p in procs[1:]])
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def suite(tmp_path: Path, steps: int) -> str:
+    return str(write_text(tmp_path / "s.toml", TWO_RUNS.format(steps=steps)))
+
+
+def results(folder: Path) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in (folder / "runs").glob("*.json")}
+
+
+def cluster_children(cluster: Cluster) -> dict[int, int]:
+    """`bench train` processes under our workers: {child pid: the worker process that spawned it}."""
+    import psutil
+
+    found = {}
+    for nanny in cluster.worker_pids:
+        for proc in psutil.Process(nanny).children(recursive=True):
+            try:
+                if proc.cmdline()[1:4] == ["-m", "bench", "train"]:
+                    found[proc.pid] = proc.ppid()
+            except psutil.Error:
+                pass
+    return found
+
+
+def wait_for_children(cluster: Cluster, timeout: float = 60) -> dict[int, int]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if children := cluster_children(cluster):
+            return children
+        time.sleep(0.05)
+    raise AssertionError("no run started on the cluster")
+
+
+def start_suite(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench", "suite", *args], cwd=ROOT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_dask_unreachable_scheduler_is_one_line_before_any_folder(tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    result = run_bench("suite", "--suite", suite(tmp_path, 3), "--out", str(out), "--executor", "dask",
+                       "--address", f"tcp://127.0.0.1:{port}")
+    assert result.returncode == 2
+    assert_one_line_error(result, "cannot reach the Dask scheduler", f"127.0.0.1:{port}")
+    assert not out.exists()
+
+
+def test_dask_runs_match_local_bit_for_bit_with_the_clients_thread_settings(tmp_path, cluster):
+    client_env = {"OMP_NUM_THREADS": "2", "SKIPGRAM_DASK_ADDRESS": cluster.address}  # the address from the env
+    on_dask = run_bench("suite", "--suite", suite(tmp_path, 20), "--out", str(tmp_path / "dask"),
+                        "--executor", "dask", env=client_env)
+    assert on_dask.returncode == 0, on_dask.stderr
+    local = run_bench("suite", "--suite", suite(tmp_path, 20), "--out", str(tmp_path / "local"), env=client_env)
+    assert local.returncode == 0, local.stderr
+    remote, here = results(tmp_path / "dask"), results(tmp_path / "local")
+    assert len(remote) == 2 and remote.keys() == here.keys()
+    for name, result in remote.items():
+        assert result["status"] == here[name]["status"] == "ok"
+        assert (result["executor"], here[name]["executor"]) == ("dask", "local")
+        assert result["host"] == socket.gethostname() and result["worker"].startswith("tcp://127.0.0.1:")
+        assert f"on {result['host']} ({result['worker']})" in on_dask.stdout
+        assert result["data_hash"] == here[name]["data_hash"]
+        assert result["losses"] == here[name]["losses"] and len(result["losses"]) == 20  # bit-identical
+        # the client's OMP_NUM_THREADS went with the task; the nanny's settings did not reach the child
+        assert result["env"]["threads_env"] == here[name]["env"]["threads_env"] == {"OMP_NUM_THREADS": "2"}
+
+
+def test_dask_killed_worker_takes_its_child_and_the_run_is_redone(tmp_path, cluster):
+    out = tmp_path / "out"
+    proc = start_suite("--suite", suite(tmp_path, 100), "--out", str(out), "--executor", "dask",
+                       "--address", cluster.address)
+    try:
+        children = wait_for_children(cluster)
+        child, worker = next(iter(children.items()))
+        os.kill(worker, signal.SIGKILL)  # the worker process, under its nanny
+        assert gone(child), "the killed worker's bench train child outlived it"
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    done = results(out)
+    assert len(done) == 2
+    # the scheduler reran it on a live worker; had every worker died, it would be failed, saying so
+    assert all(r["status"] == "ok" for r in done.values()), [r.get("error") for r in done.values()]
+
+
+def test_dask_interrupt_ends_the_clusters_children_and_local_resumes(tmp_path, cluster):
+    out = tmp_path / "out"
+    proc = start_suite("--suite", suite(tmp_path, 60), "--out", str(out), "--executor", "dask",
+                       "--address", cluster.address)
+    try:
+        children = wait_for_children(cluster)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert f"resume with: python -m bench suite --resume {out}" in stderr
+    assert all(gone(pid) for pid in children), "a cancelled task's bench train child lived on"
+    assert not cluster_children(cluster)
+    resumed = run_bench("suite", "--resume", str(out), "--executor", "local")
+    assert resumed.returncode == 0, resumed.stderr
+    done = results(out)
+    assert len(done) == 2 and all(r["status"] == "ok" for r in done.values())
+    assert "local" in {r["executor"] for r in done.values()}
+
+
+def test_dask_node_without_the_corpus_fails_the_run_naming_itself(tmp_path, cluster):
+    (run,) = load_suite_file(Path(suite(tmp_path, 3)), {})[:1]
+    with distributed.Client(cluster.address, timeout=30) as client:
+        result = client.submit(dask_executor.run_task, run.to_dict(), str(tmp_path / "no-ptb"), 60.0,
+                               dask_executor.client_timing_env(), None, resources={"slot": 1}, pure=False).result()
+    assert result["status"] == "failed" and result["executor"] == "dask"
+    assert result["error"].startswith(f"node {socket.gethostname()} (worker {result['worker']}): ")
+    assert "does not hold ptb.train.txt" in result["error"]
+
+
+def test_dask_node_checks_and_child_env(tmp_path, monkeypatch, ptb_dir):
+    (run,) = load_suite_file(Path(suite(tmp_path, 3)), {})[:1]
+    monkeypatch.delenv("SKIPGRAM_PYTHON_TESTS", raising=False)
+    monkeypatch.setenv("SKIPGRAM_TOX_WORKDIR", str(tmp_path / "no-envs"))
+    with pytest.raises(BenchError, match="no 'tests' env .*`tox -e tests --notest`"):
+        dask_executor.node_data_dir(run, str(ptb_dir), None)
+    monkeypatch.delenv("SKIPGRAM_TOX_WORKDIR")
+    with pytest.raises(BenchError, match="at commit abc, the suite's at def"):
+        monkeypatch.setattr(dask_executor, "git_commit", lambda root: "abc")
+        dask_executor.node_data_dir(run, str(ptb_dir), "def")
+    monkeypatch.setenv("PTB_DIR", str(tmp_path))  # the worker's own PTB_DIR wins over the client's path
+    with pytest.raises(BenchError, match="the worker's PTB_DIR"):
+        dask_executor.node_data_dir(run, str(ptb_dir), "abc")
+    env = dask_executor.child_env({"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": None})
+    assert env["OMP_NUM_THREADS"] == "4" and env["MKL_NUM_THREADS"] is None
+    assert env["OPENBLAS_NUM_THREADS"] is None and env["MALLOC_TRIM_THRESHOLD_"] is None
