@@ -28,6 +28,15 @@ its own subsampling, per second of <code>train()</code>, on every core.</p>
 <p>The book prints <code>metric[1] / timer.stop()</code> as tokens/sec: the examples of <i>all</i> epochs
 divided by the <i>last</i> epoch's time, which overstates the rate by about the number of epochs; and its
 loss is the running mean over all epochs. Here the loss is each epoch's example-weighted mean.</p>
+<p><b>On a GPU</b> every framework computes in full float32: TF32 is off (torch's
+<code>allow_tf32 = False</code> and matmul precision "highest", TensorFlow's
+<code>enable_tensor_float_32_execution(False)</code>, JAX's dots at <code>Precision.HIGHEST</code>, MXNet under
+<code>NVIDIA_TF32_OVERRIDE=0</code>), so GPU losses match the CPU's to the contract tests' tolerances. The epoch is
+on the device before the clock starts; <i>graphed</i> torch replays each step as one captured CUDA graph, torch
+<i>compiled</i> on cuda is <code>torch.compile(mode="reduce-overhead")</code>, TensorFlow <i>compiled</i> runs a
+segment as one XLA loop, JAX a segment as <code>lax.scan</code>s. Peak device memory, where the framework reports
+it, is each result's <code>timings.peak_memory_bytes</code>. A run the machine's GPU cannot serve (a wheel without
+kernels for its compute capability) is <i>skipped</i>, with the reason, and never falls back to the CPU.</p>
 <p>Rates are comparable only within one run of the suite on one machine: ratios measured side by side mean
 more than absolute figures on a shared machine.</p>
 """
@@ -65,7 +74,7 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
     return meta, results
 
 
-_IN_LABEL = ("backend", "device", "sparse", "compile", "runner")
+_IN_LABEL = ("backend", "device", "sparse", "compile", "graph", "runner")
 
 
 def _name_by_settings(results: list[dict]) -> None:
@@ -181,6 +190,7 @@ def _svg(fig) -> str:
 # A finished run: `noisy` (suite --require-quiet found no quiet machine) trained like an ok run,
 # so it is in every figure, and flagged in the summary and under "Measurement warnings".
 FINISHED = ("ok", "noisy")
+SKIPPED = "skipped"  # planned, never started: the machine cannot serve it (the reason is its error)
 # Segment rates' interquartile range over their median above which a run's rate is marked
 # unsteady. pyperf warns at a standard deviation over 10 % of the mean (an IQR of 0.135 of the
 # median for normal data); segments are not normal (an epoch's last segment is short, sparse
@@ -256,7 +266,8 @@ def summary_table(results: list[dict]) -> str:
         iqr = r.get("rate_iqr") or [None, None]
         up = f"{speed / base:.1f}x" if speed and base else "–"
         notes = measurement_warnings(r)
-        cls = " class='bad'" if r["status"] not in FINISHED else " class='warn'" if notes else ""
+        cls = "" if r["status"] == SKIPPED else " class='bad'" if r["status"] not in FINISHED \
+            else " class='warn'" if notes else ""
         marks = "".join(f"; {mark}" for mark, _ in notes if mark != r["status"])  # reasons: "Measurement warnings"
         rows.append(f"<tr{cls}><td class='l'>{html.escape(_label(r))}</td><td class='l'>{spec.get('runner', '')}</td>"
                     f"<td class='l'>{html.escape(str((r.get('env') or {}).get('device_name', spec.get('device', ''))))}</td>"
@@ -428,8 +439,15 @@ def neighbours_table(results: list[dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def skipped(results: list[dict]) -> str:
+    """Runs planned but not started, because this machine cannot serve them (not failures)."""
+    rows = [f"<tr><td class='l'>{html.escape(_label(r))}</td><td class='l'>{html.escape(str(r.get('error')))}</td></tr>"
+            for r in results if r["status"] == SKIPPED]
+    return "<table><tr><th class='l'>run</th><th class='l'>why it was not run</th></tr>" + "".join(rows) + "</table>"
+
+
 def failures(results: list[dict]) -> str:
-    bad = [r for r in results if r["status"] not in FINISHED]
+    bad = [r for r in results if r["status"] not in FINISHED + (SKIPPED,)]
     if not bad:
         return "<p>Every run finished.</p>"
     rows = [f"<tr class='bad'><td class='l'>{html.escape(_label(r))}</td><td class='l'>{r['status']}</td>"
@@ -464,10 +482,11 @@ def render(folder: Path) -> Path:
     if not results:  # a micro-benchmark folder
         sections = [("Run", metadata(meta, results)), ("Micro-benchmarks", microbench_section(load_microbench(folder)))]
         return _write(folder, sections)
-    ok = len(_ok(results, None))
+    ok, skips = len(_ok(results, None)), sum(r["status"] == SKIPPED for r in results)
     sections = [
         ("Run", metadata(meta, results)),
-        ("Summary", f"<p>{ok} of {len(results)} runs finished.</p>" + summary_table(results)),
+        ("Summary", f"<p>{ok} of {len(results)} runs finished" + (f", {skips} skipped" if skips else "") + ".</p>"
+         + summary_table(results)),
         ("Measurement warnings", warnings_section(results)),
         ("Loss curves", loss_figures(results)),
         ("Throughput", throughput_figure(results)),
@@ -476,6 +495,7 @@ def render(folder: Path) -> Path:
         ("Cross-backend agreement", agreement(results)),
         *([("Harness overhead", harness_overhead(results))] if _ok(results, "bare-loop") else []),
         ("Nearest neighbours (cosine, center vectors)", neighbours_table(results)),
+        *([("Skipped runs", skipped(results))] if skips else []),
         ("Failed runs", failures(results)),
         ("Micro-benchmarks", microbench_section(load_microbench(folder))),
         ("Methodology", METHODOLOGY),
