@@ -78,10 +78,31 @@ def cpu_sample() -> CpuSample | None:
     fields = [int(x) for x in lines[0].split()[1:]]
     cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
     me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    own = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime + _live_descendants_cpu(os.getpid())
     busy = sum(fields[i] for i in _BUSY_FIELDS if i < len(fields)) / _TICK
     steal = (fields[_STEAL] if len(fields) > _STEAL else 0) / _TICK
     return CpuSample(time.monotonic(), busy, steal, own, max(cores, 1))
+
+
+def _live_descendants_cpu(pid: int) -> float:
+    """CPU-seconds of `pid`'s running descendants (a DataLoader's workers, compiler processes):
+    the run's own work, which rusage counts only once they are reaped. A child reaped between
+    two samples moves from here to RUSAGE_CHILDREN with the same total."""
+    total, stack = 0.0, [pid]
+    while stack:
+        for task in Path(f"/proc/{stack.pop()}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            for child in children:
+                stack.append(child)
+                try:  # fields after "(comm) ": state is [0]; utime, stime, cutime, cstime are [11:15]
+                    fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += sum(int(x) for x in fields[11:15]) / _TICK
+                except (OSError, IndexError, ValueError):
+                    pass
+    return total
 
 
 def _delta(before: CpuSample, after: CpuSample) -> CpuSample:

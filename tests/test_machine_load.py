@@ -145,3 +145,17 @@ def test_machine_load_counts_own_threads_as_own():
     record = load.stop()
     assert record["own_cpu_seconds"] >= 0.2  # most of the half second, even on a loaded machine
     assert record["other_cpu_seconds"] <= record["wall_seconds"] * record["cores"] - record["own_cpu_seconds"] + 0.05
+
+
+def test_a_live_childs_cpu_is_the_runs_own():
+    """The recipe loop's DataLoader workers run beside it all epoch: their CPU is the run's, not
+    another process's, before they are reaped too."""
+    load = MachineLoad().start()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(2)
+        record = load.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert record["own_cpu_seconds"] >= 1.5  # the child's ~2 CPU-seconds, though it is still running
