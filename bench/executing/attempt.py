@@ -23,6 +23,7 @@ from typing import Callable
 from bench.executing import envs
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result, write_result
+from common.cache import write_error
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
 
@@ -90,7 +91,11 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             env[name] = value
     if eval_data_dir():
         env["SKIPGRAM_EVAL_DATA"] = str(eval_data_dir())
-    with open(log_path, "w") as log:
+    try:
+        log = open(log_path, "w")
+    except OSError as exc:  # a full or read-only results disk: one line, the suite cannot go on
+        raise write_error(exc, log_path) from None
+    with log:
         proc = subprocess.Popen(cmd, cwd=envs.ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
                                 start_new_session=True, preexec_fn=_die_with(os.getpid()))
         try:
