@@ -57,7 +57,7 @@ def test_diverging_run_is_recorded_and_exits_non_zero(ptb_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--backend", "jax"], ["unknown backend 'jax'", "numpy, torch, mxnet, tensorflow"]),
+    (["--backend", "theano"], ["unknown backend 'theano'", "numpy, torch, mxnet, tensorflow, jax"]),
     (["--backend", "numpy", "--device", "cuda"], ["'cuda' is not available", "available: cpu"]),
     (["--backend", "numpy", "--compile"], ["no compiled variant"]),
     (["--backend", "numpy", "--lr", "-1"], ["learning rate must be > 0"]),
