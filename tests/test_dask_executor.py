@@ -201,12 +201,14 @@ def test_dask_node_checks_and_child_env(tmp_path, monkeypatch, ptb_dir):
     with pytest.raises(BenchError, match="no 'tests' env .*`tox -e tests --notest`"):
         dask_executor.node_data_dir(run, str(ptb_dir), None)
     monkeypatch.delenv("SKIPGRAM_TOX_WORKDIR")
-    with pytest.raises(BenchError, match="at commit abc, the suite's at def"):
-        monkeypatch.setattr(dask_executor, "git_commit", lambda root: "abc")
-        dask_executor.node_data_dir(run, str(ptb_dir), "def")
+    monkeypatch.setattr(dask_executor, "git_commit", lambda root: "abc")
+    with pytest.raises(BenchError, match="at commit abc, the suite's at def"):  # another node's checkout
+        dask_executor.node_data_dir(run, str(ptb_dir), ("elsewhere", str(ROOT), "def"))
+    here = dask_executor.checkout()  # this very checkout: the code a local run would use, whatever its commit
+    assert dask_executor.node_data_dir(run, str(ptb_dir), (*here[:2], "def")) == ptb_dir
     monkeypatch.setenv("PTB_DIR", str(tmp_path))  # the worker's own PTB_DIR wins over the client's path
     with pytest.raises(BenchError, match="the worker's PTB_DIR"):
-        dask_executor.node_data_dir(run, str(ptb_dir), "abc")
+        dask_executor.node_data_dir(run, str(ptb_dir), here)
     env = dask_executor.child_env({"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": None})
     assert env["OMP_NUM_THREADS"] == "4" and env["MKL_NUM_THREADS"] is None
     assert env["OPENBLAS_NUM_THREADS"] is None and env["MALLOC_TRIM_THRESHOLD_"] is None

@@ -17,6 +17,7 @@ sends what a local run's child would see (set or unset) and the task removes the
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -35,6 +36,7 @@ from common.ptb import verify_ptb
 
 ADDRESS_VARIABLE = "SKIPGRAM_DASK_ADDRESS"
 CONNECT_SECONDS = 10
+Checkout = tuple[str, str, "str | None"]
 WORKER_WAIT_SECONDS = 60
 _INSTALL_HINT = "pip install 'skipgram-bench[dask]' (tox's bench and tests envs have it)"
 
@@ -90,6 +92,9 @@ class DaskExecutor:
             from distributed import Client
         except ImportError:
             raise BenchError(f"--executor dask needs the `distributed` package: {_INSTALL_HINT}") from None
+        # Its client logs a traceback when the scheduler goes away; run() says that in one line.
+        for name in ("distributed", "distributed.client"):  # dask's config sets the client's level apart
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -106,9 +111,9 @@ class DaskExecutor:
         futures: dict = {}
         try:
             self._check_workers(runs)
-            env, commit = client_timing_env(), git_commit(envs.ROOT)
+            env, code = client_timing_env(), checkout()
             for run in runs:
-                future = self.client.submit(run_task, run.to_dict(), str(self.data_dir), self.timeout, env, commit,
+                future = self.client.submit(run_task, run.to_dict(), str(self.data_dir), self.timeout, env, code,
                                             key=f"skipgram-{run.name}-{os.urandom(4).hex()}", pure=False,
                                             resources=run_resources(run))
                 futures[future] = run
@@ -157,7 +162,7 @@ class DaskExecutor:
 # --- on the worker --------------------------------------------------------------------------
 
 def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict[str, str | None],
-             commit: str | None) -> dict:
+             code: Checkout | None) -> dict:
     """One run on this worker: the node's env and corpus, the client's timing variables, and a
     watcher that ends the child if the task is cancelled (Ctrl-C, or the client gone)."""
     from distributed import get_worker
@@ -166,7 +171,7 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
     where = {"executor": DaskExecutor.name, "host": socket.gethostname(), "worker": worker.address}
     run = PlannedRun.from_dict(entry)
     try:
-        data_dir = node_data_dir(run, client_data_dir, commit)
+        data_dir = node_data_dir(run, client_data_dir, code)
     except BenchError as exc:
         return {**failed_result(run.spec, f"node {where['host']} (worker {where['worker']}): {exc}"), **where}
     scratch = Path(worker.local_directory) / "skipgram-bench"
@@ -181,13 +186,18 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
     return {**result, **where}
 
 
-def node_data_dir(run: PlannedRun, client_data_dir: str, commit: str | None) -> Path:
+def checkout() -> Checkout:
+    """Which code this process runs: its host, checkout folder and commit."""
+    return socket.gethostname(), str(envs.ROOT), git_commit(envs.ROOT)
+
+
+def node_data_dir(run: PlannedRun, client_data_dir: str, code: Checkout | None) -> Path:
     """Check this node can do the run and return its corpus folder: the worker's own $PTB_DIR
     if set (nodes mount data in different places), else the client's folder. Raises BenchError
     saying what the node lacks."""
-    ours = git_commit(envs.ROOT)
-    if commit and ours and ours != commit:
-        raise BenchError(f"its checkout {envs.ROOT} is at commit {ours}, the suite's at {commit}; "
+    ours = checkout()
+    if code and code[:2] != ours[:2] and code[2] and ours[2] and code[2] != ours[2]:  # another node's copy
+        raise BenchError(f"its checkout {envs.ROOT} is at commit {ours[2]}, the suite's at {code[2]}; "
                          f"update it so every node runs the same code")
     if run.env:
         python = envs.python_for(run.env, build=False)  # building here would race the node's other workers
@@ -207,10 +217,12 @@ def child_env(timing_env: dict[str, str | None]) -> dict[str, str | None]:
 
 
 def _watch(worker: object, key: object, stop: threading.Event, done: threading.Event) -> None:
-    """Set `stop` once the scheduler no longer wants this task: cancelled by the client, or
-    released because the client is gone. Dask cannot interrupt a running task; this ends its child."""
+    """Set `stop` once nobody can want this task's result: cancelled by the client, released
+    because the client is gone, or the worker closing (it lost the scheduler). Dask cannot
+    interrupt a running task; this ends its child."""
     while not done.wait(0.5):
         task = worker.state.tasks.get(key)
-        if task is None or task.state not in ("executing", "long-running", "resumed"):
+        if task is None or task.state not in ("executing", "long-running", "resumed") or \
+                worker.status.name not in ("running", "paused"):
             stop.set()
             return
