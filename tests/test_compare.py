@@ -1,0 +1,182 @@
+"""`compare` and `history` on real results folders (tiny numpy suites run through the harness):
+a folder against itself, a planted slowdown, two real repeats (noise), bad input, and the pages."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.executing.suite import PlannedRun, make_spec, planned
+from bench.reporting.compare import loss_difference, verdict
+from tests.browser import assert_renders
+from tests.conftest import run_bench, run_plan
+from tests.data.test_bad_input import assert_one_line_error
+
+pytestmark = pytest.mark.envs  # numpy runs go through the tests env's interpreter
+
+REPEATS = 3  # per side; each side pools its repeats, and the sides' repeats alternate in time
+STEPS = 300  # three 100-step segments a run
+
+
+def numpy_run(**settings) -> PlannedRun:
+    return planned(make_spec({"backend": "numpy", "epochs": 1, "max_steps": STEPS, **settings}, "test"))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, ptb_dir) -> tuple[Path, Path]:
+    """Two folders of the same settings (dense and sparse): repeats 0, 2, 4 in one, 1, 3, 5 in the
+    other. One suite runs them in that order, so the two sides alternate on the same machine."""
+    root = tmp_path_factory.mktemp("compare")
+    plan = [numpy_run(sparse=sparse, repeat=repeat) for repeat in range(2 * REPEATS) for sparse in (False, True)]
+    run_plan(root / "both", plan, ptb_dir, timeout=600)
+    sides = []
+    for side in range(2):
+        folder = shutil.copytree(root / "both", root / f"side{side}", ignore=shutil.ignore_patterns(".lock"))
+        for path in (folder / "runs").glob("*.json"):
+            if json.loads(path.read_text())["spec"]["repeat"] % 2 != side:
+                path.unlink()
+        sides.append(folder)
+    return sides[0], sides[1]
+
+
+def compare(base: Path, new: Path, tmp_path: Path, *extra: str):
+    result = run_bench("compare", str(base), str(new), "--json", str(tmp_path / "c.json"), *extra)
+    record = json.loads((tmp_path / "c.json").read_text()) if (tmp_path / "c.json").exists() else None
+    return result, record
+
+
+def test_a_folder_against_itself_is_unchanged_everywhere(folders, tmp_path):
+    result, record = compare(folders[0], folders[0], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(record["pairs"]) == 2 and not record["only_base"] and not record["only_new"]
+    for pair in record["pairs"]:
+        assert pair["verdict"] == "unchanged" and pair["speed"]["ratio"] == 1.0
+        assert pair["speed"]["segments"] == [REPEATS * STEPS // 100] * 2
+        assert pair["losses"]["identical"] and not pair["environment"]
+        assert all(q["delta"] == 0 for q in pair["quality"].values())
+    assert "0 slower, 0 faster, 2 unchanged of 2 pairs" in result.stdout
+
+
+def plant(folder: Path, to: Path, change) -> Path:
+    """A copy of a real folder with `change(result)` applied to its numpy dense runs' result files."""
+    shutil.copytree(folder, to)
+    for path in (to / "runs").glob("*.json"):
+        result = json.loads(path.read_text())
+        if not result["spec"]["sparse"]:
+            change(result)
+            path.write_text(json.dumps(result))
+    return to
+
+
+def slower_and_retrained(result: dict) -> None:
+    result["segment_rates"] = [0.7 * r for r in result["segment_rates"]]
+    result["losses"][49] += 1e-3
+    result["env"]["versions"]["numpy"] = "0.0-planted"
+    result["machine_load"] = {**result["machine_load"], "other_cpu_fraction": 0.5}  # as if measured beside a build
+
+
+def test_a_planted_30_percent_slowdown_is_flagged(folders, tmp_path):
+    slow = plant(folders[0], tmp_path / "slow", slower_and_retrained)
+    meta = json.loads((slow / "suite.json").read_text())
+    (slow / "suite.json").write_text(json.dumps({**meta, "commit": "planted"}))
+    result, record = compare(folders[0], slow, tmp_path, "--out", str(tmp_path / "c.html"))
+    assert result.returncode == 1, result.stderr
+    pairs = {p["name"]: p for p in record["pairs"]}
+    dense, sparse = pairs["numpy dense cpu"], pairs["numpy sparse cpu"]
+    assert dense["verdict"] == "slower" and dense["speed"]["ratio"] == pytest.approx(0.7)
+    assert dense["speed"]["ci"][1] < 1
+    assert dense["losses"] == {"identical": False, "max_abs_diff": pytest.approx(1e-3), "first_differing_step": 50,
+                               "steps": [STEPS, STEPS]}
+    assert dense["environment"]["versions.numpy"][1] == "0.0-planted"
+    assert dense["environment"]["commit"][1] == "planted" and sparse["environment"] == {"commit": [meta["commit"],
+                                                                                                  "planted"]}
+    assert sparse["verdict"] == "unchanged" and sparse["losses"]["identical"]
+    assert re.search(r"numpy dense cpu ! .* 0\.700 \[0\.\d+, 0\.\d+\] +slower +max 1\.0e-03 from step 50", result.stdout)
+    planted = [w for w in dense["warnings"] if w.startswith("new ") and "busy machine: other processes took 50%" in w]
+    assert len(planted) == REPEATS
+    page = (tmp_path / "c.html").read_text()
+    assert "<tr class=bad><td class=l>numpy dense cpu !</td>" in page and "0.0-planted" in page
+    assert "bootstrap" in page and "<svg" in page and "<script" not in page
+    assert_renders(tmp_path / "c.html", tmp_path)
+
+
+def test_two_real_runs_of_one_spec_are_not_flagged(folders, tmp_path):
+    """Side 1 holds other repeats (other file names): they pair by settings, train identically,
+    and their speed difference is noise, below the 5 % threshold or inside the interval."""
+    names = [{p.name for p in (f / "runs").glob("*.json")} for f in folders]
+    assert not names[0] & names[1]
+    result, record = compare(folders[0], folders[1], tmp_path, "--threshold", "0.05")
+    assert result.returncode == 0, result.stdout
+    for pair in record["pairs"]:
+        assert pair["verdict"] == "unchanged", pair["speed"]
+        assert pair["losses"]["identical"]
+
+
+def test_only_one_side_and_failed_runs_are_listed_not_timed(folders, tmp_path, ptb_dir):
+    other = tmp_path / "other"
+    plan = [numpy_run(), numpy_run(seed=1, max_steps=3), numpy_run(optimizer="sgd", lr=1e300, max_steps=5)]
+    dense = run_plan(other, plan, ptb_dir, timeout=600)[0]
+    next((other / "runs").glob(f"{plan[0].name}*.json")).write_text(json.dumps({**dense, "status": "failed"}))
+    result, record = compare(folders[0], other, tmp_path)
+    assert result.returncode == 0, result.stderr
+    (pair,) = record["pairs"]
+    assert pair["verdict"] == "not compared" and pair["new_status"] == ["failed"] and pair["speed"] is None
+    assert [r["name"] for r in record["only_base"]] == ["numpy sparse cpu"]
+    assert {r["status"][0] for r in record["only_new"]} == {"ok", "diverged"}
+    assert "only in new:" in result.stdout and "only in base: numpy sparse cpu" in result.stdout
+
+
+def test_bad_input_is_one_line(folders, tmp_path, ptb_dir):
+    base = str(folders[0])
+    assert_one_line_error(run_bench("compare", base, str(tmp_path / "missing")), "not found")
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    assert_one_line_error(run_bench("compare", str(tmp_path / "empty"), base), "no results in")
+    corrupt = shutil.copytree(folders[1], tmp_path / "corrupt")
+    next((corrupt / "runs").glob("*.json")).write_text('{"status": "ok", "spec": ')
+    assert_one_line_error(run_bench("compare", base, str(corrupt)), "corrupt result", "unreadable result")
+    no_meta = shutil.copytree(folders[1], tmp_path / "no-meta")
+    (no_meta / "suite.json").write_text("{")
+    assert_one_line_error(run_bench("compare", base, str(no_meta)), "suite.json is missing or corrupt")
+    run_plan(tmp_path / "elsewhere", [numpy_run(seed=1, max_steps=3)], ptb_dir, timeout=600)
+    assert_one_line_error(run_bench("compare", base, str(tmp_path / "elsewhere")), "nothing to compare")
+    assert_one_line_error(run_bench("compare", base, base, "--threshold", "2"), "--threshold must be in [0, 1)")
+    assert_one_line_error(run_bench("history", base, str(corrupt)), "corrupt result")
+
+
+def test_verdict_needs_the_interval_and_the_threshold():
+    assert verdict(0.7, 0.6, 0.8, 0.05) == "slower"
+    assert verdict(0.97, 0.95, 0.99, 0.05) == "unchanged"  # significant but below the threshold
+    assert verdict(0.7, 0.5, 1.1, 0.05) == "unchanged"  # large but inside the noise
+    assert verdict(1.3, 1.2, 1.4, 0.05) == "faster"
+    assert loss_difference([1.0, 2.0], [1.0, 2.0, 3.0])["first_differing_step"] == 3  # one ran longer
+
+
+def test_history_page(folders, tmp_path):
+    later = plant(folders[1], tmp_path / "later", slower_and_retrained)
+    meta = json.loads((later / "suite.json").read_text())
+    (later / "suite.json").write_text(json.dumps({**meta, "created": "2999-01-01T00:00:00+00:00", "commit": "fut"}))
+    out = tmp_path / "history.html"
+    result = run_bench("history", str(later), str(folders[0]), str(folders[1]), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "history of 2 run settings over 3 folders" in result.stdout
+    page = out.read_text()
+    titles = re.findall(r"<title>([^<]*)</title>", page)[1:]  # the first is the page's own
+    assert len(titles) == 2 * 2 * 3  # two settings x (speed, loss) x three folders
+    numpy_version = json.loads(next((folders[0] / "runs").glob("*.json")).read_text())["env"]["versions"]["numpy"]
+    assert any(f"commit {meta['commit']}" in t and f"numpy {numpy_version}" in t for t in titles)
+    assert any("2999-01-01T00:00:00+00:00, commit fut" in t and "numpy 0.0-planted" in t for t in titles)
+    assert f"numpy {numpy_version} → 0.0-planted" in page  # the version mark, on the folder that changed it
+    assert page.index(str(folders[0])) < page.index(str(later))  # ordered by date, not by argument
+    assert "<script" not in page
+    assert_renders(out, tmp_path)
+
+
+def test_bootstrap_interval_is_seeded(folders, tmp_path):
+    first = compare(folders[0], folders[1], tmp_path)[1]
+    second = compare(folders[0], folders[1], tmp_path)[1]
+    assert [p["speed"]["ci"] for p in first["pairs"]] == [p["speed"]["ci"] for p in second["pairs"]]
+    assert all(np.isfinite(p["speed"]["ci"]).all() for p in first["pairs"])
