@@ -212,3 +212,32 @@ def test_dask_node_checks_and_child_env(tmp_path, monkeypatch, ptb_dir):
     env = dask_executor.child_env({"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": None})
     assert env["OMP_NUM_THREADS"] == "4" and env["MKL_NUM_THREADS"] is None
     assert env["OPENBLAS_NUM_THREADS"] is None and env["MALLOC_TRIM_THRESHOLD_"] is None
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# sbatch for the test: run the job script in a session of its own; its pid is the job id
+script=$(mktemp "$FAKE_SLURM_DIR/job.XXXX"); if [ -f "${@: -1}" ]; then cp "${@: -1}" "$script"; else cat > "$script"; fi
+setsid bash "$script" > "$script.log" 2>&1 < /dev/null & echo "Submitted batch job $!"
+"""
+FAKE_SCANCEL = "#!/usr/bin/env bash\nfor id in \"$@\"; do kill -TERM -- -$id 2>/dev/null; done; exit 0\n"
+
+
+def test_dask_slurm_example_runs_a_suite_through_sbatch(tmp_path, ptb_dir):
+    """examples/slurm_cluster.py as a user runs it, with sbatch/scancel that start the job
+    scripts here: the jobs' workers join, the suite runs on them, the jobs end with it."""
+    pytest.importorskip("dask_jobqueue", reason="the slurm extra is part of the tests env")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+        write_text(bin_dir / name, text).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(tmp_path),
+           "PTB_DIR": str(ptb_dir)}
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "examples/slurm_cluster.py", "--jobs", "2", "--cpus", "1", "--memory",
+                             "2GB", "--", "--suite", suite(tmp_path, 10), "--out", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    done = results(out)
+    assert len(done) == 2 and all(r["status"] == "ok" and r["executor"] == "dask" for r in done.values())
+    script = next(tmp_path.glob("job.????")).read_text()
+    assert "--nthreads 1" in script and "--resources slot=1" in script and "--cpus-per-task=1" in script
