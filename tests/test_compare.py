@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.executing.suite import PlannedRun, make_spec, planned
-from bench.reporting.compare import loss_difference, verdict
+from bench.reporting.compare import loss_difference, names, settings_key, verdict
 from tests.browser import assert_renders
 from tests.conftest import run_bench, run_plan
 from tests.data.test_bad_input import assert_one_line_error
@@ -153,6 +153,15 @@ def test_verdict_needs_the_interval_and_the_threshold():
     assert verdict(0.7, 0.5, 1.1, 0.05) == "unchanged"  # large but inside the noise
     assert verdict(1.3, 1.2, 1.4, 0.05) == "faster"
     assert loss_difference([1.0, 2.0], [1.0, 2.0, 3.0])["first_differing_step"] == 3  # one ran longer
+
+
+def test_settings_that_share_a_label_are_told_apart_and_repeats_are_not():
+    specs = [make_spec({"backend": "torch", **extra}, "test").to_dict()
+             for extra in ({}, {"batch_size": 128}, {"repeat": 1})]
+    keys = [settings_key(spec) for spec in specs]
+    assert keys[0] == keys[2] != keys[1]
+    shown = names({keys[0]: specs[0], keys[1]: specs[1]})
+    assert shown == {keys[0]: "torch dense cpu (data.batch_size=512)", keys[1]: "torch dense cpu (data.batch_size=128)"}
 
 
 def test_history_page(folders, tmp_path):

@@ -125,6 +125,7 @@ def bootstrap_ratio(base: list[float], new: list[float], seed: int) -> tuple[flo
 
 
 def verdict(ratio: float, low: float, high: float, threshold: float) -> str:
+    """Both conditions, so that neither a tiny but certain change nor a large but noisy one is a verdict."""
     if high < 1 and ratio <= 1 - threshold:
         return "slower"
     if low > 1 and ratio >= 1 + threshold:
