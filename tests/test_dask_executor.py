@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -106,10 +107,17 @@ def wait_for_children(cluster: Cluster, timeout: float = 60) -> dict[int, int]:
     raise AssertionError("no run started on the cluster")
 
 
-def start_suite(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench", "suite", *args], cwd=ROOT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@contextmanager
+def dask_suite_running(tmp_path: Path, cluster: Cluster, steps: int) -> Iterator[tuple[subprocess.Popen, Path, dict]]:
+    """A two-run dask suite in the background, once its runs' children exist: (suite, folder, children)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "suite", "--suite", suite(tmp_path, steps), "--out",
+                             str(out), "--executor", "dask", "--address", cluster.address], cwd=ROOT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc, out, wait_for_children(cluster)
+    finally:
+        proc.kill()
 
 
 def test_dask_unreachable_scheduler_is_one_line_before_any_folder(tmp_path):
@@ -145,17 +153,11 @@ def test_dask_runs_match_local_bit_for_bit_with_the_clients_thread_settings(tmp_
 
 
 def test_dask_killed_worker_takes_its_child_and_the_run_is_redone(tmp_path, cluster):
-    out = tmp_path / "out"
-    proc = start_suite("--suite", suite(tmp_path, 100), "--out", str(out), "--executor", "dask",
-                       "--address", cluster.address)
-    try:
-        children = wait_for_children(cluster)
+    with dask_suite_running(tmp_path, cluster, 100) as (proc, out, children):
         child, worker = next(iter(children.items()))
         os.kill(worker, signal.SIGKILL)  # the worker process, under its nanny
         assert gone(child), "the killed worker's bench train child outlived it"
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+        _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     done = results(out)
     assert len(done) == 2
@@ -164,15 +166,9 @@ def test_dask_killed_worker_takes_its_child_and_the_run_is_redone(tmp_path, clus
 
 
 def test_dask_interrupt_ends_the_clusters_children_and_local_resumes(tmp_path, cluster):
-    out = tmp_path / "out"
-    proc = start_suite("--suite", suite(tmp_path, 60), "--out", str(out), "--executor", "dask",
-                       "--address", cluster.address)
-    try:
-        children = wait_for_children(cluster)
+    with dask_suite_running(tmp_path, cluster, 60) as (proc, out, children):
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
     assert proc.returncode == 128 + signal.SIGINT, stderr
     assert f"resume with: python -m bench suite --resume {out}" in stderr
     assert all(gone(pid) for pid in children), "a cancelled task's bench train child lived on"
