@@ -21,6 +21,7 @@ from common.spec import RunSpec
 class Capabilities(NamedTuple):
     sparse: bool               # row-sparse gradients with lazy Adam
     compile: bool              # an optional graph compiler (torch.compile, XLA)
+    graph: bool                # each dense step replayed as one captured CUDA graph
     devices: tuple[str, ...]   # devices usable now, e.g. ("cpu", "cuda:0")
 
 
@@ -38,6 +39,8 @@ class Backend(ABC):
             raise BenchError(f"{self.name} has no sparse-gradient variant; drop --sparse")
         if spec.compile and not caps.compile:
             raise BenchError(f"{self.name} has no compiled variant; drop --compile")
+        if spec.graph and not caps.graph:
+            raise BenchError(f"{self.name} has no CUDA-graph variant; drop --graph")
         self.spec = spec
 
     @classmethod
@@ -47,7 +50,8 @@ class Backend(ABC):
 
         declared = info(cls.name)
         gpus = tuple(f"cuda:{i}" for i in range(cls.gpu_count()))
-        return Capabilities(sparse=declared.sparse, compile=declared.compile, devices=("cpu",) + gpus)
+        return Capabilities(sparse=declared.sparse, compile=declared.compile, graph=declared.graph,
+                            devices=("cpu",) + gpus)
 
     @classmethod
     @abstractmethod
@@ -75,6 +79,11 @@ class Backend(ABC):
 
     def sync(self) -> None:
         """Wait for queued device work (a no-op where work is synchronous)."""
+
+    def peak_memory_bytes(self) -> int | None:
+        """The most device memory the framework's allocator held so far in this process; None on
+        the CPU or where the framework does not say (the batch curve's memory column)."""
+        return None
 
     @abstractmethod
     def train(self, prepared: Any) -> np.ndarray:

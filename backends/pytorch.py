@@ -1,8 +1,16 @@
-"""PyTorch: nn.Embedding tables; dense Adam, or sparse=True gradients with SparseAdam."""
+"""PyTorch: nn.Embedding tables; dense Adam, or sparse=True gradients with SparseAdam.
+
+On cuda, two ways to stop paying one Python launch sequence per step: `graph` captures the
+whole dense step (forward, backward, fused capturable Adam) as one CUDA graph per batch shape,
+replayed after each batch is copied into its static inputs on the device; `compile` is
+torch.compile's reduce-overhead mode, whose CUDA graphs cover forward and backward. TF32 is off:
+every matmul is full float32, as on the CPU.
+"""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -44,6 +52,50 @@ def skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, center: torch
     return ((bce * mask).sum(dim=1) / mask.sum(dim=1)).mean()
 
 
+def full_float32() -> None:
+    """No TF32 anywhere: GPU losses must match the CPU's (and the contract tests' tolerances)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+class GraphedStep:
+    """One whole dense training step captured as a CUDA graph for one batch shape.
+
+    The graph reads fixed input buffers and writes the loss into a fixed output, so each step
+    is: copy the batch into `inputs` on the device, replay (one launch). Capture follows the
+    PyTorch docs: warm-up steps on a side stream first (they initialise Adam's state and the
+    allocator's pool), gradients set to None so backward allocates them from the graph's pool.
+    The warm-up steps change the weights and Adam's state, so both are restored afterwards, in
+    place: the graph holds their addresses. Adam must be fused and capturable (its step count
+    lives on the device).
+    """
+
+    WARMUP = 3
+
+    def __init__(self, backend: "TorchBackend", batch: Tensors) -> None:
+        self.inputs = tuple(t.clone() for t in batch)  # real indices: warm-up must gather valid rows
+        saved = backend.snapshot()
+        side = torch.cuda.Stream(backend.device)
+        side.wait_stream(torch.cuda.current_stream(backend.device))
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")  # warm-up runs uncaptured on purpose
+            for _ in range(self.WARMUP):
+                backend.eager_step(self.inputs)
+        torch.cuda.current_stream(backend.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        backend.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.loss = backend.eager_step(self.inputs)
+        backend.restore(saved)
+
+    def __call__(self, batch: Tensors) -> torch.Tensor:
+        for static, new in zip(self.inputs, batch):
+            static.copy_(new, non_blocking=True)
+        self.graph.replay()
+        return self.loss
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -51,6 +103,7 @@ class TorchBackend(Backend):
         super().__init__(spec, init_center, init_context)
         self.device = torch.device(spec.device)
         keep_freed_memory()
+        full_float32()
         self.center_w = torch.nn.Parameter(torch.tensor(init_center, device=self.device))
         self.context_w = torch.nn.Parameter(torch.tensor(init_context, device=self.device))
         params = [self.center_w, self.context_w]
@@ -60,8 +113,16 @@ class TorchBackend(Backend):
             self.optimizer = torch.optim.SparseAdam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
         else:
             self.optimizer = torch.optim.Adam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
-                                              foreach=False, fused=True)
-        self.loss_fn = torch.compile(skipgram_loss) if spec.compile else skipgram_loss
+                                              foreach=False, fused=True, capturable=spec.graph)
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:  # graph capture and side streams act on the current device: make it this one
+            torch.cuda.set_device(self.gpu_index)
+        # reduce-overhead: forward and backward replayed as CUDA graphs (cudagraph trees) on cuda.
+        self.loss_fn = torch.compile(skipgram_loss, mode="reduce-overhead" if on_gpu else None) if spec.compile \
+            else skipgram_loss
+        # cudagraph trees reuse their output buffers at the next step: mark each step, keep copies.
+        self._new_cudagraph_step = spec.compile and on_gpu
+        self._graphs: dict[tuple, GraphedStep] = {}
 
     @classmethod
     def gpu_count(cls) -> int:
@@ -80,25 +141,66 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def peak_memory_bytes(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
+
     def prepare(self, batches: Sequence[Batch]) -> list[Tensors]:
         """Tensors on the device (mask and label cast there, after the 1-byte copy); on CUDA
         the whole epoch is resident before timing starts."""
         def move(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(self.device, non_blocking=True)
-        return [(move(b.center), move(b.context_negative), move(b.mask).float(), move(b.label).float())
-                for b in batches]
+        prepared = [(move(b.center), move(b.context_negative), move(b.mask).float(), move(b.label).float())
+                    for b in batches]
+        if self.spec.graph:  # capture each new batch shape now, before the clock (like compilation)
+            for batch in prepared:
+                self._graph_for(batch)
+        return prepared
+
+    def _graph_for(self, batch: Tensors) -> GraphedStep:
+        shape = tuple(t.shape for t in batch)
+        if shape not in self._graphs:
+            self._graphs[shape] = GraphedStep(self, batch)
+        return self._graphs[shape]
+
+    def snapshot(self) -> dict[tuple[int, str], torch.Tensor]:
+        """Copies of the weights and every optimiser state tensor (GraphedStep's warm-up undo)."""
+        return {where: t.detach().clone() for where, t in self._state_tensors().items()}
+
+    def restore(self, saved: dict[tuple[int, str], torch.Tensor]) -> None:
+        """Put a snapshot back in place, keeping every tensor's storage (a graph points at it).
+        State created since the snapshot is zeroed: Adam's fresh state (moments, step) is zeros."""
+        with torch.no_grad():
+            for where, tensor in self._state_tensors().items():
+                tensor.copy_(saved[where]) if where in saved else tensor.zero_()
+
+    def _state_tensors(self) -> dict[tuple[int, str], torch.Tensor]:
+        tables = (self.center_w, self.context_w)
+        state = {(i, k): v for i, p in enumerate(tables) for k, v in self.optimizer.state[p].items()
+                 if torch.is_tensor(v)}
+        return {(0, "weight"): self.center_w, (1, "weight"): self.context_w, **state}
+
+    def eager_step(self, batch: Tensors) -> torch.Tensor:
+        """Loss, gradients and the update, launched op by op (what a graph captures)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(batch)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     def _loss(self, batch: Tensors) -> torch.Tensor:
+        if self._new_cudagraph_step:
+            torch.compiler.cudagraph_mark_step_begin()
         return self.loss_fn(self.center_w, self.context_w, *batch, self.spec.sparse)
 
     def train(self, prepared: list[Tensors]) -> np.ndarray:
         losses = []
         for batch in prepared:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(batch)
-            loss.backward()
-            self.optimizer.step()
-            losses.append(loss.detach())
+            if self.spec.graph:
+                loss = self._graph_for(batch)(batch)
+            else:
+                loss = self.eager_step(batch)
+            # a graph's (or cudagraph tree's) loss buffer is overwritten next step: keep a copy
+            losses.append(loss.clone() if self.spec.graph or self._new_cudagraph_step else loss)
         return torch.stack(losses).cpu().numpy().astype(np.float64) if losses else np.zeros(0)
 
     def forward(self, prepared_batch: Tensors) -> None:

@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "or a baseline: recipe-loop (the book's PyTorch loop), gensim")
     train.add_argument("--device", default=r.device, help="cpu, cuda or cuda:N")
     train.add_argument("--sparse", action="store_true", help="row-sparse gradients with lazy Adam")
-    train.add_argument("--compile", action="store_true", help="torch.compile / XLA where the backend has it")
+    train.add_argument("--compile", action="store_true", help="torch.compile (reduce-overhead mode on cuda) / "
+                       "an XLA loop per segment, where the backend has it")
+    train.add_argument("--graph", action="store_true", help="replay each dense step as one captured CUDA graph "
+                       "(cuda only; backends declaring it: torch)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=r.optimizer)
     train.add_argument("--lr", type=float, default=r.lr)
     train.add_argument("--max-steps", type=int, help="stop after this many steps")

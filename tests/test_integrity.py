@@ -170,7 +170,7 @@ def test_a_folder_is_reused_only_for_its_own_plan(tmp_path, ptb_dir):
 
 def test_failed_runs_are_kept_unless_retried(tmp_path, ptb_dir):
     out = tmp_path / "out"
-    path = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\ndevice = 'cuda'\nmax_steps = 2\n")
+    path = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\ndevice = 'tpu'\nmax_steps = 2\n")  # fails: no such device
     assert run_bench("suite", "--suite", str(path), "--out", str(out), "--data-dir", str(ptb_dir)).returncode == 0
     kept = run_bench("suite", "--resume", str(out), "--data-dir", str(ptb_dir))
     assert "resuming: 1 of 1 runs already finished" in kept.stderr

@@ -28,7 +28,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         raise BenchError("train needs --backend (or --spec FILE)")
     return RunSpec(backend=args.backend, data=data_spec(args), device=args.device, sparse=args.sparse,
                    optimizer=args.optimizer, lr=args.lr, max_steps=args.max_steps, compile=args.compile,
-                   runner=args.runner)
+                   graph=args.graph, runner=args.runner)
 
 
 def runner(spec: RunSpec) -> Callable[..., dict]:

@@ -1,6 +1,8 @@
 """Batches, weights and reference pairs for the contract tests."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -34,5 +36,7 @@ def weights(vocab: int, embed: int, scale: float = 1.0, seed: int = 0) -> tuple[
 
 
 def pair(backend_cls: type[Backend], spec: RunSpec, init) -> tuple[Backend, NumpyBackend]:
-    """The backend under test and the float64 reference, from the same start."""
-    return backend_cls(spec, *init), NumpyBackend(spec, *init)
+    """The backend under test and the float64 reference, from the same start (the reference
+    computes the same function plainly: on the CPU, no compiled or graphed variant)."""
+    plain = dataclasses.replace(spec, device="cpu", compile=False, graph=False)
+    return backend_cls(spec, *init), NumpyBackend(plain, *init)

@@ -7,6 +7,8 @@ Tolerances, and why:
 - trajectories (200 PTB steps): every step's loss within 1e-4 of the reference. float32
   rounding of the weights compounds through Adam's normalised steps; 1e-4 is 25x below the
   3e-3 gap that putting eps on the wrong side of sqrt(v) opens (DESIGN.md in the shared folder).
+The same tolerances hold on cuda (TF32 is off in every backend), and for every variant a
+backend declares (compiled, CUDA-graphed): each is the same function, launched differently.
 """
 from __future__ import annotations
 
@@ -27,12 +29,20 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request, backend_cls) -> str:
+    """Each contract test on the CPU, and on cuda where this env's framework sees a GPU."""
+    if request.param == "cuda" and backend_cls.gpu_count() == 0:
+        pytest.skip(f"no CUDA device visible to {BACKEND} in this env (a GPU machine and its GPU env run these)")
+    return request.param
+
+
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_loss_and_gradients_match_reference(backend_cls, small_batches, sparse):
+def test_loss_and_gradients_match_reference(backend_cls, small_batches, sparse, device):
     if sparse and not backend_cls.capabilities().sparse:
         pytest.skip(f"{BACKEND} declares no sparse variant")
     batches, vocab = small_batches
-    spec = RunSpec(backend=BACKEND, sparse=sparse)
+    spec = RunSpec(backend=BACKEND, sparse=sparse, device=device)
     for scale in (1.0, 30.0):  # 30x Xavier: logits of several units, both BCE branches exercised
         backend, reference = pair(backend_cls, spec, weights(vocab, 100, scale))
         for batch in batches:
@@ -43,13 +53,21 @@ def test_loss_and_gradients_match_reference(backend_cls, small_batches, sparse):
             assert rel_err(g_context, ref_context) <= 1e-5
 
 
-@pytest.mark.parametrize("sparse, optimizer", [(False, "adam"), (True, "adam"), (False, "sgd")],
-                         ids=["dense-adam", "sparse-lazy-adam", "dense-sgd"])
-def test_trajectory_on_ptb_matches_reference(backend_cls, ptb_batches, sparse, optimizer):
-    if sparse and not backend_cls.capabilities().sparse:
+@pytest.mark.parametrize("sparse, optimizer, variant", [
+    (False, "adam", None), (True, "adam", None), (False, "sgd", None), (False, "adam", "compile"),
+    (False, "adam", "graph"), (False, "sgd", "graph")],
+    ids=["dense-adam", "sparse-lazy-adam", "dense-sgd", "dense-adam-compiled", "dense-adam-graphed", "dense-sgd-graphed"])
+def test_trajectory_on_ptb_matches_reference(backend_cls, ptb_batches, sparse, optimizer, variant, device):
+    caps = backend_cls.capabilities()
+    if sparse and not caps.sparse:
         pytest.skip(f"{BACKEND} declares no sparse variant")
+    if variant and not getattr(caps, variant):
+        pytest.skip(f"{BACKEND} declares no {variant} variant")
+    if variant == "graph" and device == "cpu":
+        pytest.skip("CUDA graphs need a cuda device")
     batches, vocab = ptb_batches
-    spec = RunSpec(backend=BACKEND, sparse=sparse, optimizer=optimizer, lr=0.01 if optimizer == "adam" else 100.0)
+    spec = RunSpec(backend=BACKEND, sparse=sparse, optimizer=optimizer, lr=0.01 if optimizer == "adam" else 100.0,
+                   device=device, **({variant: True} if variant else {}))
     backend, reference = pair(backend_cls, spec, weights(vocab, 100))
     losses = np.concatenate([backend.train(backend.prepare(batches[:1])), backend.train(backend.prepare(batches[1:]))])
     expected = reference.train(batches)
@@ -61,12 +79,12 @@ def test_trajectory_on_ptb_matches_reference(backend_cls, ptb_batches, sparse, o
     assert rel_err(center, ref_center) <= 1e-3 and rel_err(context, ref_context) <= 1e-3
 
 
-def test_lazy_adam_touches_only_the_batch_rows(backend_cls, small_batches):
+def test_lazy_adam_touches_only_the_batch_rows(backend_cls, small_batches, device):
     if not backend_cls.capabilities().sparse:
         pytest.skip(f"{BACKEND} declares no sparse variant")
     batches, vocab = small_batches
     init = weights(vocab, 100)
-    backend = backend_cls(RunSpec(backend=BACKEND, sparse=True), *init)
+    backend = backend_cls(RunSpec(backend=BACKEND, sparse=True, device=device), *init)
     backend.train(backend.prepare(batches[:1]))
     center, context = backend.embeddings()
     used_center = np.zeros(vocab, bool)
