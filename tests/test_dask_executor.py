@@ -21,16 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import distributed  # the tests env has the dask extra: these tests must run, not skip
 import pytest
 
-distributed = pytest.importorskip("distributed", reason="the dask extra is part of the tests env")
-
-from bench.executing import dask_executor  # noqa: E402
-from bench.executing.suite import load_suite_file  # noqa: E402
-from common.errors import BenchError  # noqa: E402
-from tests.conftest import ROOT, run_bench, write_text  # noqa: E402
-from tests.data.test_bad_input import assert_one_line_error  # noqa: E402
-from tests.test_integrity import gone  # noqa: E402
+from bench.executing import dask_executor
+from bench.executing.suite import load_suite_file
+from common.errors import BenchError
+from tests.conftest import ROOT, run_bench, write_text
+from tests.data.test_bad_input import assert_one_line_error
+from tests.test_integrity import gone
 
 pytestmark = pytest.mark.ptb
 TWO_RUNS = "[base]\nepochs = 1\nmax_steps = {steps}\n[[runs]]\nbackend = 'numpy'\nsparse = [false, true]\n"
@@ -221,7 +220,6 @@ FAKE_SCANCEL = "#!/usr/bin/env bash\nfor id in \"$@\"; do kill -TERM -- -$id 2>/
 def test_dask_slurm_example_runs_a_suite_through_sbatch(tmp_path, ptb_dir):
     """examples/slurm_cluster.py as a user runs it, with sbatch/scancel that start the job
     scripts here: the jobs' workers join, the suite runs on them, the jobs end with it."""
-    pytest.importorskip("dask_jobqueue", reason="the slurm extra is part of the tests env")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
