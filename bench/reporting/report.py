@@ -34,7 +34,7 @@ loss is the running mean over all epochs. Here the loss is each epoch's example-
 <code>NVIDIA_TF32_OVERRIDE=0</code>), so GPU losses match the CPU's to the contract tests' tolerances. The epoch is
 on the device before the clock starts; <i>graphed</i> torch replays each step as one captured CUDA graph, torch
 <i>compiled</i> on cuda is <code>torch.compile(mode="reduce-overhead")</code>, TensorFlow <i>compiled</i> runs a
-segment as one XLA loop, JAX a segment as <code>lax.scan</code>s. Peak device memory, where the framework reports
+segment as one XLA loop on a GPU (one XLA program per step on the CPU), JAX a segment as <code>lax.scan</code>s. Peak device memory, where the framework reports
 it, is each result's <code>timings.peak_memory_bytes</code>. A run the machine's GPU cannot serve (a wheel without
 kernels for its compute capability) is <i>skipped</i>, with the reason, and never falls back to the CPU.</p>
 <p>Rates are comparable only within one run of the suite on one machine: ratios measured side by side mean
