@@ -235,3 +235,13 @@ def test_dask_slurm_example_runs_a_suite_through_sbatch(tmp_path, ptb_dir):
     assert len(done) == 2 and all(r["status"] == "ok" and r["executor"] == "dask" for r in done.values())
     script = next(tmp_path.glob("job.????")).read_text()
     assert "--nthreads 1" in script and "--resources slot=1" in script and "--cpus-per-task=1" in script
+
+
+def test_dask_runs_no_worker_can_take_are_refused_naming_the_resource(tmp_path, cluster):
+    """A cuda plan from a client without a GPU (a login node) is the cluster's to judge: here no
+    worker offers GPU=1, so it is refused before it would wait forever."""
+    cuda = write_text(tmp_path / "cuda.toml", "[[runs]]\nbackend = 'numpy'\ndevice = 'cuda'\nmax_steps = 3\n")
+    result = run_bench("suite", "--suite", str(cuda), "--out", str(tmp_path / "out"), "--executor", "dask",
+                       "--address", cluster.address, env={"PATH": "/usr/bin:/bin"})  # and no nvidia-smi here
+    assert result.returncode == 2
+    assert_one_line_error(result, "offers the resource GPU", "--resources GPU=1")

@@ -28,7 +28,8 @@ from typing import Callable
 from bench.executing import envs
 from bench.executing.attempt import attempt
 from bench.executing.harness import Executor, Finished, LocalExecutor
-from bench.executing.suite import PlannedRun
+from bench.executing.gpus import gpus
+from bench.executing.suite import PlannedRun, skip_reason
 from bench.running.train_command import failed_result
 from common.errors import BenchError
 from common.machine import TIMING_VARIABLES, git_commit
@@ -172,8 +173,11 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
     run = PlannedRun.from_dict(entry)
     try:
         data_dir = node_data_dir(run, client_data_dir, code)
+        skip = skip_reason(run.spec, gpus())  # what planning does on a local machine, here on the node
     except BenchError as exc:
         return {**failed_result(run.spec, f"node {where['host']} (worker {where['worker']}): {exc}"), **where}
+    if skip:
+        return {**failed_result(run.spec, f"node {where['host']}: {skip}", status="skipped"), **where}
     scratch = Path(worker.local_directory) / "skipgram-bench"
     scratch.mkdir(parents=True, exist_ok=True)
     stop, done = threading.Event(), threading.Event()

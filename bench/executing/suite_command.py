@@ -46,12 +46,14 @@ def plan_from_args(args: argparse.Namespace) -> list[PlannedRun]:
     if args.max_steps is not None:
         base["max_steps"] = args.max_steps
     found = gpus()
+    # On a cluster each node checks its own GPUs when the run reaches it (dask_executor.node_data_dir).
+    here = (lambda plan: for_machine(plan, found)) if getattr(args, "executor", "local") == "local" else list
     if args.suite:
-        return for_machine(load_suite_file(Path(args.suite), base), found)
+        return here(load_suite_file(Path(args.suite), base))
     devices = parse_names(args.devices, DEVICES, "device", prefixes=("cuda:",)) if args.devices else \
         ["cpu"] + (["cuda"] if found else [])
-    return for_machine(default_plan(parse_names(args.backends, FRAMEWORKS, "backend"), devices, base,
-                                    baselines=not args.no_baselines), found)
+    return here(default_plan(parse_names(args.backends, FRAMEWORKS, "backend"), devices, base,
+                             baselines=not args.no_baselines))
 
 
 def check_size(plan: list[PlannedRun], yes: bool) -> None:
