@@ -209,21 +209,23 @@ class JaxBackend(Backend):
                 blocks.append(tuple(jax.device_put(np.stack([getattr(b, f) for b in group]), self.device)
                                     for f in ("center", "context_negative", "mask", "label")))
                 start = end
-        return Stacked([(block, 0, int(block[0].shape[0])) for block in blocks])
+        return Stacked([(block, 0, int(block[0].shape[0])) for block in blocks], blocks)
 
     def sync(self) -> None:
         jax.block_until_ready((self.params, self.state))
 
     def train(self, prepared: Stacked) -> np.ndarray:
-        """Each view's steps as scans of CHUNK steps, then single steps: two programs per batch shape,
-        both compiled on the block's first call (the worker's timed-apart first step) whatever
-        lengths the caller's segments have (one scan per segment compiled each new segment length
-        inside the timed segments). Dispatch is asynchronous: one sync, when the losses are read."""
+        """Each view's steps as scans of CHUNK steps, then single steps. The programs every block of
+        the epoch needs (two per batch shape) are compiled on the first call, so compilation stays
+        in the worker's timed-apart first step whatever lengths the caller's segments have (one
+        scan per segment compiled each new segment length, and the short last batch, inside the
+        timed segments). Dispatch is asynchronous: one sync, when the losses are read."""
+        for block in prepared.epoch:
+            for length in (1, CHUNK) if block[0].shape[0] >= CHUNK else (1,):
+                self._program(block, length)
         losses = []
         for block, lo, hi in prepared.views:
             chunked = hi - (hi - lo) % CHUNK
-            if block[0].shape[0] >= CHUNK:
-                self._program(block, CHUNK)
             for start, length in [(s, CHUNK) for s in range(lo, chunked, CHUNK)] + [(s, 1) for s in range(chunked, hi)]:
                 self.params, self.state, step_losses = self._program(block, length)(
                     self.params, self.state, block, np.int32(start))
@@ -251,11 +253,11 @@ class JaxBackend(Backend):
 
 class Stacked:
     """Prepared batches: views (block, lo, hi) of stacked (n, B, ...) device arrays, one block per
-    batch shape. Slicing (the worker's segments, the micro-benchmarks' single batches) makes new
-    views without touching the device."""
+    batch shape, and every block of the epoch they came from. Slicing (the worker's segments, the
+    micro-benchmarks' single batches) makes new views without touching the device."""
 
-    def __init__(self, views: list[tuple[Arrays, int, int]]) -> None:
-        self.views = views
+    def __init__(self, views: list[tuple[Arrays, int, int]], epoch: list[Arrays]) -> None:
+        self.views, self.epoch = views, epoch
 
     def __len__(self) -> int:
         return sum(hi - lo for _, lo, hi in self.views)
@@ -274,7 +276,7 @@ class Stacked:
             if a < b:
                 views.append((block, a, b))
             offset += hi - lo
-        return Stacked(views)
+        return Stacked(views, self.epoch)
 
     def first(self) -> tuple[Arrays, int]:
         """The block holding the first batch, and its index there."""
