@@ -36,8 +36,9 @@ METHOD = (
     f"resampled medians is taken (seeded by the pair's key, so the same folders give the same interval). "
     f"A pair is <b>faster</b> or <b>slower</b> when the interval lies entirely on that side of 1 and the change "
     f"is at least the threshold; otherwise <b>unchanged</b>. Pairs with fewer than {MIN_SEGMENTS} segments a "
-    f"side get no verdict. Segments of one run share its machine state, so the interval does not cover the "
-    f"drift between runs (about ±10 % on a shared VM): that is what the threshold is for.")
+    f"side get no verdict. Segments of one run share its machine's state, so one run a side measures only "
+    f"within-run noise; a busy neighbour moves a whole run. Give each side repeats, alternated in time with "
+    f"the other side's, and the pooled segments carry that drift into the interval.")
 METHOD_TEXT = METHOD.replace("<code>", "").replace("</code>", "").replace("<b>", "").replace("</b>", "")
 
 
