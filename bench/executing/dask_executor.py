@@ -207,7 +207,7 @@ def node_data_dir(run: PlannedRun, client_data_dir: str, code: Checkout | None) 
         python = envs.python_for(run.env, build=False)  # building here would race the node's other workers
         if not python.exists():
             raise BenchError(f"no {run.env!r} env ({python} is missing); build it on that node with "
-                             f"`tox -e {run.env} --notest`, or set SKIPGRAM_PYTHON_{run.env.upper()} for its workers")
+                             f"`tox -e {run.env} --notest`, or set {envs.python_variables(run.env)[0]} for its workers")
     if os.environ.get("PTB_DIR"):
         return verify_ptb(Path(os.environ["PTB_DIR"]), "the worker's PTB_DIR").parent
     return verify_ptb(Path(client_data_dir), "the suite's corpus folder (set PTB_DIR for workers where it differs)"
