@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,18 +35,24 @@ needs_proc_stat = pytest.mark.skipif(cpu_sample() is None, reason="no /proc/stat
 
 @contextmanager
 def hogs() -> Iterator[None]:
-    """One `while True: pass` process pinned to each core this process may use; killed after."""
-    cores = sorted(os.sched_getaffinity(0))
-    procs = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
-             for core in cores]
+    """One `while True: pass` process pinned to each core this process may use; killed after.
+    Started through a shell that exits at once, so they are not this process's descendants:
+    the machine-load measure counts a run's live descendants as its own CPU."""
+    pids = []
+    for core in sorted(os.sched_getaffinity(0)):
+        code = f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"
+        out = subprocess.run(["sh", "-c", '"$0" -c "$1" >/dev/null 2>&1 & echo $!', sys.executable, code],
+                             capture_output=True, text=True, check=True)
+        pids.append(int(out.stdout))
     try:
         time.sleep(0.3)  # started and spinning
         yield
     finally:
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            proc.wait()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _train(tmp_path: Path, ptb_dir: Path) -> dict:
