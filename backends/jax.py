@@ -195,7 +195,7 @@ class JaxBackend(Backend):
 
     def _program(self, block: Arrays, length: int) -> Any:
         """The scan of `length` steps for this block shape, compiled ahead (not run) the first time."""
-        key = (self.settings, self.device, tuple(a.shape for a in block), length)
+        key = (self.settings, self.device, tuple((a.shape, a.dtype) for a in block), length)
         if key not in _PROGRAMS:
             _PROGRAMS[key] = _scan.lower(self.settings, self.params, self.state, block, np.int32(0), length).compile()
         return _PROGRAMS[key]
