@@ -193,6 +193,13 @@ class JaxBackend(Backend):
     def device_name(self) -> str:
         return "cpu" if self.device.platform == "cpu" else self.device.device_kind
 
+    def peak_memory_bytes(self) -> int | None:
+        """XLA's allocator peak on a GPU; the CPU client keeps no such statistics (None)."""
+        if self.device.platform == "cpu":
+            return None
+        stats = self.device.memory_stats() or {}
+        return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
+
     def _program(self, block: Arrays, length: int) -> Any:
         """The scan of `length` steps for this block shape, compiled ahead (not run) the first time."""
         key = (self.settings, self.device, tuple((a.shape, a.dtype) for a in block), length)
