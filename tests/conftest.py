@@ -54,7 +54,8 @@ def run_bench(*args: str, python: str = sys.executable, env: dict | None = None,
 def run_plan(out: Path, plan: list, data_dir: Path, timeout: float = 120) -> list[dict | None]:
     """Run `plan` into results folder `out` as the suite command does; each run's stored result."""
     from bench.executing.folder import ResultsFolder
-    from bench.executing.harness import Harness, LocalExecutor
+    from bench.executing.harness import Harness
+    from bench.executing.local_executor import LocalExecutor
 
     with ResultsFolder(out) as folder:
         folder.adopt(plan, ["python", "-m", "bench", "suite", "(test fixture)"])

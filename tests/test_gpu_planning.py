@@ -13,7 +13,7 @@ from bench.executing.gpus import Gpu, gpu_names, gpus
 from bench.executing.suite import PlannedRun, default_plan, for_machine, make_spec, planned
 from common.errors import BenchError
 from common.spec import RunSpec
-from tests.conftest import ROOT, run_bench, run_plan
+from tests.conftest import run_bench, run_plan
 from tests.data.test_bad_input import assert_one_line_error
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))

@@ -15,7 +15,6 @@ import pytest
 
 from bench.executing.suite import load_suite_file
 from bench.running.worker import DIVERGENCE_BOUND, first_bad_step
-from common.errors import BenchError
 from tests.conftest import ROOT, run_bench, write_text
 from tests.data.test_bad_input import assert_one_line_error
 

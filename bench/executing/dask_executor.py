@@ -16,18 +16,16 @@ sends what a local run's child would see (set or unset) and the task removes the
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
 
 from bench.executing import envs
 from bench.executing.attempt import attempt
-from bench.executing.harness import Executor, Finished, LocalExecutor
+from bench.executing.executor import Finished, Started
 from bench.executing.gpus import gpus
 from bench.executing.suite import PlannedRun, skip_reason
 from bench.running.train_command import failed_result
@@ -40,23 +38,6 @@ CONNECT_SECONDS = 10
 Checkout = tuple[str, str, "str | None"]
 WORKER_WAIT_SECONDS = 60
 _INSTALL_HINT = "pip install 'skipgram-bench[dask]' (tox's bench and tests envs have it)"
-
-
-def executor_from_args(args: argparse.Namespace, ptb: Path, scratch: Path) -> Executor:
-    """The executor `--executor` names; for dask, connected, so an unreachable scheduler is one
-    line before any results folder exists."""
-    if args.executor == "local":
-        if args.address:
-            raise BenchError("--address names a Dask scheduler: add --executor dask")
-        return LocalExecutor(ptb, args.timeout, scratch)
-    if getattr(args, "require_quiet", False):
-        raise BenchError("--require-quiet watches this machine's load; with --executor dask the runs are on the "
-                         "cluster's nodes: start one worker per timing slot instead (README)")
-    address = args.address or os.environ.get(ADDRESS_VARIABLE)
-    if not address:
-        raise BenchError(f"--executor dask needs the scheduler's address: --address tcp://HOST:PORT "
-                         f"or {ADDRESS_VARIABLE}")
-    return DaskExecutor.connect(address, ptb, args.timeout)
 
 
 def run_resources(run: PlannedRun) -> dict[str, float]:
@@ -104,7 +85,7 @@ class DaskExecutor:
                              f"`dask scheduler` or fix --address / {ADDRESS_VARIABLE}") from None
         return cls(client, data_dir, timeout)
 
-    def run(self, runs: list[PlannedRun], started: Callable[[PlannedRun], None], finished: Finished) -> None:
+    def run(self, runs: list[PlannedRun], started: Started, finished: Finished) -> None:
         """Submit all runs, hand back each result as it arrives; on any exit (Ctrl-C included)
         cancel what is left: each task's watcher then ends its `bench train` child."""
         from distributed import as_completed

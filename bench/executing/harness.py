@@ -12,41 +12,13 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Iterator
 
-from bench.executing.attempt import attempt
+from bench.executing.executor import Executor
 from bench.executing.folder import ResultsFolder
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result
 from common.machine import BUSY_FRACTION, wait_for_quiet
-
-Finished = Callable[[PlannedRun, dict], None]
-
-
-class Executor(Protocol):
-    """Runs planned runs somewhere and hands back each result record as it finishes."""
-
-    name: str
-
-    def run(self, runs: list[PlannedRun], started: Callable[[PlannedRun], None], finished: Finished) -> None: ...
-
-
-class LocalExecutor:
-    """One run after another, each a subprocess of this machine."""
-
-    name = "local"
-
-    def __init__(self, data_dir: Path, timeout: float, scratch: Path) -> None:
-        self.data_dir, self.timeout, self.scratch = data_dir, timeout, scratch
-
-    def run(self, runs: list[PlannedRun], started: Callable[[PlannedRun], None], finished: Finished) -> None:
-        for run in runs:
-            started(run)
-            with _bar(run.name) as bar:
-                result = attempt(run, self.data_dir, self.timeout, self.scratch, progress=bar)
-            finished(run, result)
-
 
 class Interrupted(BaseException):
     """A signal asked the harness to stop (BaseException: no `except Exception` swallows it)."""
@@ -137,23 +109,3 @@ def say(line: str) -> None:
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-@contextmanager
-def _bar(name: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar for one run on a terminal (tqdm); nothing elsewhere."""
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc=name, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
-        bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.executing.envs import naming_variable, work_dir
 from bench.executing.folder import ResultsFolder
 from bench.executing.gpus import gpus
-from bench.executing.dask_executor import executor_from_args
+from bench.executing.executor import executor_from_args
 from bench.executing.harness import Harness, Interrupted, say, stop_on_signals
 from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, for_machine, load_suite_file, \
     new_results_dir, parse_names
