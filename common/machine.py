@@ -1,6 +1,7 @@
 """What a result must say about where it was measured."""
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import resource
@@ -33,6 +34,24 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+CODE_PATHS = ("common", "backends", "bench", "pyproject.toml")  # what a run's results depend on
+
+
+def code_version(root: Path = Path(__file__).resolve().parents[1]) -> str | None:
+    """A digest of the code that computes a result: the committed trees of CODE_PATHS plus any
+    uncommitted change to them (files git does not track yet are not seen). A README edit or a
+    new commit elsewhere leaves it alone; any change to what trains or measures does not."""
+    try:
+        trees = subprocess.run(["git", "rev-parse", *(f"HEAD:{p}" for p in CODE_PATHS)], cwd=root,
+                               capture_output=True, text=True)
+        diff = subprocess.run(["git", "diff", "HEAD", "--binary", "--", *CODE_PATHS], cwd=root, capture_output=True)
+    except OSError:
+        return None
+    if trees.returncode != 0 or diff.returncode != 0:
+        return None
+    return hashlib.sha256(trees.stdout.encode() + diff.stdout).hexdigest()[:12]
+
+
 # The thread and malloc settings a run's speed depends on (and that a Dask nanny would set).
 TIMING_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
 
@@ -45,6 +64,7 @@ def machine_info() -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads_env": {k: os.environ[k] for k in TIMING_VARIABLES if k in os.environ},
+        "code": code_version(),
     }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 
 from common.errors import BenchError
@@ -24,7 +25,7 @@ def check_types(spec: object) -> None:
         ok = {"int": number and isinstance(value, int), "float": number, "bool": isinstance(value, bool),
               "str": isinstance(value, str)}[kind]
         if not ok:
-            raise BenchError(f"invalid setting: {f.name} must be {_KINDS[kind]}, got {json.dumps(value)}")
+            raise BenchError(f"invalid setting: {f.name} must be {_KINDS[kind]}, got {json.dumps(value, default=str)}")
         if kind == "float":
             object.__setattr__(spec, f.name, float(value))
 
@@ -125,6 +126,8 @@ class RunSpec:
             (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
             (self.repeat >= 0, f"repeat must be >= 0, got {self.repeat}"),
             (self.runner in RUNNERS, f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}"),
+            (re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+             f"device must be cpu, cuda or cuda:N, got {self.device!r}"),
             (not self.graph or self.device.startswith("cuda"),
              f"CUDA graphs need a cuda device, got {self.device!r}: drop --graph or use --device cuda"),
             (not self.graph or not (self.sparse or self.compile),

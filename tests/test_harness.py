@@ -128,3 +128,18 @@ def test_an_existing_interpreter_can_stand_in_for_a_tox_env(monkeypatch, tmp_pat
         envs.python_for("tests")
     failed = run_plan(tmp_path / "out2", [numpy_run(max_steps=2)], ptb_dir)
     assert failed[0]["status"] == "failed" and "SKIPGRAM_PYTHON_TESTS" in failed[0]["error"]
+
+
+def test_an_env_whose_build_was_cut_short_is_built_again(monkeypatch, tmp_path):
+    """A harness killed while tox built an env leaves `<env>.building` beside it: that env's
+    python exists but its packages may not, so it is built again, not used."""
+    from bench.executing import envs
+
+    monkeypatch.setenv("SKIPGRAM_TOX_WORKDIR", str(tmp_path))
+    python = tmp_path / "no-such-env" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    assert envs.python_for("no-such-env") == python  # built by tox itself: used as it is
+    (tmp_path / "no-such-env.building").touch()
+    with pytest.raises(BenchError, match="could not build the 'no-such-env' env with tox"):
+        envs.python_for("no-such-env")  # tox is asked again (and knows no such env)

@@ -81,6 +81,8 @@ def test_every_setting_is_part_of_a_runs_identity(tmp_path):
     ("lr = true", "lr must be a number, got true"),
     ("lr = []", "lr is an empty list"),
     ("seed = 18446744073709551616", "seed must be >= 0 and < 2^63"),
+    ("seed = 2024-01-01", 'seed must be an integer, got "2024-01-01"'),
+    ("device = 'cuda:x'", "device must be cpu, cuda or cuda:N, got 'cuda:x'"),
 ])
 def test_suite_files_are_typed(tmp_path, line, fragment):
     path = suite_file(tmp_path, f"[[runs]]\nbackend = 'numpy'\n{line}\n")
@@ -90,12 +92,21 @@ def test_suite_files_are_typed(tmp_path, line, fragment):
     assert not out.exists()  # nothing made before the error
 
 
-def test_bad_suite_options_stop_before_any_work(tmp_path):
+def test_names_stay_short_enough_for_a_file_system(tmp_path):
+    settings = "lr = 0.00123456789\nbeta1 = 0.812345\nbeta2 = 0.9912345\neps = 1.23456e-9\nwindow = 3\n" \
+               "noise = 7\nmin_freq = 12\nembed = 64\nsubsample = 0.000123\nseed = 123456789\nrepeat = 3\n"
+    (run,) = load_suite_file(suite_file(tmp_path, f"[[runs]]\nbackend = 'numpy'\n{settings}"), {})
+    assert len(run.name) <= 130 and run.name.endswith(run.key[:8])
+
+
+def test_bad_suite_options_stop_before_any_work(tmp_path, ptb_dir):
     out = tmp_path / "out"
     assert_one_line_error(run_bench("suite", "--timeout", "0", "--out", str(out)), "--timeout must be > 0")
     big = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nseed = [" + ", ".join(map(str, range(201))) + "]\n")
     assert_one_line_error(run_bench("suite", "--suite", str(big), "--out", str(out)),
                           "the plan has 201 runs", "add --yes")
+    listed = run_bench("suite", "--suite", str(big), "--out", str(out), "--dry-run", "--data-dir", str(ptb_dir))
+    assert listed.returncode == 0 and "plan: 201 runs" in listed.stdout
     assert not out.exists()
     not_a_table = write_text(tmp_path / "t.toml", "base = 3\n[[runs]]\nbackend = 'numpy'\n")
     assert_one_line_error(run_bench("suite", "--suite", str(not_a_table)), "expected an optional [base] table")
@@ -135,7 +146,7 @@ def test_adam_blowing_up_is_diverged_and_the_recipes_rates_are_not(tmp_path, ptb
     assert record["status"] == status, record["error"]
     if status == "diverged":
         assert result.returncode == 1 and "at step " in record["error"] and "10 x ln 2" in record["error"]
-        assert record["steps"] < 150  # stopped at the first bad step
+        assert record["steps"] < 150 and len(record["segment_rates"]) <= 1  # stopped in its first segment
     else:
         assert result.returncode == 0 and max(record["losses"]) < DIVERGENCE_BOUND
 
@@ -161,6 +172,8 @@ def test_a_folder_is_reused_only_for_its_own_plan(tmp_path, ptb_dir):
     stored = json.loads(runs[0].read_text())
     runs[0].write_text(json.dumps({**stored, "spec": {**stored["spec"], "lr": 0.5}}))  # another spec's result
     runs[1].write_text(runs[1].read_text()[:100])                                       # truncated
+    page = run_bench("report", str(out))
+    assert page.returncode == 0 and "plan does not hold; not counted" in Path(page.stdout.strip()).read_text()
     resumed = run_bench("suite", "--resume", str(out), "--data-dir", str(ptb_dir))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" not in resumed.stderr and "[2/2]" in resumed.stdout
@@ -169,12 +182,24 @@ def test_a_folder_is_reused_only_for_its_own_plan(tmp_path, ptb_dir):
 
 def test_failed_runs_are_kept_unless_retried(tmp_path, ptb_dir):
     out = tmp_path / "out"
-    path = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\ndevice = 'tpu'\nmax_steps = 2\n")  # fails: no such device
+    path = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\ncompile = true\nmax_steps = 2\n")  # fails: numpy has no compiler
     assert run_bench("suite", "--suite", str(path), "--out", str(out), "--data-dir", str(ptb_dir)).returncode == 0
     kept = run_bench("suite", "--resume", str(out), "--data-dir", str(ptb_dir))
     assert "resuming: 1 of 1 runs already finished" in kept.stderr
     retried = run_bench("suite", "--resume", str(out), "--retry-failed", "--data-dir", str(ptb_dir))
     assert "resuming" not in retried.stderr and "[1/1]" in retried.stdout and "failed" in retried.stdout
+
+
+def test_a_folder_is_finished_only_by_the_code_that_started_it(tmp_path, ptb_dir):
+    out = tmp_path / "out"
+    assert run_bench("suite", "--suite", str(suite_file(tmp_path, SWEEP)), "--out", str(out),
+                     "--data-dir", str(ptb_dir)).returncode == 0
+    meta = json.loads((out / "suite.json").read_text())
+    assert meta["code"] and all(json.loads(p.read_text())["env"]["code"] == meta["code"]
+                                for p in (out / "runs").glob("*.json"))
+    (out / "suite.json").write_text(json.dumps({**meta, "code": "0123456789ab"}))  # as if bench/ changed since
+    assert_one_line_error(run_bench("suite", "--resume", str(out), "--data-dir", str(ptb_dir)),
+                          "was started by other code (0123456789ab", "start a new folder")
 
 
 def test_a_corrupt_plan_is_named(tmp_path, ptb_dir):

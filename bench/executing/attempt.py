@@ -8,10 +8,8 @@ Each attempt writes its spec, log and partial result under names of its own.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,44 +19,15 @@ from pathlib import Path
 from typing import Callable
 
 from bench.executing import envs
+from bench.executing.processes import die_with, end_group
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result, write_result
 from common.cache import write_error
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
+from common.spec import spec_key
 
 Progress = Callable[[int, int], None]
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGKILL this child when `parent` dies (Linux), and at once if it already has.
-
-    prctl is looked up here, before the fork: the child of a threaded parent (a Dask worker)
-    must not dlopen, whose lock another thread may have held at the fork."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: the harness's signal handlers still end the group
-        prctl = None
-
-    def arm() -> None:
-        if prctl is None:
-            return
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(1)
-    return arm
-
-
-def end_group(proc: subprocess.Popen) -> None:
-    """Kill the worker's whole process group and reap the worker."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None = None,
             extra_env: dict[str, str | None] | None = None, stop: threading.Event | None = None) -> dict:
     """The run's result record (the worker's own, or a failed / timed-out one saying why), with
@@ -97,7 +66,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         raise write_error(exc, log_path) from None
     with log:
         proc = subprocess.Popen(cmd, cwd=envs.ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-                                start_new_session=True, preexec_fn=_die_with(os.getpid()))
+                                start_new_session=True, preexec_fn=die_with(os.getpid()))
         try:
             reader = threading.Thread(target=_follow, args=(proc, progress), daemon=True)
             reader.start()
@@ -107,16 +76,28 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             reader.join(timeout=5)
         except subprocess.TimeoutExpired:
             end_group(proc)
+            finished = _read(partial, run)  # written, then hung on its way out (a framework's teardown)
+            if finished is not None:
+                finished["note"] = f"the worker hung after writing its result; ended at the --timeout ({timeout:.0f} s)"
+                return finished
             return failed_result(run.spec, f"no result after {timeout:.0f} s (the --timeout); log: {log_path}",
                                  status="timed_out")
-        finally:  # a signal to the harness, or any error here: the worker must not outlive us
-            if proc.poll() is None:
-                end_group(proc)
-    try:
-        return json.loads(partial.read_text())
-    except (OSError, ValueError):
+        finally:  # a signal, any error, or a finished worker's leftover children: none outlives us
+            end_group(proc)
+    finished = _read(partial, run)
+    if finished is None:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         return failed_result(run.spec, f"exit status {proc.returncode}: {tail[0]}")
+    return finished
+
+
+def _read(partial: Path, run: PlannedRun) -> dict | None:
+    """The worker's result file if it is whole and of this run's spec."""
+    try:
+        result = json.loads(partial.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and spec_key(result.get("spec") or {}) == run.key else None
 
 
 def _wait(proc: subprocess.Popen, timeout: float, stop: threading.Event | None) -> bool:

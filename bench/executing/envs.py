@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.executing.processes import die_with, end_group
 from common.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,16 +64,24 @@ def python_for(env: str, build: bool = True) -> Path:
     if chosen is not None:
         return chosen
     python = work_dir() / env / "bin" / "python"
-    if python.exists() or not build:
+    building = work_dir() / f"{env}.building"  # there while a build runs; left behind by one cut short
+    if (python.exists() and not building.exists()) or not build:
         return python
     print(f"building the {env!r} env with tox (the first time takes minutes)", flush=True)
     clean = {k: v for k, v in os.environ.items() if k not in _TOX_VARS}
     clean["PATH"] = os.pathsep.join(p for p in clean.get("PATH", "").split(os.pathsep)
                                     if not p.startswith(str(work_dir())))
-    result = subprocess.run([sys.executable, "-m", "tox", "run", "-e", env, "--notest",
-                             "--workdir", str(work_dir())], cwd=ROOT, env=clean,
-                            capture_output=True, text=True)
-    if result.returncode != 0 or not python.exists():
-        tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
+    building.parent.mkdir(parents=True, exist_ok=True)
+    building.touch()
+    proc = subprocess.Popen([sys.executable, "-m", "tox", "run", "-e", env, "--notest", "--workdir", str(work_dir())],
+                            cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=die_with(os.getpid()))
+    try:
+        output, _ = proc.communicate()
+    finally:  # interrupted: tox and its pip must not go on installing into the env behind our back
+        end_group(proc)
+    if proc.returncode != 0 or not python.exists():
+        tail = output.strip().splitlines()[-1:] or ["no output"]
         raise BenchError(f"could not build the {env!r} env with tox ({tail[0]}); run `tox -e {env}` to see why")
+    building.unlink()
     return python

@@ -18,7 +18,7 @@ from bench.executing.gpus import gpu_names
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import write_result
 from common.errors import BenchError
-from common.machine import git_commit, machine_info
+from common.machine import code_version, git_commit, machine_info
 from common.spec import spec_key
 
 FINISHED = ("ok", "diverged", "noisy", "skipped")  # a result of the spec (or why none can be had); kept on resume
@@ -65,20 +65,41 @@ class ResultsFolder:
     # the plan
     def stored_plan(self) -> list[PlannedRun] | None:
         """The plan in suite.json; None when the folder has none. A corrupt one is an error."""
+        meta = self._meta()
+        if meta is None:
+            return None
+        try:
+            return [PlannedRun.from_dict(entry) for entry in meta["plan"]]
+        except (KeyError, TypeError, BenchError) as exc:
+            raise self._corrupt(exc) from None
+
+    def _meta(self) -> dict | None:
         path = self.path / "suite.json"
         if not path.exists():
             return None
         try:
-            return [PlannedRun.from_dict(entry) for entry in json.loads(path.read_text())["plan"]]
-        except (OSError, ValueError, KeyError, TypeError, BenchError) as exc:
-            raise BenchError(f"{path} is corrupt ({exc.__class__.__name__}: {exc}); its results cannot be matched "
-                             f"to a plan: start the suite in a new folder") from None
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise self._corrupt(exc) from None
+        if not isinstance(meta, dict):
+            raise self._corrupt(TypeError("not a JSON object"))
+        return meta
+
+    def _corrupt(self, exc: Exception) -> BenchError:
+        return BenchError(f"{self.path / 'suite.json'} is corrupt ({exc.__class__.__name__}: {exc}); its results "
+                          f"cannot be matched to a plan: start the suite in a new folder")
 
     def check_plan(self, plan: list[PlannedRun]) -> bool:
-        """Whether the folder already holds `plan`; an error if it holds another."""
+        """Whether the folder already holds `plan` and was started by this code; an error if it
+        holds another plan, or another version of the code would add results to it."""
         stored = self.stored_plan()
         if stored is None:
             return False
+        started, now = (self._meta() or {}).get("code"), code_version()
+        if started and now and started != now:
+            raise BenchError(f"{self.path} was started by other code ({started}; this checkout's common/, backends/, "
+                             f"bench/ are {now}): its results would mix two versions; finish it with the code it "
+                             f"began with (its commit is in suite.json), or start a new folder")
         ours, theirs = {r.key for r in plan}, {r.key for r in stored}
         if ours != theirs:
             raise BenchError(f"{self.path} holds another plan ({len(theirs - ours)} of its {len(theirs)} runs are not "
@@ -126,6 +147,7 @@ class ResultsFolder:
 def write_meta(folder: Path, argv: list[str], plan: list[dict]) -> None:
     """folder/suite.json: when, which commit, which machine, what command, what was planned."""
     meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(ROOT),
+            "code": code_version(ROOT),
             "argv": argv, "machine": {**machine_info(), "gpus": gpu_names()}, "plan": plan}
     folder.mkdir(parents=True, exist_ok=True)
     write_result(folder / "suite.json", meta)

@@ -69,7 +69,8 @@ class Harness:
             say(f"{run.name}: skipped, {run.skip}")
         todo = [run for run in todo if not run.skip]
         self._total, self._started = len(todo), time.monotonic()
-        self.executor.run(todo, self._on_start, self._on_finish)
+        if todo:  # nothing left: no executor (a cluster need not even have workers)
+            self.executor.run(todo, self._on_start, self._on_finish)
 
     def _on_start(self, run: PlannedRun) -> None:
         if self.require_quiet:

@@ -15,6 +15,7 @@ from common.spec import BASELINES, DataSpec, RunSpec
 
 FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
 QUICK = {"epochs": 1, "max_steps": 150}
+MAX_READABLE = 120  # a run name's readable part: with the key and a log's suffixes, well under 255 bytes
 _RUN_FIELDS = {f.name for f in fields(RunSpec)} - {"data"}
 _DATA_FIELDS = {f.name for f in fields(DataSpec)}
 
@@ -90,7 +91,11 @@ def run_name(spec: RunSpec) -> str:
               if getattr(spec, k) != getattr(default_run, k)]
     extras += [f"{k}-{getattr(spec.data, k)}" for k in sorted(_DATA_FIELDS)
                if getattr(spec.data, k) != getattr(default_data, k)]
-    return "_".join([spec.label.replace(" ", "-").replace(":", "")] + extras + [spec.key[:8]])
+    label = spec.label.replace(" ", "-").replace(":", "")
+    readable = "_".join([label] + extras)
+    if len(readable) > MAX_READABLE:  # file names stop at 255 bytes; the key alone keeps it unique
+        readable = label
+    return f"{readable}_{spec.key[:8]}"
 
 
 def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:

@@ -56,6 +56,12 @@ def plan_from_args(args: argparse.Namespace) -> list[PlannedRun]:
                              baselines=not args.no_baselines))
 
 
+def _given(args: argparse.Namespace, name: str) -> bool:
+    """Whether plan option `name` was given (0 counts: `--epochs 0` must be refused, not ignored)."""
+    value = getattr(args, name)
+    return value is not None and value is not False and not (name == "backends" and value == ",".join(FRAMEWORKS))
+
+
 def check_size(plan: list[PlannedRun], yes: bool) -> None:
     """A plan over LARGE_PLAN runs starts only with --yes: a typo in a sweep can mean days."""
     if len(plan) <= LARGE_PLAN or yes:
@@ -93,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
             raise BenchError(f"{args.resume} holds no suite to resume (no suite.json); start one without --resume")
         if args.out and Path(args.out) != folder.path:
             raise BenchError(f"--resume {args.resume} writes into that folder: drop --out {args.out}")
-        if any(getattr(args, name) not in (None, False, ",".join(FRAMEWORKS)) for name in _PLAN_OPTIONS):
+        if any(_given(args, name) for name in _PLAN_OPTIONS):
             folder.check_plan(plan_from_args(args))  # the same plan spelled out again is fine
     else:
         plan = plan_from_args(args)
         folder = ResultsFolder(Path(args.out) if args.out else new_results_dir())
-    check_size(plan, args.yes)
+    if not args.dry_run:
+        check_size(plan, args.yes)
     ptb = find_ptb(args.data_dir, not args.no_download).parent
     if args.dry_run:
         if folder.path.exists():

@@ -15,7 +15,7 @@ import numpy as np
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.machine import BUSY_FRACTION
-from common.spec import DataSpec, RunSpec
+from common.spec import DataSpec, RunSpec, spec_key
 
 METHODOLOGY = """
 <p><b>examples/s</b> counts center words (examples) per second of training in steady state: from the
@@ -68,10 +68,20 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
                       "spec": None}
         result["_name"] = path.stem
         results.append(result)
+    _mark_stale(meta, results)
     _name_by_settings(results)
     if not results and not list((folder / "microbench").glob("*.json")):
         raise BenchError(f"no results in {folder / 'runs'}: run `python -m bench suite` first")
     return meta, results
+
+
+def _mark_stale(meta: dict, results: list[dict]) -> None:
+    """A result of a spec the folder's plan does not hold (left by an earlier run) is not one of
+    this suite's: `--resume` would redo the run, and the report must not show it as done."""
+    planned = {entry.get("key") for entry in meta.get("plan") or [] if isinstance(entry, dict)}
+    for r in results:
+        if planned and r["spec"] and spec_key(r["spec"]) not in planned:
+            r["status"], r["error"] = "stale", "a result of a spec this folder's plan does not hold; not counted"
 
 
 _IN_LABEL = ("backend", "device", "sparse", "compile", "graph", "runner")

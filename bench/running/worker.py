@@ -45,6 +45,8 @@ class Timeline:
         self.first_step_seconds: float | None = None
 
     def run_epoch(self, backend: Backend, prepared: list[Any], sizes: list[int]) -> np.ndarray:
+        """The epoch's losses, stopping after the first segment with a diverged step (a blown-up
+        run must not train on for the rest of its epoch)."""
         clock = time.perf_counter
         start, losses = 0, []
         if self.first_step_seconds is None:
@@ -52,6 +54,8 @@ class Timeline:
             losses.append(backend.train(prepared[:1]))
             self.first_step_seconds, start = clock() - t, 1
         for s in range(start, len(prepared), SEGMENT):
+            if losses and first_bad_step(losses[-1]) is not None:
+                break
             t = clock()
             losses.append(backend.train(prepared[s:s + SEGMENT]))
             self.segments.append((sum(sizes[s:s + SEGMENT]), clock() - t))
