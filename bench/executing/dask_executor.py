@@ -157,8 +157,8 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
         skip = skip_reason(run.spec, gpus())  # what planning does on a local machine, here on the node
     except BenchError as exc:
         return {**failed_result(run.spec, f"node {where['host']} (worker {where['worker']}): {exc}"), **where}
-    if skip:
-        return {**failed_result(run.spec, f"node {where['host']}: {skip}", status="skipped"), **where}
+    if skip:  # failed, not skipped: another node's GPU may serve it (--resume --retry-failed)
+        return {**failed_result(run.spec, f"node {where['host']} cannot run it: {skip}"), **where}
     scratch = Path(worker.local_directory) / "skipgram-bench"
     scratch.mkdir(parents=True, exist_ok=True)
     stop, done = threading.Event(), threading.Event()
