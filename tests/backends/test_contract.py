@@ -101,8 +101,10 @@ def test_capabilities_and_devices(backend_cls, small_batches):
     assert caps.devices[0] == "cpu" and len(caps.devices) == 1 + backend_cls.gpu_count()
     _, vocab = small_batches
     init = weights(vocab, 8)
+    with pytest.raises(BenchError, match="device must be cpu, cuda or cuda:N"):
+        RunSpec(backend=BACKEND, device="tpu:3")  # refused before any backend is built
     with pytest.raises(BenchError, match="available: cpu"):
-        backend_cls(RunSpec(backend=BACKEND, device="tpu:3"), *init)
+        backend_cls(RunSpec(backend=BACKEND, device="cuda:99"), *init)
     if not any(d.startswith("cuda") for d in caps.devices):
         with pytest.raises(BenchError, match="'cuda' is not available"):
             backend_cls(RunSpec(backend=BACKEND, device="cuda"), *init)
