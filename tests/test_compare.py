@@ -189,3 +189,18 @@ def test_bootstrap_interval_is_seeded(folders, tmp_path):
     second = compare(folders[0], folders[1], tmp_path)[1]
     assert [p["speed"]["ci"] for p in first["pairs"]] == [p["speed"]["ci"] for p in second["pairs"]]
     assert all(np.isfinite(p["speed"]["ci"]).all() for p in first["pairs"])
+
+
+def test_run_to_run_drift_widens_the_interval():
+    """Three runs a side whose levels drift (a neighbour moving whole runs), same code: the
+    two-level bootstrap resamples runs, so the interval holds 1; pooled into one run, the same
+    segments would look like a certain 3 % change."""
+    from bench.reporting.compare import bootstrap_ratio
+
+    rng = np.random.default_rng(7)
+    base = [list(level + rng.normal(0, 1, 40)) for level in (100, 92, 105)]
+    new = [list(level + rng.normal(0, 1, 40)) for level in (97, 108, 89)]
+    ratio, low, high = bootstrap_ratio(base, new, seed=0)
+    assert low < 1 < high and high - low > 0.1
+    _, pooled_low, pooled_high = bootstrap_ratio([sum(base, [])], [sum(new, [])], seed=0)
+    assert pooled_high - pooled_low < (high - low) / 2

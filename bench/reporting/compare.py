@@ -31,14 +31,16 @@ QUALITY = {"WordSim-353": ("wordsim353", "spearman"), "SimLex-999": ("simlex999"
 METHOD = (
     f"Runs are paired by their settings: the SHA-256 key of the whole spec without the <code>repeat</code> "
     f"index; repeats of one spec on a side are pooled. Speed is the ratio NEW/BASE of the medians of the "
-    f"100-step segment rates (examples/s). Its {CONFIDENCE:.0%} interval is a percentile bootstrap: "
-    f"{RESAMPLES:,} times, each side's segment rates are resampled with replacement and the ratio of the "
-    f"resampled medians is taken (seeded by the pair's key, so the same folders give the same interval). "
+    f"100-step segment rates (examples/s). Its {CONFIDENCE:.0%} interval is a two-level percentile bootstrap: "
+    f"{RESAMPLES:,} times, each side's runs are resampled with replacement, then each chosen run's segment "
+    f"rates, and the ratio of the resampled medians is taken (seeded by the pair's key, so the same folders "
+    f"give the same interval). "
     f"A pair is <b>faster</b> or <b>slower</b> when the interval lies entirely on that side of 1 and the change "
     f"is at least the threshold; otherwise <b>unchanged</b>. Pairs with fewer than {MIN_SEGMENTS} segments a "
-    f"side get no verdict. Segments of one run share its machine's state, so one run a side measures only "
-    f"within-run noise; a busy neighbour moves a whole run. Give each side repeats, alternated in time with "
-    f"the other side's, and the pooled segments carry that drift into the interval.")
+    f"side get no verdict. Segments of one run share its machine's state, so with one run a side the "
+    f"interval measures only within-run noise, and a busy neighbour moves a whole run. Give each side "
+    f"repeats, alternated in time with the other side's: resampling runs carries their drift into the "
+    f"interval.")
 METHOD_TEXT = METHOD.replace("<code>", "").replace("</code>", "").replace("<b>", "").replace("</b>", "")
 
 
@@ -114,15 +116,26 @@ def names(specs: dict[str, dict]) -> dict[str, str]:
     return out
 
 
-def bootstrap_ratio(base: list[float], new: list[float], seed: int) -> tuple[float, float, float]:
-    """median(new) / median(base) and its percentile-bootstrap interval (see METHOD)."""
+def bootstrap_ratio(base: list[list[float]], new: list[list[float]], seed: int) -> tuple[float, float, float]:
+    """median(new) / median(base) over the pooled segment rates, and its two-level percentile
+    bootstrap interval (see METHOD): segments of one run share its machine's state, so runs are
+    resampled first, then segments within each; with repeats the interval carries run-to-run drift."""
     rng = np.random.default_rng(seed)
-    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
-    ratios = (np.median(rng.choice(n, (RESAMPLES, n.size)), axis=1)
-              / np.median(rng.choice(b, (RESAMPLES, b.size)), axis=1))
+
+    def medians(runs: list[list[float]]) -> np.ndarray:
+        arrays = [np.asarray(r, dtype=float) for r in runs if r]
+        out = np.empty(RESAMPLES)
+        for i in range(RESAMPLES):
+            picked = (arrays[j] for j in rng.integers(len(arrays), size=len(arrays)))
+            out[i] = np.median(np.concatenate([a[rng.integers(a.size, size=a.size)] for a in picked]))
+        return out
+
+    ratios = medians(new) / medians(base)
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
-    return float(np.median(n) / np.median(b)), float(low), float(high)
+    pooled = np.median(np.concatenate([np.asarray(r, float) for r in new if r])) / \
+        np.median(np.concatenate([np.asarray(r, float) for r in base if r]))
+    return float(pooled), float(low), float(high)
 
 
 def verdict(ratio: float, low: float, high: float, threshold: float) -> str:
@@ -198,7 +211,8 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
     if min(len(rates_b), len(rates_n)) < MIN_SEGMENTS:
         pair.speed = {**speed, "verdict": f"too few segments (< {MIN_SEGMENTS})"}
         return pair
-    ratio, low, high = bootstrap_ratio(rates_b, rates_n, seed=int(key, 16) % 2**32)
+    ratio, low, high = bootstrap_ratio([r.get("segment_rates") or [] for r in ok_base],
+                                       [r.get("segment_rates") or [] for r in ok_new], seed=int(key, 16) % 2**32)
     pair.speed = {**speed, "ratio": ratio, "ci": [low, high], "verdict": verdict(ratio, low, high, threshold)}
     return pair
 
