@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp = commands.add_parser("compare", help="pair two results folders' runs: speed verdicts, losses, quality, env",
                                description=METHOD_TEXT + " Exit status: 1 when some pair is slower, 0 otherwise, "
                                "2 for bad input.")
-    comp.add_argument("base", help="results folder measured first (the reference)")
-    comp.add_argument("new", help="results folder to judge against it")
+    comp.add_argument("base", help="results folder measured first (the reference); several, comma-separated, "
+                      "pool their runs (rounds alternated with NEW's)")
+    comp.add_argument("new", help="results folder(s) to judge against it")
     comp.add_argument("--threshold", type=float, default=0.05, help="smallest change that counts (default 0.05)")
     comp.add_argument("--out", metavar="FILE.html", help="also write an offline HTML page")
     comp.add_argument("--json", metavar="FILE.json", help="where the JSON goes (default: beside --out, else NEW/compare.json)")

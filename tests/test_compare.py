@@ -204,3 +204,20 @@ def test_run_to_run_drift_widens_the_interval():
     assert low < 1 < high and high - low > 0.1
     _, pooled_low, pooled_high = bootstrap_ratio([sum(base, [])], [sum(new, [])], seed=0)
     assert pooled_high - pooled_low < (high - low) / 2
+
+
+def test_a_side_may_be_several_folders_whose_runs_are_pooled(folders, tmp_path):
+    """Rounds alternated in time are folders of their own (one plan, one code version each):
+    side 0 split in two folders compares exactly as side 0 whole."""
+    parts = [shutil.copytree(folders[0], tmp_path / f"part{i}") for i in range(2)]
+    for i, part in enumerate(parts):
+        for path in (part / "runs").glob("*.json"):
+            if (json.loads(path.read_text())["spec"]["repeat"] == 0) != (i == 0):
+                path.unlink()
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "split").mkdir()
+    _, whole = compare(folders[0], folders[1], tmp_path / "whole")
+    result, split = compare(Path(f"{parts[0]},{parts[1]}"), folders[1], tmp_path / "split")
+    assert result.returncode == 0, result.stderr
+    assert [p["speed"] for p in split["pairs"]] == [p["speed"] for p in whole["pairs"]]
+    assert split["folders"]["base"]["path"] == f"{parts[0]},{parts[1]}"

@@ -61,6 +61,21 @@ class Folder:
         return str(self.meta.get("commit") or "unknown")
 
 
+def load_side(value: str) -> Folder:
+    """One side of a comparison: a results folder, or several (comma-separated) whose runs are
+    pooled, e.g. rounds of the same suite alternated in time with the other side's rounds (a
+    folder holds one plan and one version of the code, so each round is a folder of its own)."""
+    folders = [load_folder(Path(p)) for p in value.split(",") if p]
+    if not folders:
+        raise BenchError(f"no results folder named in {value!r}")
+    first = folders[0]
+    if len(folders) == 1:
+        return first
+    meta = {**first.meta, "created": min(f.created for f in folders),
+            "commit": ",".join(sorted({f.commit for f in folders})), "folders": [str(f.path) for f in folders]}
+    return Folder(first.path, meta, [r for f in folders for r in f.results])
+
+
 def load_folder(path: Path) -> Folder:
     """A results folder, or a one-line BenchError: missing, without suite.json, without runs, corrupt."""
     meta, results = load_results(path)  # raises for a missing folder and for one without results
@@ -245,7 +260,8 @@ def compare(base: Folder, new: Folder, threshold: float) -> Comparison:
     one_side = [[{"name": label[k], "key": k, "status": [r["status"] for r in groups[k]]}
                  for k in sorted(groups, key=label.get) if k not in other] for groups, other in
                 ((groups_b, groups_n), (groups_n, groups_b))]
-    folders = {side: {"path": str(f.path), "created": f.created, "commit": f.commit}
+    folders = {side: {"path": ",".join(f.meta.get("folders") or [str(f.path)]), "created": f.created,
+                      "commit": f.commit}
                for side, f in (("base", base), ("new", new))}
     return Comparison(str(base.path), str(new.path), threshold, folders, pairs, *one_side)
 
@@ -389,7 +405,7 @@ def write_file(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.threshold < 1:
         raise BenchError(f"--threshold must be in [0, 1), got {args.threshold}")
-    base, new = load_folder(Path(args.base)), load_folder(Path(args.new))
+    base, new = load_side(args.base), load_side(args.new)
     c = compare(base, new, args.threshold)
     out = Path(args.out) if args.out else None
     json_path = Path(args.json) if args.json else out.with_suffix(".json") if out else new.path / "compare.json"
