@@ -145,6 +145,7 @@ def test_dask_runs_match_local_bit_for_bit_with_the_clients_thread_settings(tmp_
         assert (result["executor"], here[name]["executor"]) == ("dask", "local")
         assert result["host"] == socket.gethostname() and result["worker"].startswith("tcp://127.0.0.1:")
         assert f"on {result['host']} ({result['worker']})" in on_dask.stdout
+        assert f"{name.removesuffix('.json')}: started" in on_dask.stdout  # the worker's event reached the client
         assert result["data_hash"] == here[name]["data_hash"]
         assert result["losses"] == here[name]["losses"] and len(result["losses"]) == 20  # bit-identical
         # the client's OMP_NUM_THREADS went with the task; the nanny's settings did not reach the child

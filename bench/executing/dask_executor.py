@@ -34,6 +34,7 @@ from common.machine import TIMING_VARIABLES, git_commit
 from common.ptb import verify_ptb
 
 ADDRESS_VARIABLE = "SKIPGRAM_DASK_ADDRESS"
+STARTED_TOPIC = "skipgram-started"  # a worker's event when it begins a run
 CONNECT_SECONDS = 10
 Checkout = tuple[str, str, "str | None"]
 WORKER_WAIT_SECONDS = 60
@@ -91,6 +92,14 @@ class DaskExecutor:
         from distributed import as_completed
 
         futures: dict = {}
+        by_key = {run.key: run for run in runs}
+
+        def on_start(event: tuple) -> None:  # on the client's event loop thread
+            run = by_key.get(event[1].get("key"))
+            if run is not None:
+                started(run)
+
+        self.client.subscribe_topic(STARTED_TOPIC, on_start)
         try:
             self._check_workers(runs)
             env, code = client_timing_env(), checkout()
@@ -152,6 +161,7 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
     worker = get_worker()
     where = {"executor": DaskExecutor.name, "host": socket.gethostname(), "worker": worker.address}
     run = PlannedRun.from_dict(entry)
+    worker.log_event(STARTED_TOPIC, {"key": run.key, **where})  # the client prints its "started" line
     try:
         data_dir = node_data_dir(run, client_data_dir, code)
         skip = skip_reason(run.spec, gpus())  # what planning does on a local machine, here on the node

@@ -57,6 +57,7 @@ class Harness:
         self.folder, self.executor, self.require_quiet = folder, executor, require_quiet
         self._quiet_before: dict[str, bool] = {}
         self._done = 0
+        self._begun = 0
         self._total = 0
         self._started = time.monotonic()
 
@@ -75,7 +76,8 @@ class Harness:
     def _on_start(self, run: PlannedRun) -> None:
         if self.require_quiet:
             self._quiet_before[run.key] = wait_for_quiet(QUIET_WAIT_SECONDS, BUSY_FRACTION)
-        say(f"[{self._done + 1}/{self._total}] {run.name}: started ({run.env or 'harness'} env, {run.spec.device})")
+        self._begun += 1  # not done + 1: a cluster runs several at once
+        say(f"[{self._begun}/{self._total}] {run.name}: started ({run.env or 'harness'} env, {run.spec.device})")
 
     def _on_finish(self, run: PlannedRun, result: dict) -> None:
         result.setdefault("executor", self.executor.name)
