@@ -250,3 +250,24 @@ def test_a_killed_harness_takes_its_worker_with_it(tmp_path, ptb_dir):
     finally:
         resumed.kill()
         resumed.wait()
+
+
+def test_a_worker_behind_a_wrapper_ends_with_its_harness(tmp_path, ptb_dir):
+    """SKIPGRAM_PYTHON_* may name a wrapper that does not exec python (a shell script, a container
+    runner): the kernel's parent-death signal then reaches the wrapper only, and the worker
+    watches the harness itself."""
+    wrapper = write_text(tmp_path / "python-wrapper", f'#!/bin/sh\n"{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "suite", "--suite", str(suite_file(tmp_path, SLOW)),
+                             "--out", str(out), "--data-dir", str(ptb_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "SKIPGRAM_PYTHON_TESTS": str(wrapper)})
+    shell = wait_for_worker(proc)
+    deadline = time.time() + 30
+    while time.time() < deadline and not Path(f"/proc/{shell}/task/{shell}/children").read_text().split():
+        time.sleep(0.05)
+    worker = int(Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
+    proc.kill()
+    proc.wait()
+    assert gone(shell) and gone(worker, within=10)

@@ -25,6 +25,7 @@ from bench.running.train_command import failed_result, write_result
 from common.cache import write_error
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
+from common.machine import HARNESS_VARIABLE, process_identity
 from common.spec import spec_key
 
 Progress = Callable[[int, int], None]
@@ -52,7 +53,8 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
     write_result(spec_file, run.spec.to_dict())
     cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(data_dir),
            "--out", str(partial), "--progress", "--no-download"]
-    env = {**os.environ, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
+           HARNESS_VARIABLE: process_identity(os.getpid()) or ""}
     for name, value in (extra_env or {}).items():
         if value is None:
             env.pop(name, None)

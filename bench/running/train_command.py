@@ -14,6 +14,7 @@ from bench.running import worker
 from bench.cli import data_spec
 from common.cache import atomic_write_bytes, check_writable
 from common.errors import BenchError
+from common.machine import exit_with_harness
 from common.evaluate import neighbours, read_word2vec
 from common.spec import RunSpec
 
@@ -70,6 +71,7 @@ def check_outputs(out: Path | None, vectors: Path | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    exit_with_harness()
     spec = run_spec(args)
     out = Path(args.out) if args.out else None
     vectors = Path(args.export_vectors) if args.export_vectors else None
