@@ -72,3 +72,15 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
 
 def test_report_opens_in_headless_chromium(suite_dir, page, tmp_path):
     assert_renders(suite_dir / "index.html", tmp_path)
+
+
+def test_results_outside_the_plan_are_stale_but_keyless_plans_check_nothing():
+    """Folders written before plans carried keys (older commits) keep every result they hold."""
+    from common.spec import RunSpec
+
+    spec = RunSpec(backend="numpy").to_dict()
+    results = [{"spec": spec, "status": "ok"}, {"spec": {**spec, "lr": 0.5}, "status": "ok"}]
+    report._mark_stale({"plan": [{"name": "old-style entry", "spec": spec}]}, results)
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    report._mark_stale({"plan": [{"key": RunSpec(backend="numpy").key}]}, results)
+    assert [r["status"] for r in results] == ["ok", "stale"]

@@ -77,8 +77,9 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
 
 def _mark_stale(meta: dict, results: list[dict]) -> None:
     """A result of a spec the folder's plan does not hold (left by an earlier run) is not one of
-    this suite's: `--resume` would redo the run, and the report must not show it as done."""
-    planned = {entry.get("key") for entry in meta.get("plan") or [] if isinstance(entry, dict)}
+    this suite's: `--resume` would redo the run, and the report must not show it as done. Folders
+    written before plans carried keys have nothing to check against."""
+    planned = {entry["key"] for entry in meta.get("plan") or [] if isinstance(entry, dict) and entry.get("key")}
     for r in results:
         if planned and r["spec"] and spec_key(r["spec"]) not in planned:
             r["status"], r["error"] = "stale", "a result of a spec this folder's plan does not hold; not counted"
