@@ -160,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # e.g. `report` under a python without matplotlib
+        print(f"error: this command needs the package {exc.name!r}, which {sys.executable} lacks: run it with "
+              f".tox/bench/bin/python (tox -e bench --notest builds it) or pip install {exc.name}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

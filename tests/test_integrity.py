@@ -108,6 +108,8 @@ def test_bad_suite_options_stop_before_any_work(tmp_path, ptb_dir):
     listed = run_bench("suite", "--suite", str(big), "--out", str(out), "--dry-run", "--data-dir", str(ptb_dir))
     assert listed.returncode == 0 and "plan: 201 runs" in listed.stdout
     assert not out.exists()
+    typo = write_text(tmp_path / "b.toml", "[base]\nepoch = 1\n[[runs]]\nbackend = 'numpy'\n")
+    assert_one_line_error(run_bench("suite", "--suite", str(typo)), f"suite file {typo}, [base]: unknown setting(s) epoch")
     not_a_table = write_text(tmp_path / "t.toml", "base = 3\n[[runs]]\nbackend = 'numpy'\n")
     assert_one_line_error(run_bench("suite", "--suite", str(not_a_table)), "expected an optional [base] table")
     assert_one_line_error(run_bench("suite", "--bogus"), "see `python -m bench suite --help`")

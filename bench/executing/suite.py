@@ -130,6 +130,10 @@ def load_suite_file(path: Path, overrides: dict) -> list[PlannedRun]:
         raise BenchError(f"suite file {path}: expected an optional [base] table and one or more [[runs]] tables"
                          + (f", found {', '.join(sorted(unknown))}" if unknown else ""))
     common = doc.get("base", {})
+    unknown = set(common) - _RUN_FIELDS - _DATA_FIELDS
+    if unknown:  # named here, not as the first [[runs]] table's
+        raise BenchError(f"suite file {path}, [base]: unknown setting(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(_RUN_FIELDS | _DATA_FIELDS))}")
     plan: dict[str, PlannedRun] = {}
     for i, sweep in enumerate(doc["runs"], start=1):
         where = f"suite file {path}, [[runs]] #{i}"
