@@ -234,11 +234,12 @@ def exit_with_harness(interval: float = 1.0) -> None:
     harness = os.environ.get(HARNESS_VARIABLE)
     if not harness or process_identity(os.getpid()) is None:
         return  # not started by a harness, or no /proc to watch it through
-    if process_identity(int(harness.split(":")[0])) != harness:
+    pid = int(harness.split(":")[0])
+    if process_identity(pid) != harness:
         os._exit(137)  # it died while this process was starting
 
     def watch() -> None:
-        while process_identity(int(harness.split(":")[0])) == harness:
+        while process_identity(pid) == harness:
             time.sleep(interval)
         os._exit(137)
 

@@ -8,7 +8,6 @@ Each attempt writes its spec, log and partial result under names of its own.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.executing import envs
+from bench.executing.folder import read_result
 from bench.executing.processes import die_with, end_group
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result, write_result
@@ -26,7 +26,6 @@ from common.cache import write_error
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
 from common.machine import HARNESS_VARIABLE, process_identity
-from common.spec import spec_key
 
 Progress = Callable[[int, int], None]
 def attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None = None,
@@ -78,7 +77,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             reader.join(timeout=5)
         except subprocess.TimeoutExpired:
             end_group(proc)
-            finished = _read(partial, run)  # written, then hung on its way out (a framework's teardown)
+            finished = read_result(partial, run.key)  # written, then hung on its way out (a framework's teardown)
             if finished is not None:
                 finished["note"] = f"the worker hung after writing its result; ended at the --timeout ({timeout:.0f} s)"
                 return finished
@@ -86,20 +85,11 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
                                  status="timed_out")
         finally:  # a signal, any error, or a finished worker's leftover children: none outlives us
             end_group(proc)
-    finished = _read(partial, run)
+    finished = read_result(partial, run.key)
     if finished is None:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         return failed_result(run.spec, f"exit status {proc.returncode}: {tail[0]}")
     return finished
-
-
-def _read(partial: Path, run: PlannedRun) -> dict | None:
-    """The worker's result file if it is whole and of this run's spec."""
-    try:
-        result = json.loads(partial.read_text())
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) and spec_key(result.get("spec") or {}) == run.key else None
 
 
 def _wait(proc: subprocess.Popen, timeout: float, stop: threading.Event | None) -> bool:

@@ -66,8 +66,9 @@ class ResultsFolder:
     def stored_plan(self) -> list[PlannedRun] | None:
         """The plan in suite.json; None when the folder has none. A corrupt one is an error."""
         meta = self._meta()
-        if meta is None:
-            return None
+        return None if meta is None else self._plan(meta)
+
+    def _plan(self, meta: dict) -> list[PlannedRun]:
         try:
             return [PlannedRun.from_dict(entry) for entry in meta["plan"]]
         except (KeyError, TypeError, BenchError) as exc:
@@ -92,10 +93,11 @@ class ResultsFolder:
     def check_plan(self, plan: list[PlannedRun]) -> bool:
         """Whether the folder already holds `plan` and was started by this code; an error if it
         holds another plan, or another version of the code would add results to it."""
-        stored = self.stored_plan()
-        if stored is None:
+        meta = self._meta()
+        if meta is None:
             return False
-        started, now = (self._meta() or {}).get("code"), code_version()
+        stored = self._plan(meta)
+        started, now = meta.get("code"), code_version()
         if started and now and started != now:
             raise BenchError(f"{self.path} was started by other code ({started}; this checkout's common/, backends/, "
                              f"bench/ are {now}): its results would mix two versions; finish it with the code it "
@@ -117,16 +119,9 @@ class ResultsFolder:
         return self.runs / f"{run.name}.json"
 
     def stored_result(self, run: PlannedRun) -> dict | None:
-        """The run's result if it is a whole, readable record of exactly this spec."""
-        try:
-            result = json.loads(self.result_path(run).read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(result, dict) or not isinstance(result.get("spec"), dict):
-            return None
-        if spec_key(result["spec"]) != run.key or result.get("status") not in FINISHED + RETRYABLE:
-            return None
-        return result
+        """The run's result if it is a whole, readable record of exactly this spec that says how it ended."""
+        result = read_result(self.result_path(run), run.key)
+        return result if result is not None and result.get("status") in FINISHED + RETRYABLE else None
 
     def todo(self, plan: list[PlannedRun], retry_failed: bool) -> list[tuple[PlannedRun, str]]:
         """The runs to do, each with why: no result, an unusable one, or (when asked) a failed one."""
@@ -142,6 +137,17 @@ class ResultsFolder:
 
     def save(self, run: PlannedRun, result: dict) -> None:
         write_result(self.result_path(run), result)
+
+
+def read_result(path: Path, key: str) -> dict | None:
+    """The result record at `path` if it parses and carries the spec whose key is `key`."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or not isinstance(result.get("spec"), dict):
+        return None
+    return result if spec_key(result["spec"]) == key else None
 
 
 def write_meta(folder: Path, argv: list[str], plan: list[dict]) -> None:

@@ -20,6 +20,7 @@ from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result
 from common.machine import BUSY_FRACTION, wait_for_quiet
 
+
 class Interrupted(BaseException):
     """A signal asked the harness to stop (BaseException: no `except Exception` swallows it)."""
 

@@ -79,10 +79,8 @@ def first_bad_step(losses: np.ndarray) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
-def divergence(losses: np.ndarray, steps_before: int) -> str:
-    """The diverged run's message, naming its first bad step (1-based over the whole run)."""
-    i = first_bad_step(losses)
-    assert i is not None
+def divergence(losses: np.ndarray, i: int, steps_before: int) -> str:
+    """The diverged run's message for its first bad step `i` (named 1-based over the whole run)."""
     why = "is not finite" if not np.isfinite(losses[i]) else \
         f"exceeds {DIVERGENCE_BOUND:.2f} (10 x ln 2, ten times an untrained model's loss)"
     return f"loss {losses[i]:.4g} at step {steps_before + i + 1} {why}; lower --lr"
@@ -91,7 +89,8 @@ def divergence(losses: np.ndarray, steps_before: int) -> str:
 def outcome(losses: list[float]) -> tuple[str, str | None]:
     """Status and error of a loop that checks its losses once, at the end (bare loop, recipe loop)."""
     array = np.asarray(losses, dtype=np.float64)
-    return ("ok", None) if first_bad_step(array) is None else ("diverged", divergence(array, 0))
+    bad = first_bad_step(array)
+    return ("ok", None) if bad is None else ("diverged", divergence(array, bad, 0))
 
 
 def record(spec: RunSpec, status: str, error: str | None, env: dict, data_hash: str | None, timeline: Timeline,
@@ -180,7 +179,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
         bad = first_bad_step(losses)
         keep = losses.size if bad is None else bad + 1
         if bad is not None:
-            status, error = "diverged", divergence(losses, len(timeline.losses)) + f" (epoch {epoch + 1})"
+            status, error = "diverged", divergence(losses, bad, len(timeline.losses)) + f" (epoch {epoch + 1})"
         timeline.losses.extend(losses[:keep].tolist())
         timeline.sizes.extend(sizes[:keep])
         if bad is not None:
