@@ -19,7 +19,7 @@ pytestmark = pytest.mark.envs
 @pytest.fixture(scope="module")
 def suite_dir(tmp_path_factory, ptb_dir):
     out = tmp_path_factory.mktemp("suite")
-    settings = [{"backend": b, "sparse": s} for b in ("numpy", "torch") for s in (False, True)]
+    settings = [{"backend": b, "sparse": s} for b in ("numpy", "torch", "fused") for s in (False, True)]
     settings += [{"backend": "numpy", "batch_size": 256},  # with numpy dense: a throughput-vs-batch-size curve
                  {"backend": "torch", "runner": "bare-loop"},  # the twin of torch dense: harness overhead
                  {"backend": "torch", "runner": "recipe-loop"}, {"backend": "torch", "runner": "gensim"},
@@ -40,7 +40,7 @@ def test_report_sections_and_numbers(page, suite_dir):
                     "Sparse vs dense gradients", "Cross-backend agreement",
                     "Harness overhead", "Nearest neighbours", "Failed runs", "Methodology"):
         assert f"<h2>{heading}" in page
-    assert "8 of 10 runs finished" in page  # the diverged run and the corrupt file are not
+    assert "10 of 12 runs finished" in page  # the diverged run and the corrupt file are not
     assert page.count("<svg") >= 3
     assert "Does sparse_grad accelerate training?" in page and "torch on cpu: sparse gradients were" in page
     assert re.search(r"numpy dense cpu</td><td class='l'>torch dense cpu</td><td>120</td><td>\d\.\d\de-0[5-9]", page)
@@ -48,6 +48,24 @@ def test_report_sections_and_numbers(page, suite_dir):
     assert "x</td>" in page  # speed-up over the recipe loop
     assert re.search(r"torch dense cpu</td><td>1</td><td>\d\.\d{3} \(", page)  # worker / bare-loop rate
     assert "2.13.0" in page and "(test fixture)" in page
+
+
+def summary_row(page: str, name: str) -> str:
+    return re.search(rf"<tr[^>]*><td class='l'>{re.escape(name)}</td>(?:(?!</tr>).)*</tr>", page).group(0)
+
+
+def test_every_run_is_read_against_the_fused_limit(page):
+    """Dense runs (the recipe loop too) against fused dense, sparse ones against fused lazy Adam;
+    gensim, with its own SGD and subsampling, against nothing."""
+    assert "<th>share of fused limit</th>" in page
+    for name in ("fused dense cpu", "fused sparse cpu"):
+        assert "<td>100 %</td>" in summary_row(page, name)
+    for name in ("torch dense cpu", "torch sparse cpu", "recipe-loop"):
+        share = re.search(r"<td>(\d+) %</td>", summary_row(page, name))
+        assert share and 0 < int(share.group(1)), name
+    assert " %</td>" not in summary_row(page, "gensim")
+    assert "of limit" in page  # the throughput plot's labels
+    assert "at the limit (the fused kernel on cpu) lazy Adam ran at" in page
 
 
 def test_report_is_self_contained(page):

@@ -13,7 +13,8 @@ from bench.executing.gpus import Gpu
 from common.errors import BenchError
 from common.spec import BASELINES, DataSpec, RunSpec
 
-FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
+# The default suite's backends: the four frameworks and the fused limit row they are read against.
+FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax", "fused")
 QUICK = {"epochs": 1, "max_steps": 150}
 MAX_READABLE = 120  # a run name's readable part: with the key and a log's suffixes, well under 255 bytes
 _RUN_FIELDS = {f.name for f in fields(RunSpec)} - {"data"}
