@@ -42,7 +42,7 @@ class ResultsFolder:
     def lock(self) -> None:
         """Become the folder's one owner, or refuse with the holder's pid."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_plain(self.path / ".lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,8 +53,12 @@ class ResultsFolder:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
-        self.runs.mkdir(exist_ok=True)
-        self.logs.mkdir(exist_ok=True)
+        for folder in (self.runs, self.logs):  # a symlinked runs/ would put results wherever it points
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                self.unlock()
+                raise Refused(folder, "is not a plain folder (a symbolic link or a file); a results folder's "
+                                      "runs/ and logs/ are its own folders: remove it, or choose another --out")
+            folder.mkdir(exist_ok=True)
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -169,24 +173,30 @@ class Refused(FolderFileError):
     or hostile folder, refused rather than read."""
 
 
-def read_json(path: Path) -> object:
-    """The JSON value in `path`, read as data from someone else: a plain file (a symlink, FIFO or
-    device is Refused: it could point anywhere or never end), at most MAX_FILE_BYTES, nested at
-    most MAX_DEPTH deep. Raises Unreadable or Refused, each one line naming the file. The one
-    reader of a results folder's suite.json and result files (the harness, report, compare, history)."""
+def _open_plain(path: Path, flags: int) -> int:
+    """A descriptor of `path` if it is a plain file, opened without following a symlink (one
+    planted in a folder from someone else would make us read or write wherever it points)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except FileNotFoundError:
         raise Unreadable(path, "is missing") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Refused(path, "is a symbolic link; a results folder holds plain files: replace it with "
                                 "the file it points to") from None
-        raise Unreadable(path, f"cannot be read ({os.strerror(exc.errno or 0).lower()})") from None
+        raise Unreadable(path, f"cannot be opened ({os.strerror(exc.errno or 0).lower()})") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise Refused(path, "is not a plain file (a FIFO, device or folder); a results folder holds plain files")
-    with os.fdopen(fd, "rb") as f:
+    return fd
+
+
+def read_json(path: Path) -> object:
+    """The JSON value in `path`, read as data from someone else: a plain file (a symlink, FIFO or
+    device is Refused: it could point anywhere or never end), at most MAX_FILE_BYTES, nested at
+    most MAX_DEPTH deep. Raises Unreadable or Refused, each one line naming the file. The one
+    reader of a results folder's suite.json and result files (the harness, report, compare, history)."""
+    with os.fdopen(_open_plain(path, os.O_RDONLY), "rb") as f:
         try:
             data = f.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
