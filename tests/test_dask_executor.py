@@ -241,9 +241,11 @@ def test_dask_slurm_example_runs_a_suite_through_sbatch(tmp_path, ptb_dir):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     done = results(out)
-    assert len(done) == 2 and all(r["status"] == "ok" and r["executor"] == "dask" for r in done.values())
+    assert len(done) == 2 and all(r["status"] == "ok" and r["worker"].startswith("tls://") for r in done.values())
     script = next(tmp_path.glob("job.????")).read_text()
     assert "--nthreads 1" in script and "--resources slot=1" in script and "--cpus-per-task=1" in script
+    assert "--tls-cert" in script and "tls://" in script  # the cluster's own certificate, made for it
+    assert not list(ROOT.glob(".slurm-tls-*")), "the certificate's folder outlived the script"
 
 
 def test_dask_runs_no_worker_can_take_are_refused_naming_the_resource(tmp_path, cluster):
