@@ -22,8 +22,9 @@ from common.errors import BenchError
 
 # Errors of the place written to, not of the program: the user fixes them by freeing space or
 # choosing another path, so they are one line, never a traceback.
+# ENOENT: a folder that exists but where no file can be made (procfs, sysfs: `--out /proc/x.json`).
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                errno.EISDIR, errno.EFBIG}
+                errno.EISDIR, errno.EFBIG, errno.ENOENT}
 # A temporary entry without a readable pid (written before pids were part of the name) is
 # stale once this old: no build or write in this suite takes an hour.
 STALE_SECONDS = 3600

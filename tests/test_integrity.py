@@ -101,7 +101,9 @@ def test_names_stay_short_enough_for_a_file_system(tmp_path):
 
 def test_bad_suite_options_stop_before_any_work(tmp_path, ptb_dir):
     out = tmp_path / "out"
-    assert_one_line_error(run_bench("suite", "--timeout", "0", "--out", str(out)), "--timeout must be > 0")
+    for timeout in ("0", "nan", "inf"):  # nan would mean no timeout, inf none either
+        assert_one_line_error(run_bench("suite", "--timeout", timeout, "--out", str(out)),
+                              f"--timeout must be a finite number of seconds > 0, got {timeout}")
     big = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nseed = [" + ", ".join(map(str, range(201))) + "]\n")
     assert_one_line_error(run_bench("suite", "--suite", str(big), "--out", str(out)),
                           "the plan has 201 runs", "add --yes")
