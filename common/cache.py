@@ -165,6 +165,19 @@ def check_writable(path: Path, what: str, needed: int = RESULT_BYTES, folder: bo
         raise BenchError(f"{what} {path} is a folder; name a file")
     if folder and path.exists() and not path.is_dir():
         raise BenchError(f"{what} {path} is not a folder")
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
+    try:
+        _check_writable(path, what, needed, target)
+    except BaseException:  # a refused start leaves no empty folder behind
+        for folder_made in made:
+            try:
+                folder_made.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _check_writable(path: Path, what: str, needed: int, target: Path) -> None:
     try:
         _make_parent(target, needed)
         fd, probe = tempfile.mkstemp(prefix=_prefix(target), dir=target.parent)
