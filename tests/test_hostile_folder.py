@@ -15,6 +15,7 @@ import pytest
 
 from bench.executing.folder import MAX_DEPTH, MAX_FILE_BYTES, write_meta
 from bench.executing.suite import load_suite_file
+from bench.running.train_command import failed_result, write_result
 from common.spec import spec_key
 from tests.conftest import run_bench, write_text
 from tests.data.test_bad_input import assert_one_line_error
@@ -136,4 +137,17 @@ def test_a_result_the_suite_never_writes_is_refused_before_any_run(folder, ptb_d
     assert result.returncode == 2
     assert_one_line_error(result, str(folder / "runs" / f"{name}.json"), fragment)
     assert [p.name for p in (folder / "runs").iterdir()] == [f"{name}.json"]  # the other run never started
+    assert (folder.parent / "victim.json").read_text() == PRECIOUS
+
+
+def test_report_writes_its_page_into_the_folder_not_through_a_symlink(folder):
+    """`report` on a folder from someone else writes index.html there: a planted symlink is
+    replaced, never written through."""
+    (folder / "runs").mkdir()
+    for run in load_suite_file(folder.parent / "s.toml", {}):
+        write_result(folder / "runs" / f"{run.name}.json", failed_result(run.spec, "planted"))
+    (folder / "index.html").symlink_to(folder.parent / "victim.json")
+    page = run_bench("report", str(folder), timeout=120)
+    assert page.returncode == 0, page.stderr
+    assert not (folder / "index.html").is_symlink() and "planted" in (folder / "index.html").read_text()
     assert (folder.parent / "victim.json").read_text() == PRECIOUS
