@@ -115,8 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--no-download", action="store_true")
     suite.add_argument("--executor", choices=("local", "dask"), default="local",
                        help="where runs execute: local (one after another here) or dask (a Dask cluster)")
-    suite.add_argument("--address", metavar="tcp://HOST:PORT",
-                       help="the Dask scheduler for --executor dask (default: $SKIPGRAM_DASK_ADDRESS)")
+    suite.add_argument("--address", metavar="tls://HOST:PORT",
+                       help="the Dask scheduler for --executor dask (default: $SKIPGRAM_DASK_ADDRESS); tls:// "
+                            "with the three files below, or tcp:// (anyone reaching the port runs code on the workers)")
+    suite.add_argument("--tls-ca-file", metavar="CA.pem", help="the CA certificate a tls:// scheduler's and workers' "
+                       "certificates are signed with (the flags `dask scheduler` and `dask worker` take)")
+    suite.add_argument("--tls-cert", metavar="CERT.pem", help="this client's certificate, signed by that CA")
+    suite.add_argument("--tls-key", metavar="KEY.pem", help="that certificate's private key")
     suite.set_defaults(run="bench.executing.suite_command:run")
 
     report = commands.add_parser("report", help="rebuild DIR/index.html from DIR's stored results")

@@ -22,8 +22,9 @@ from common.errors import BenchError
 
 # Errors of the place written to, not of the program: the user fixes them by freeing space or
 # choosing another path, so they are one line, never a traceback.
+# ENOENT: a folder that exists but where no file can be made (procfs, sysfs: `--out /proc/x.json`).
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                errno.EISDIR, errno.EFBIG}
+                errno.EISDIR, errno.EFBIG, errno.ENOENT}
 # A temporary entry without a readable pid (written before pids were part of the name) is
 # stale once this old: no build or write in this suite takes an hour.
 STALE_SECONDS = 3600
@@ -164,6 +165,19 @@ def check_writable(path: Path, what: str, needed: int = RESULT_BYTES, folder: bo
         raise BenchError(f"{what} {path} is a folder; name a file")
     if folder and path.exists() and not path.is_dir():
         raise BenchError(f"{what} {path} is not a folder")
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
+    try:
+        _check_writable(path, what, needed, target)
+    except BaseException:  # a refused start leaves no empty folder behind
+        for folder_made in made:
+            try:
+                folder_made.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _check_writable(path: Path, what: str, needed: int, target: Path) -> None:
     try:
         _make_parent(target, needed)
         fd, probe = tempfile.mkstemp(prefix=_prefix(target), dir=target.parent)

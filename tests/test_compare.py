@@ -144,6 +144,9 @@ def test_bad_input_is_one_line(folders, tmp_path, ptb_dir):
     run_plan(tmp_path / "elsewhere", [numpy_run(seed=1, max_steps=3)], ptb_dir, timeout=600)
     assert_one_line_error(run_bench("compare", base, str(tmp_path / "elsewhere")), "nothing to compare")
     assert_one_line_error(run_bench("compare", base, base, "--threshold", "2"), "--threshold must be in [0, 1)")
+    again = f"{base}/../{folders[0].name}"  # the same folder by another spelling: not a second round
+    assert_one_line_error(run_bench("compare", f"{base},{again}", str(folders[1])),
+                          f"{base} and {again} are one folder", "name each round's folder once")
     assert_one_line_error(run_bench("history", base, str(corrupt)), "corrupt result")
 
 

@@ -47,31 +47,39 @@ def _spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, ptb_dir: Path) -> Iterator[Cluster]:
-    """A scheduler and two one-slot workers, started the README's way (about 3-8 s)."""
-    tmp = tmp_path_factory.mktemp("dask")
+@contextmanager
+def running_cluster(tmp: Path, workers: int, tls: tuple[str, ...] = ()) -> Iterator[Cluster]:
+    """A scheduler and `workers` one-slot workers, started the README's way (about 3-8 s); with
+    `tls` (the --tls-* flags and files) a TLS one."""
     env = {k: v for k, v in os.environ.items() if k not in ("PTB_DIR", *NANNY_SET, "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = str(ROOT)
     file = tmp / "scheduler.json"
+    protocol = ["--protocol", "tls", *tls] if tls else []
     procs = [_spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                     "--scheduler-file", str(file)], tmp / "scheduler.log", env)]
+                     "--scheduler-file", str(file), *protocol], tmp / "scheduler.log", env)]
     try:
         deadline = time.time() + 60
         while not file.exists() and time.time() < deadline:
             time.sleep(0.1)
-        for i in range(2):
+        for i in range(workers):
             procs.append(_spawn(["worker", "--scheduler-file", str(file), "--host", "127.0.0.1", "--nthreads", "1",
                                  "--resources", "slot=1", "--no-dashboard", "--name", f"w{i}",
-                                 "--local-directory", str(tmp / f"w{i}")], tmp / f"w{i}.log", env))
+                                 "--local-directory", str(tmp / f"w{i}"), *tls], tmp / f"w{i}.log", env))
         address = json.loads(file.read_text())["address"]
-        with distributed.Client(address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=60)
+        if not tls:
+            with distributed.Client(address, timeout=30) as client:
+                client.wait_for_workers(workers, timeout=60)
         yield Cluster(address, [p.pid for p in procs[1:]])
     finally:
         for proc in reversed(procs):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, ptb_dir: Path) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("dask"), 2) as started:
+        yield started
 
 
 def suite(tmp_path: Path, steps: int) -> str:
@@ -233,9 +241,11 @@ def test_dask_slurm_example_runs_a_suite_through_sbatch(tmp_path, ptb_dir):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     done = results(out)
-    assert len(done) == 2 and all(r["status"] == "ok" and r["executor"] == "dask" for r in done.values())
+    assert len(done) == 2 and all(r["status"] == "ok" and r["worker"].startswith("tls://") for r in done.values())
     script = next(tmp_path.glob("job.????")).read_text()
     assert "--nthreads 1" in script and "--resources slot=1" in script and "--cpus-per-task=1" in script
+    assert "--tls-cert" in script and "tls://" in script  # the cluster's own certificate, made for it
+    assert not list(ROOT.glob(".slurm-tls-*")), "the certificate's folder outlived the script"
 
 
 def test_dask_runs_no_worker_can_take_are_refused_naming_the_resource(tmp_path, cluster):
@@ -246,3 +256,37 @@ def test_dask_runs_no_worker_can_take_are_refused_naming_the_resource(tmp_path, 
                        "--address", cluster.address, env={"PATH": "/usr/bin:/bin"})  # and no nvidia-smi here
     assert result.returncode == 2
     assert_one_line_error(result, "offers the resource GPU", "--resources GPU=1")
+
+
+def tls_flags(folder: Path, name: str) -> tuple[str, ...]:
+    """A self-signed certificate and its key (Security.temporary(), as Dask makes them) written
+    to files, as the flags --tls-ca-file CERT --tls-cert CERT --tls-key KEY name them."""
+    from distributed.security import Security
+
+    made = Security.temporary()
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    write_text(cert, made.tls_ca_file)
+    write_text(key, made.tls_client_key).chmod(0o600)
+    return "--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)
+
+
+def test_dask_tls_cluster_runs_a_suite_and_refuses_a_stranger(tmp_path, ptb_dir):
+    """The README's TLS cluster: a scheduler and a worker started with one certificate; a suite
+    given it runs there, a client with another certificate or none is refused in one line."""
+    tls, stranger = tls_flags(tmp_path, "ours"), tls_flags(tmp_path, "theirs")
+    with running_cluster(tmp_path, 1, tls) as cluster:  # the suite waits for its worker to join
+        address = cluster.address
+        assert address.startswith("tls://127.0.0.1:")
+        out = tmp_path / "out"
+        result = run_bench("suite", "--suite", suite(tmp_path, 3), "--out", str(out), "--executor", "dask",
+                           "--address", address, *tls, "--no-baselines")
+        assert result.returncode == 0, result.stderr
+        done = results(out)
+        assert len(done) == 2 and all(r["status"] == "ok" and r["worker"].startswith("tls://") for r in done.values())
+        for flags, fragment in (((), "give --tls-ca-file, --tls-cert, --tls-key"),
+                                (stranger, "it does not trust this certificate")):
+            refused = run_bench("suite", "--suite", suite(tmp_path, 3), "--out", str(tmp_path / "no"),
+                                "--executor", "dask", "--address", address, *flags)
+            assert refused.returncode == 2
+            assert_one_line_error(refused, address, fragment)
+            assert not (tmp_path / "no").exists()

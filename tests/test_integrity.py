@@ -101,7 +101,9 @@ def test_names_stay_short_enough_for_a_file_system(tmp_path):
 
 def test_bad_suite_options_stop_before_any_work(tmp_path, ptb_dir):
     out = tmp_path / "out"
-    assert_one_line_error(run_bench("suite", "--timeout", "0", "--out", str(out)), "--timeout must be > 0")
+    for timeout in ("0", "nan", "inf"):  # nan would mean no timeout, inf none either
+        assert_one_line_error(run_bench("suite", "--timeout", timeout, "--out", str(out)),
+                              f"--timeout must be a finite number of seconds > 0, got {timeout}")
     big = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nseed = [" + ", ".join(map(str, range(201))) + "]\n")
     assert_one_line_error(run_bench("suite", "--suite", str(big), "--out", str(out)),
                           "the plan has 201 runs", "add --yes")
@@ -273,3 +275,27 @@ def test_a_worker_behind_a_wrapper_ends_with_its_harness(tmp_path, ptb_dir):
     proc.kill()
     proc.wait()
     assert gone(shell) and gone(worker, within=10)
+
+
+def test_a_relative_out_outside_the_checkout_is_written_where_it_names(tmp_path, ptb_dir):
+    """The worker runs in the checkout: the suite hands it absolute paths, not ones relative to
+    the user's working directory (which made every run fail while the suite exited 0)."""
+    plan = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nepochs = 1\nmax_steps = 3\n")
+    done = subprocess.run([sys.executable, "-m", "bench", "suite", "--suite", plan.name, "--out", "rel",
+                           "--data-dir", os.path.relpath(ptb_dir, tmp_path)], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "rel" / "runs").glob("*.json")]
+    assert result["status"] == "ok", result["error"]
+
+
+def test_a_killed_worker_is_named_by_its_signal(tmp_path, ptb_dir):
+    out = tmp_path / "out"
+    suite = start_suite("--suite", str(suite_file(tmp_path, SLOW)), "--out", str(out), "--data-dir", str(ptb_dir))
+    try:
+        os.kill(wait_for_worker(suite), signal.SIGKILL)  # as the OOM killer or `kill -9` would
+        suite.communicate(timeout=120)
+    finally:
+        suite.kill()
+    (result,) = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert result["status"] == "failed" and result["error"].startswith("killed by SIGKILL (signal 9)"), result["error"]

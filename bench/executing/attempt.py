@@ -9,6 +9,7 @@ Each attempt writes its spec, log and partial result under names of its own.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -47,6 +48,8 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         python = envs.python_for(run.env) if run.env else Path(sys.executable)
     except BenchError as exc:
         return failed_result(run.spec, str(exc))
+    # Absolute: the worker runs in the checkout, not in the suite's working directory (a relative --out).
+    scratch, data_dir = scratch.absolute(), data_dir.absolute()
     stem = scratch / f"{run.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}"
     spec_file, partial, log_path = (Path(f"{stem}.{suffix}") for suffix in ("spec.json", "result.json", "log"))
     write_result(spec_file, run.spec.to_dict())
@@ -87,9 +90,22 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             end_group(proc)
     finished = read_result(partial, run.key)
     if finished is None:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        return failed_result(run.spec, f"exit status {proc.returncode}: {tail[0]}")
+        how = exit_text(proc.returncode)
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [how]
+        return failed_result(run.spec, f"{how}: {tail[0]}")
     return finished
+
+
+def exit_text(returncode: int) -> str:
+    """How a process ended, in words: a negative status is the signal that killed it (SIGKILL
+    is the OOM killer's or a user's `kill -9`), named, not a bare -9."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name} (signal {-returncode})"
 
 
 def _wait(proc: subprocess.Popen, timeout: float, stop: threading.Event | None) -> bool:

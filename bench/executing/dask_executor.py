@@ -38,7 +38,36 @@ STARTED_TOPIC = "skipgram-started"  # a worker's event when it begins a run
 CONNECT_SECONDS = 10
 Checkout = tuple[str, str, "str | None"]
 WORKER_WAIT_SECONDS = 60
+TLS_FLAGS = ("--tls-ca-file", "--tls-cert", "--tls-key")  # the names `dask scheduler` and `dask worker` use
+Tls = tuple["str | None", "str | None", "str | None"]  # their values: CA file, certificate, key
 _INSTALL_HINT = "pip install 'skipgram-bench[dask]' (tox's bench and tests envs have it)"
+
+
+def client_security(address: str, tls: Tls) -> object | None:
+    """Dask's Security for a client of `address`: the three files for a `tls://` scheduler
+    (from the flags, else Dask's distributed.comm.tls configuration), none for `tcp://`.
+    Checked here, so a missing file is one line, not a TypeError deep in Dask."""
+    from distributed.security import Security
+
+    flags = dict(zip(TLS_FLAGS, tls))
+    given = {flag: value for flag, value in flags.items() if value}
+    if not address.startswith("tls://"):
+        if given:
+            raise BenchError(f"{', '.join(given)} secure a tls:// scheduler, but --address is {address}: start the "
+                             f"scheduler with TLS and use --address tls://HOST:PORT (README)")
+        return None
+    configured = Security()  # dask's config (distributed.comm.tls.*) when no flag names a file
+    if not given and configured.tls_ca_file and configured.tls_client_cert:
+        return configured
+    missing = [flag for flag, value in flags.items() if not value]
+    if missing:
+        raise BenchError(f"--address {address} is a TLS scheduler: give {', '.join(missing)} (the CA file, "
+                         f"certificate and key the scheduler and workers were started with; README)")
+    for flag, value in flags.items():
+        if not os.access(value, os.R_OK):
+            raise BenchError(f"{flag} {value}: {'cannot be read' if os.path.exists(value) else 'not found'}")
+    ca, cert, key = tls
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
 
 
 def run_resources(run: PlannedRun) -> dict[str, float]:
@@ -70,20 +99,26 @@ class DaskExecutor:
         self.address = getattr(client, "scheduler").address
 
     @classmethod
-    def connect(cls, address: str, data_dir: Path, timeout: float) -> "DaskExecutor":
+    def connect(cls, address: str, data_dir: Path, timeout: float, tls: Tls = (None, None, None)) -> "DaskExecutor":
+        """A client of the scheduler at `address`; over TLS (`tls://`) with the CA file,
+        certificate and key in `tls` (or in Dask's configuration). Refused in one line."""
         try:
             from distributed import Client
         except ImportError:
             raise BenchError(f"--executor dask needs the `distributed` package: {_INSTALL_HINT}") from None
+        security = client_security(address, tls)
         # Its client logs a traceback when the scheduler goes away; run() says that in one line.
         for name in ("distributed", "distributed.client"):  # dask's config sets the client's level apart
             logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
-            client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
+            client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False, security=security)
         except (OSError, TimeoutError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else "no answer"
+            hint = "it does not trust this certificate: give the --tls-ca-file, --tls-cert, --tls-key it was " \
+                   "started with" if "TLS" in reason or "SSL" in reason else \
+                   f"start it with `dask scheduler` or fix --address / {ADDRESS_VARIABLE} (tls:// for a TLS scheduler)"
             raise BenchError(f"cannot reach the Dask scheduler at {address} ({exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}); start it with "
-                             f"`dask scheduler` or fix --address / {ADDRESS_VARIABLE}") from None
+                             f"{reason}); {hint}") from None
         return cls(client, data_dir, timeout)
 
     def run(self, runs: list[PlannedRun], started: Started, finished: Finished) -> None:

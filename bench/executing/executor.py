@@ -29,8 +29,8 @@ def executor_from_args(args: argparse.Namespace, ptb: Path, scratch: Path) -> Ex
     if args.executor == "local":
         from bench.executing.local_executor import LocalExecutor
 
-        if args.address:
-            raise BenchError("--address names a Dask scheduler: add --executor dask")
+        if args.address or args.tls_ca_file or args.tls_cert or args.tls_key:
+            raise BenchError("--address and --tls-* name a Dask scheduler: add --executor dask")
         return LocalExecutor(ptb, args.timeout, scratch)
     from bench.executing.dask_executor import ADDRESS_VARIABLE, DaskExecutor
 
@@ -39,6 +39,6 @@ def executor_from_args(args: argparse.Namespace, ptb: Path, scratch: Path) -> Ex
                          "cluster's nodes: start one worker per timing slot instead (README)")
     address = args.address or os.environ.get(ADDRESS_VARIABLE)
     if not address:
-        raise BenchError(f"--executor dask needs the scheduler's address: --address tcp://HOST:PORT "
+        raise BenchError(f"--executor dask needs the scheduler's address: --address tls://HOST:PORT "
                          f"or {ADDRESS_VARIABLE}")
-    return DaskExecutor.connect(address, ptb, args.timeout)
+    return DaskExecutor.connect(address, ptb, args.timeout, (args.tls_ca_file, args.tls_cert, args.tls_key))

@@ -7,9 +7,11 @@ ended, and carries exactly the spec of the planned run (its key).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +23,10 @@ from common.errors import BenchError
 from common.machine import code_version, git_commit, machine_info
 from common.spec import spec_key
 
+# What a results folder's JSON files may be: far above any record the suite writes (a result of
+# 5 epochs at batch size 512 is about 100 KiB, its nesting 3 deep), far below what hurts a reader.
+MAX_FILE_BYTES = 64 << 20
+MAX_DEPTH = 32
 FINISHED = ("ok", "diverged", "noisy", "skipped")  # a result of the spec (or why none can be had); kept on resume
 RETRYABLE = ("failed", "timed_out")      # kept too, unless --retry-failed
 
@@ -36,7 +42,7 @@ class ResultsFolder:
     def lock(self) -> None:
         """Become the folder's one owner, or refuse with the holder's pid."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_plain(self.path / ".lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -47,8 +53,12 @@ class ResultsFolder:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
-        self.runs.mkdir(exist_ok=True)
-        self.logs.mkdir(exist_ok=True)
+        for folder in (self.runs, self.logs):  # a symlinked runs/ would put results wherever it points
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                self.unlock()
+                raise Refused(folder, "is not a plain folder (a symbolic link or a file); a results folder's "
+                                      "runs/ and logs/ are its own folders: remove it, or choose another --out")
+            folder.mkdir(exist_ok=True)
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -70,25 +80,32 @@ class ResultsFolder:
 
     def _plan(self, meta: dict) -> list[PlannedRun]:
         try:
-            return [PlannedRun.from_dict(entry) for entry in meta["plan"]]
-        except (KeyError, TypeError, BenchError) as exc:
-            raise self._corrupt(exc) from None
+            if not isinstance(meta.get("plan"), list):
+                raise BenchError("it holds no list of planned runs")
+            plan = [PlannedRun.from_dict(entry) for entry in meta["plan"]]
+        except (TypeError, BenchError) as exc:
+            raise self._corrupt(f"is corrupt ({exc.__class__.__name__}: {exc})") from None
+        for what, values in (("name", [run.name for run in plan]), ("key", [run.key for run in plan])):
+            if len(set(values)) < len(values):  # two runs would share one result file, or be one run
+                raise self._corrupt(f"is corrupt (two planned runs share the {what} "
+                                    f"{next(v for v in values if values.count(v) > 1)!r})")
+        return plan
 
     def _meta(self) -> dict | None:
         path = self.path / "suite.json"
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None
         try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise self._corrupt(exc) from None
+            meta = read_json(path)
+        except Unreadable as exc:
+            raise self._corrupt(exc.reason) from None
         if not isinstance(meta, dict):
-            raise self._corrupt(TypeError("not a JSON object"))
+            raise self._corrupt("is corrupt: not a JSON object")
         return meta
 
-    def _corrupt(self, exc: Exception) -> BenchError:
-        return BenchError(f"{self.path / 'suite.json'} is corrupt ({exc.__class__.__name__}: {exc}); its results "
-                          f"cannot be matched to a plan: start the suite in a new folder")
+    def _corrupt(self, reason: str) -> BenchError:
+        return BenchError(f"{self.path / 'suite.json'} {reason}; its results cannot be matched to a plan: "
+                          f"start the suite in a new folder")
 
     def check_plan(self, plan: list[PlannedRun]) -> bool:
         """Whether the folder already holds `plan` and was started by this code; an error if it
@@ -139,11 +156,88 @@ class ResultsFolder:
         write_result(self.result_path(run), result)
 
 
-def read_result(path: Path, key: str) -> dict | None:
-    """The result record at `path` if it parses and carries the spec whose key is `key`."""
+class FolderFileError(BenchError):
+    """A results folder's file that cannot be used: `str()` is one line naming it and why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} {reason}")
+
+
+class Unreadable(FolderFileError):
+    """Missing, cut short or not JSON: what a crash or a partial copy leaves."""
+
+
+class Refused(FolderFileError):
+    """A file the suite never writes (too large, nested too deep, not a plain file): an edited
+    or hostile folder, refused rather than read."""
+
+
+def _open_plain(path: Path, flags: int) -> int:
+    """A descriptor of `path` if it is a plain file, opened without following a symlink (one
+    planted in a folder from someone else would make us read or write wherever it points)."""
     try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except FileNotFoundError:
+        raise Unreadable(path, "is missing") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused(path, "is a symbolic link; a results folder holds plain files: replace it with "
+                                "the file it points to") from None
+        raise Unreadable(path, f"cannot be opened ({os.strerror(exc.errno or 0).lower()})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Refused(path, "is not a plain file (a FIFO, device or folder); a results folder holds plain files")
+    return fd
+
+
+def read_json(path: Path) -> object:
+    """The JSON value in `path`, read as data from someone else: a plain file (a symlink, FIFO or
+    device is Refused: it could point anywhere or never end), at most MAX_FILE_BYTES, nested at
+    most MAX_DEPTH deep. Raises Unreadable or Refused, each one line naming the file. The one
+    reader of a results folder's suite.json and result files (the harness, report, compare, history)."""
+    with os.fdopen(_open_plain(path, os.O_RDONLY), "rb") as f:
+        try:
+            data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise Unreadable(path, f"cannot be read ({os.strerror(exc.errno or 0).lower()})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise Refused(path, f"is over {MAX_FILE_BYTES >> 20} MiB, larger than any file the suite writes: not read")
+    too_deep = Refused(path, f"is nested more than {MAX_DEPTH} levels deep, deeper than any file the suite "
+                             f"writes: not read")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:  # deeper than the parser's own limit
+        raise too_deep from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Unreadable(path, f"is corrupt: not JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    if _depth(value) > MAX_DEPTH:
+        raise too_deep
+    return value
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion limit)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        todo.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def read_result(path: Path, key: str) -> dict | None:
+    """The result record at `path` if it parses and carries the spec whose key is `key`; None if
+    it is missing, cut short or of another spec (the run is redone); Refused if it is no file
+    the suite writes."""
+    try:
+        result = read_json(path)
+    except Unreadable:
         return None
     if not isinstance(result, dict) or not isinstance(result.get("spec"), dict):
         return None

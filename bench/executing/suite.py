@@ -17,6 +17,7 @@ from common.spec import BASELINES, DataSpec, RunSpec
 FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax", "fused")
 QUICK = {"epochs": 1, "max_steps": 150}
 MAX_READABLE = 120  # a run name's readable part: with the key and a log's suffixes, well under 255 bytes
+MAX_NAME_BYTES = MAX_READABLE + 9  # the readable part, "_" and 8 digits of the key
 _RUN_FIELDS = {f.name for f in fields(RunSpec)} - {"data"}
 _DATA_FIELDS = {f.name for f in fields(DataSpec)}
 
@@ -44,12 +45,37 @@ class PlannedRun:
                 **({"skip": self.skip} if self.skip else {})}
 
     @classmethod
-    def from_dict(cls, entry: dict) -> "PlannedRun":
-        """A stored plan entry, refused unless its key is its spec's digest (an edited or corrupt plan)."""
-        run = cls(entry["name"], RunSpec.from_dict(entry["spec"]), entry.get("skip"))
-        if run.key != entry["key"]:
-            raise BenchError(f"plan entry {entry['name']!r} does not match its key")
+    def from_dict(cls, entry: object) -> "PlannedRun":
+        """A stored plan entry, checked as data from someone else: its name a plain file name, its
+        spec one the planner would make, its key that spec's digest (an edited or corrupt plan)."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("spec"), dict):
+            raise BenchError("a plan entry is not an object with a spec")
+        name = check_run_name(entry.get("name"))
+        skip = entry.get("skip")
+        if skip is not None and not isinstance(skip, str):
+            raise BenchError(f"plan entry {name!r}: skip must be a string")
+        run = cls(name, check_backend(RunSpec.from_dict(entry["spec"]), f"plan entry {name!r}"), skip)
+        if run.key != entry.get("key"):
+            raise BenchError(f"plan entry {name!r} does not match its key")
         return run
+
+
+def check_run_name(name: object) -> str:
+    """A run's name is its result's file name in runs/ (and its logs'): a plain name of this
+    folder, never a path out of it, a hidden file or one the file system cannot hold."""
+    plain = isinstance(name, str) and name and not name.startswith(".") and "/" not in name and \
+        ".." not in name and name.isprintable() and len(name.encode()) <= MAX_NAME_BYTES
+    if not plain:
+        raise BenchError(f"run name {name!r} is not a plain file name (no '/', no '..', no leading dot, "
+                         f"printable, at most {MAX_NAME_BYTES} bytes)")
+    return name
+
+
+def check_backend(spec: RunSpec, where: str) -> RunSpec:
+    """A backend run names a backend of the registry (a baseline's backend is only a label)."""
+    if spec.runner not in BASELINES and spec.backend not in BACKENDS:
+        raise BenchError(f"{where}: unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
+    return spec
 
 
 def planned(spec: RunSpec) -> PlannedRun:
@@ -146,9 +172,7 @@ def load_suite_file(path: Path, overrides: dict) -> list[PlannedRun]:
             raise BenchError(f"{where}: {', '.join(empty)} is an empty list, which would plan no run; "
                              f"give it at least one value")
         for values in itertools.product(*axes.values()):
-            spec = make_spec({**common, **dict(zip(axes, values)), **overrides}, where)
-            if spec.runner not in BASELINES and spec.backend not in BACKENDS:
-                raise BenchError(f"{where}: unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
+            spec = check_backend(make_spec({**common, **dict(zip(axes, values)), **overrides}, where), where)
             plan.setdefault(spec.key, planned(spec))  # the same spec twice is one run
     return list(plan.values())
 

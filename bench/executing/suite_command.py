@@ -6,6 +6,7 @@ settings, its size), the corpus, the folder (writable, free, holding this plan o
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -90,8 +91,8 @@ def dry_run(plan: list[PlannedRun], folder: ResultsFolder, retry_failed: bool) -
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.timeout <= 0:
-        raise BenchError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:  # nan would mean no timeout at all
+        raise BenchError(f"--timeout must be a finite number of seconds > 0, got {args.timeout:g}")
     if args.resume:
         folder = ResultsFolder(Path(args.resume))
         plan = folder.stored_plan()

@@ -65,9 +65,14 @@ def load_side(value: str) -> Folder:
     """One side of a comparison: a results folder, or several (comma-separated) whose runs are
     pooled, e.g. rounds of the same suite alternated in time with the other side's rounds (a
     folder holds one plan and one version of the code, so each round is a folder of its own)."""
-    folders = [load_folder(Path(p)) for p in value.split(",") if p]
-    if not folders:
+    paths = [Path(p) for p in value.split(",") if p]
+    if not paths:
         raise BenchError(f"no results folder named in {value!r}")
+    seen: dict[Path, Path] = {}
+    for path in paths:  # one folder twice would count its runs as two rounds and narrow the interval
+        if (twin := seen.setdefault(path.resolve(), path)) is not path:
+            raise BenchError(f"{value}: {twin} and {path} are one folder; name each round's folder once")
+    folders = [load_folder(p) for p in paths]
     first = folders[0]
     if len(folders) == 1:
         return first

@@ -215,3 +215,13 @@ def test_written_files_have_ordinary_permissions(tmp_path):
     mask = os.umask(0o022)
     os.umask(mask)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_suite_refused_on_a_full_disk_leaves_no_folder(tmpfs, tmp_path, ptb_dir):
+    disk = tmpfs("1m")
+    _fill(disk, leave=4 << 10)
+    plan = tmp_path / "s.toml"
+    plan.write_text("[[runs]]\nbackend = 'numpy'\nmax_steps = 3\n")
+    result = run_bench("suite", "--suite", str(plan), "--out", str(disk / "new" / "out"), "--data-dir", str(ptb_dir))
+    assert_one_line_error(result, "--out", str(disk / "new" / "out"), "free")
+    assert result.returncode == 2 and sorted(p.name for p in disk.iterdir()) == ["filler"]
