@@ -22,10 +22,10 @@ from common.machine import MachineLoad
 from common.spec import RunSpec
 
 
-def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, corpus: str | None = None,
+def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     backend_cls = registry.load(spec.backend)
-    dataset = load_dataset(spec.data, data_dir, download, corpus)
+    dataset = load_dataset(spec.data, data_dir, download)
     check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
     limit = total_steps(spec, dataset)

@@ -16,17 +16,17 @@ import numpy as np
 from bench.running.worker import Progress, Timeline, check_vectors, finish, record
 from common.corpus import UNK
 from common.machine import MachineLoad
-from common.ptb import find_ptb
+from common.corpora import corpus_file
 from common.spec import RunSpec
 
 
-def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, corpus: str | None = None,
+def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     import gensim
     from gensim.models import Word2Vec
 
     t0 = time.perf_counter()
-    path = Path(corpus) if corpus else find_ptb(data_dir, download)
+    path = corpus_file(spec.data.corpus, spec.data.corpus_path, data_dir, download)
     sentences = [line.split() for line in path.read_text(encoding="utf-8").split("\n")]
     d = spec.data
     workers = os.cpu_count() or 1

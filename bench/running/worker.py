@@ -142,13 +142,13 @@ def finish(result: dict, tokens: list[str], center: np.ndarray, export_vectors: 
         write_word2vec(export_vectors, tokens, center)
 
 
-def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, corpus: str | None = None,
+def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     """Train as `spec` says and return the result record (status ok / diverged)."""
     backend_cls = registry.load(spec.backend)
     clock = time.perf_counter
     t0 = clock()
-    dataset = load_dataset(spec.data, data_dir, download, corpus)
+    dataset = load_dataset(spec.data, data_dir, download)
     check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
     timings = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0, "train_seconds": 0.0}
