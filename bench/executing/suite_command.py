@@ -15,6 +15,7 @@ from bench.executing.envs import naming_variable, work_dir
 from bench.executing.folder import ResultsFolder
 from bench.executing.gpus import gpus
 from bench.executing.executor import executor_from_args
+from bench.executing.memory import for_memory
 from bench.executing.harness import Harness, Interrupted, say, stop_on_signals
 from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, for_machine, load_suite_file, \
     new_results_dir, parse_names
@@ -42,7 +43,7 @@ def resume_command(folder: Path) -> str:
 
 
 def plan_from_args(args: argparse.Namespace) -> list[PlannedRun]:
-    """The plan the options describe, with runs this machine's GPUs cannot serve marked skipped."""
+    """The plan the options describe, with runs this machine's GPUs or memory cannot serve marked skipped."""
     base = dict(QUICK) if args.quick else {}
     if args.epochs is not None:
         base["epochs"] = args.epochs
@@ -52,7 +53,8 @@ def plan_from_args(args: argparse.Namespace) -> list[PlannedRun]:
         base["corpus"] = args.corpus
     found = gpus()
     # On a cluster each node checks its own GPUs when the run reaches it (dask_executor.node_data_dir).
-    here = (lambda plan: for_machine(plan, found)) if getattr(args, "executor", "local") == "local" else list
+    here = (lambda plan: for_memory(for_machine(plan, found), args.data_dir, not args.no_download)) \
+        if getattr(args, "executor", "local") == "local" else list
     if args.suite:
         return here(load_suite_file(Path(args.suite), base))
     devices = parse_names(args.devices, DEVICES, "device", prefixes=("cuda:",)) if args.devices else \

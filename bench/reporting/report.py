@@ -365,28 +365,34 @@ def sparse_answer(results: list[dict]) -> str:
         key = (s["backend"], s["device"], _settings_key(s, "sparse"))
         pairs.setdefault(key, {})["sparse" if s["sparse"] else "dense"] = r
     rows, sentences, limit_ratios = [], [], {}
-    for (backend, device, _), pair in sorted(pairs.items()):
+    sizes = len({r.get("vocab_size") for r in _ok(results)})  # several: each sentence names its V
+    for (backend, device, _), pair in sorted(pairs.items(), key=lambda item: (*item[0][:2], _vocab(item[1]))):
         if len(pair) < 2 or not (pair["dense"].get("rate_median") and pair["sparse"].get("rate_median")):
             continue
         ratio = pair["sparse"]["rate_median"] / pair["dense"]["rate_median"]
+        size = f" at V {_vocab(pair):,}" if _vocab(pair) and sizes > 1 else ""
         if backend == LIMIT_BACKEND:
-            limit_ratios.setdefault(device, ratio)
+            limit_ratios.setdefault((device, size), ratio)
         ws = [(p.get("evaluation") or {}).get("wordsim353", {}).get("spearman") for p in (pair["dense"], pair["sparse"])]
-        rows.append(f"<tr><td class='l'>{backend}</td><td class='l'>{device}</td><td>{ratio:.2f}x</td>"
+        rows.append(f"<tr><td class='l'>{backend}</td><td class='l'>{device}</td><td>{_vocab(pair):,}</td><td>{ratio:.2f}x</td>"
                     f"<td>{_fmt(pair['dense'].get('final_loss'))} / {_fmt(pair['sparse'].get('final_loss'))}</td>"
                     f"<td>{_fmt(ws[0])} / {_fmt(ws[1])}</td></tr>")
         verdict = "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "about as fast"
-        sentences.append(f"{backend} on {device}: sparse gradients were {verdict} ({ratio:.2f}x the dense rate)")
+        sentences.append(f"{backend} on {device}{size}: sparse gradients were {verdict} ({ratio:.2f}x the dense rate)")
     if not rows:
         return "<p>No backend finished both a dense and a sparse run on the same settings.</p>"
-    for device, ratio in limit_ratios.items():  # the same lazy-Adam math without a framework's sparse machinery
-        sentences.append(f"at the limit (the fused kernel on {device}) lazy Adam ran at {ratio:.2f}x dense, so a "
+    for (device, size), ratio in limit_ratios.items():  # the same lazy-Adam math without a framework's sparse machinery
+        sentences.append(f"at the limit (the fused kernel on {device}{size}) lazy Adam ran at {ratio:.2f}x dense, so a "
                          "framework's ratio below that is the cost of its sparse path, not of lazy Adam")
     answer = ("<p class='answer'><b>Does sparse_grad accelerate training?</b> In this run: "
               + "; ".join(sentences) + ". Lazy Adam also changes the math (only the batch's rows move, eps beside "
               "the uncorrected sqrt(v)), so compare the losses and WordSim scores too.</p>")
-    head = "<tr><th class='l'>backend</th><th class='l'>device</th><th>sparse / dense speed</th><th>final loss dense / sparse</th><th>WordSim dense / sparse</th></tr>"
+    head = "<tr><th class='l'>backend</th><th class='l'>device</th><th>V</th><th>sparse / dense speed</th><th>final loss dense / sparse</th><th>WordSim dense / sparse</th></tr>"
     return answer + f"<table>{head}{''.join(rows)}</table>"
+
+
+def _vocab(pair: dict) -> int:
+    return next(iter(pair.values())).get("vocab_size") or 0
 
 
 def agreement(results: list[dict]) -> str:
@@ -501,6 +507,8 @@ def render(folder: Path) -> Path:
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"
+    from bench.reporting.scale import section as scale_section  # it draws with this module's helpers
+
     meta, results = load_results(folder)
     if not results:  # a micro-benchmark folder
         sections = [("Run", metadata(meta, results)), ("Micro-benchmarks", microbench_section(load_microbench(folder)))]
@@ -514,6 +522,7 @@ def render(folder: Path) -> Path:
         ("Loss curves", loss_figures(results)),
         ("Throughput", throughput_figure(results)),
         *([("Throughput against batch size", curve)] if (curve := batch_size_figure(results)) else []),
+        *([("Scale: vocabulary size", section)] if (section := scale_section(results)) else []),
         ("Sparse vs dense gradients", sparse_answer(results)),
         ("Cross-backend agreement", agreement(results)),
         *([("Harness overhead", harness_overhead(results))] if _ok(results, "bare-loop") else []),

@@ -22,7 +22,7 @@ from common.batches import Dataset, StreamHash, load_dataset
 from common.cache import check_writable
 from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
-from common.machine import MachineLoad, machine_info
+from common.machine import MachineLoad, machine_info, peak_rss_bytes
 from common.spec import RunSpec
 
 SCHEMA = 1
@@ -190,6 +190,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     timings["train_seconds"] = float(sum(epoch_seconds))
     timings["first_step_seconds"] = timeline.first_step_seconds
     timings["peak_memory_bytes"] = backend.peak_memory_bytes()
+    timings["peak_rss_bytes"] = peak_rss_bytes()  # the worker process, beside the device peak above
     env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
     result = record(spec, status, error, env, digest.hexdigest(), timeline, epoch_losses, epoch_seconds, timings,
                     machine_load)
