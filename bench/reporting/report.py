@@ -94,14 +94,15 @@ def _name_by_settings(results: list[dict]) -> None:
     the recipe's value (file names carry every non-recipe setting and a key: unique, but long)."""
     flat = {id(r): {**{k: v for k, v in r["spec"].items() if k != "data"}, **r["spec"]["data"]}
             for r in results if r["spec"]}
-    keys = {k for f in flat.values() for k in f} - set(_IN_LABEL)
+    keys = {k for f in flat.values() for k in f} - set(_IN_LABEL) - {"corpus_path"}  # a file: by its digest
     varying = [k for k in sorted(keys) if len({json.dumps(f.get(k)) for f in flat.values()}) > 1]
     names = {}
     for r in results:
         if r["spec"]:
             spec = RunSpec.from_dict(r["spec"])
             default = {**RunSpec(backend=spec.backend).to_dict(), **DataSpec().to_dict()}
-            extras = [f"{k} {flat[id(r)][k]}" for k in varying if flat[id(r)][k] != default.get(k)]
+            # .get: a field added later is absent from specs holding its default (PTB's corpus)
+            extras = [f"{k} {str(flat[id(r)].get(k))[:19]}" for k in varying if flat[id(r)].get(k) != default.get(k)]
             names[id(r)] = " ".join([spec.label, *extras])
     taken = list(names.values())
     for r in results:

@@ -101,3 +101,11 @@ def test_suite_files_sweep_corpora(tmp_path):
     assert [r.spec.data.corpus for r in plan][:2] == ["ptb", "zipf:1M:10k"]
     assert plan[2].spec.data.corpus_path == str(Path(text).absolute()) and "corpus-file-" in plan[2].name
     assert "corpus-zipf-1M-10k" in plan[1].name and ":" not in "".join(r.name for r in plan)
+
+
+def test_report_names_runs_by_corpus():
+    from bench.reporting.report import _name_by_settings
+
+    results = [{"spec": RunSpec("torch", DataSpec(corpus=c)).to_dict()} for c in ("ptb", "zipf:1M:10k")]
+    _name_by_settings(results)
+    assert [r["_name"] for r in results] == ["torch dense cpu", "torch dense cpu corpus zipf:1M:10k"]
