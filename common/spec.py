@@ -168,11 +168,8 @@ class RunSpec:
     @property
     def key(self) -> str:
         """The run's identity: a digest of its whole spec (every run and data field, the runner,
-        the repeat index). Results are paired, reused and resumed by it, never by name. A file
-        corpus counts by its digest, not by where it was found."""
-        spec = self.to_dict()
-        spec["data"].pop("corpus_path", None)
-        return spec_key(spec)
+        the repeat index). Results are paired, reused and resumed by it, never by name."""
+        return spec_key(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
@@ -193,5 +190,8 @@ def _without_defaults(data: dict, added_later: dict) -> dict:
 
 
 def spec_key(spec: dict) -> str:
-    """16 hex digits of SHA-256 over the spec's canonical JSON (sorted keys, exact float repr)."""
+    """16 hex digits of SHA-256 over the spec's canonical JSON (sorted keys, exact float repr).
+    A file corpus counts by its digest, not by where it was found: its path is left out."""
+    if "corpus_path" in spec.get("data", {}):
+        spec = {**spec, "data": {k: v for k, v in spec["data"].items() if k != "corpus_path"}}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

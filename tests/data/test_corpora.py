@@ -109,3 +109,12 @@ def test_report_names_runs_by_corpus():
     results = [{"spec": RunSpec("torch", DataSpec(corpus=c)).to_dict()} for c in ("ptb", "zipf:1M:10k")]
     _name_by_settings(results)
     assert [r["_name"] for r in results] == ["torch dense cpu", "torch dense cpu corpus zipf:1M:10k"]
+
+
+def test_a_stored_result_of_a_file_corpus_matches_its_key(tmp_path):
+    from bench.executing.folder import read_result
+    from bench.running.train_command import failed_result, write_result
+
+    spec = RunSpec("torch", file_spec(write_text(tmp_path / "a.txt", "the cat sat\n")))
+    write_result(tmp_path / "r.json", failed_result(spec, "x"))
+    assert read_result(tmp_path / "r.json", spec.key) is not None
