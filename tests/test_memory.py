@@ -28,6 +28,7 @@ def test_estimate_counts_tables_optimiser_and_gradients_by_variant():
     assert dense["optimiser"] == sparse["optimiser"] == 2 * table  # lazy Adam keeps m and v whole too
     assert dense["gradients"] == 2 * table and sparse["gradients"] < table / 10
     assert dense["total"] == sum(v for k, v in dense.items() if k != "total")
+    assert dense["evaluation"] == 5 * 1_000_000 * 100 * 4  # the center table copied, then twice as float64
     assert estimate(RunSpec(backend="torch", optimizer="sgd"), facts)["optimiser"] == 0
     capped = estimate(RunSpec(backend="torch", max_steps=10), facts)["batches"]
     assert capped * 10 < estimate(RunSpec(backend="torch"), facts)["batches"]  # max_steps bounds the buffers

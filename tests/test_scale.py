@@ -24,6 +24,7 @@ def test_points_take_the_median_over_repeats_and_the_largest_peak():
     ([(10_000, 1.5), (100_000, 2.0)], "sparse pays at every size measured (V 10,000 to 100,000)"),
     ([(10_000, 0.5), (100_000, 0.9)], "sparse does not pay at any size measured"),
     ([(10_000, 0.5), (100_000, 1.2), (1_000_000, 0.8)], "sparse pays at V 100,000 only"),
+    ([(10_000, 1.03), (20_000, 0.98), (100_000, 3.0)], "sparse is about as fast up to V 20,000 (0.98x) and pays"),
 ])
 def test_crossover_in_words(pairs, words):
     assert words in crossover(pairs)

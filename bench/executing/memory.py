@@ -12,6 +12,10 @@ E dimensions, batch size B, row length L, S steps per epoch (max_steps caps it) 
                                          by the backend, as int32/float32 tensors (4 + 12L)
     draw        kept x 24                the epoch's subsampled tokens: positions, shuffle keys, order
     row cache   S B (5 + 4 L)            pages of the memory-mapped row table the epoch reads
+    evaluation  5 V E 4                  at the end, with all the above still held: the center table
+                                         copied out, then as float64 and normalised (common/evaluate);
+                                         it also covers the start's peak, one table's float64 draws
+                                         (3 V E 8) before any optimiser state exists
     runtime     RUNTIME_BYTES            interpreter, framework and allocator pools, measured
 
 A plan marks a run whose estimate exceeds the memory available to it (MemAvailable, or the cgroup's
@@ -63,6 +67,7 @@ def estimate(spec: RunSpec, facts: Facts) -> dict[str, int]:
         "batches": rows * (8 + 18 * d.row_length),
         "draw": int(facts.kept * 24),
         "row cache": rows * (5 + 4 * d.row_length),
+        "evaluation": 5 * facts.vocab * d.embed * _FLOAT,
         "runtime": RUNTIME_BYTES.get(spec.backend if spec.runner != "gensim" else spec.runner, max(RUNTIME_BYTES.values())),
     }
     return {**terms, "total": sum(terms.values())}
