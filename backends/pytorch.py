@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from backends.base import Backend
+from backends.torch_lazy_adam import LazyAdam
 from common.batches import Batch
 from common.spec import RunSpec
 
@@ -110,7 +111,7 @@ class TorchBackend(Backend):
         if spec.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=spec.lr)
         elif spec.sparse:
-            self.optimizer = torch.optim.SparseAdam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
+            self.optimizer = LazyAdam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
         else:
             self.optimizer = torch.optim.Adam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
                                               foreach=False, fused=True, capturable=spec.graph)
