@@ -94,6 +94,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
             loss.sum().backward()
             optimizer.step()
             total, count = total + float(loss.detach().sum()), count + loss.numel()  # the book's metric.add
+            if timings["first_step_seconds"] is None:  # from the loop's start: the DataLoader's workers start too
+                timings["first_step_seconds"] = time.perf_counter() - t
             timeline.losses.append(float(loss.detach().mean()))
             timeline.sizes.append(loss.numel())
             epoch_examples += loss.numel()

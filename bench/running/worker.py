@@ -189,6 +189,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
             progress(len(timeline.losses), limit)
     timings["train_seconds"] = float(sum(epoch_seconds))
     timings["first_step_seconds"] = timeline.first_step_seconds
+    timings["compile_seconds"] = backend.compile_seconds  # ahead of the clock, in prepare (part of prepare_seconds)
     timings["peak_memory_bytes"] = backend.peak_memory_bytes()
     timings["peak_rss_bytes"] = peak_rss_bytes()  # the worker process, beside the device peak above
     env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
