@@ -19,6 +19,7 @@ import optax
 
 from backends.base import Backend
 from common.batches import Batch
+from common.lazy_adam import dense_shaped
 from common.spec import RunSpec
 
 Params = tuple[jax.Array, jax.Array]  # (center table, context table)
@@ -89,14 +90,6 @@ def coalesce(indices: jax.Array, grads: jax.Array, vocab: int) -> tuple[jax.Arra
     return rows, jax.lax.optimization_barrier(summed)
 
 
-def masked_form(indices: jax.Array, vocab: int) -> bool:
-    """Whether a table's lazy step is cheaper dense-shaped (every row computed, only the used rows
-    kept) than gathered and scattered row by row: when the rows slots would cover most of the
-    table. A trace-time choice by shape; crossover measured between V = 30k and 100k for 30,720
-    ids (PERFORMANCE.md, issue 18)."""
-    return vocab <= 2 * indices.size
-
-
 def batch_at(block: Arrays, i: jax.Array | int) -> Arrays:
     """Batch i of a stacked block (a dynamic index: one program serves every i)."""
     return tuple(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in block)  # type: ignore[return-value]
@@ -155,7 +148,7 @@ def lazy_update(c: Settings, params: Params, state: LazyAdamState, batch: Arrays
     step = state.step + 1
     t = step.astype(jnp.float32)
     step_size = c.lr * jnp.sqrt(1.0 - c.beta2 ** t) / (1.0 - c.beta1 ** t)
-    tables, ms, vs = zip(*[(masked_step if masked_form(indices, c.vocab) else rows_step)(
+    tables, ms, vs = zip(*[(masked_step if dense_shaped(c.vocab, indices.size) else rows_step)(
         c, step_size, table, m, v, indices, g) for table, m, v, indices, g in zip(params, state.m, state.v, batch[:2], grads)])
     return tuple(tables), LazyAdamState(step, tuple(ms), tuple(vs)), loss  # type: ignore[arg-type]
 
