@@ -1,5 +1,6 @@
 """JAX-only checks the shared contract does not make: optax's Adam is torch's form (the issue
-asked for this to be verified, not assumed), and the stacked epoch slices as a list would."""
+asked for this to be verified, not assumed), the stacked epoch slices as a list would, and both
+layouts of the lazy step match the reference."""
 from __future__ import annotations
 
 import numpy as np
