@@ -4,8 +4,8 @@
 `lax.scan`s over them (dispatched asynchronously, one sync at the end) with the parameter and
 optimiser buffers donated, so XLA updates them in place. Dense runs use optax's Adam (torch's
 form: tests/backends/test_jax.py checks it); sparse runs differentiate with respect to the
-gathered rows and apply lazy Adam to the batch's unique rows only (`jnp.unique` with `size=`,
-so shapes are fixed and each batch shape compiles once). The step functions are module-level
+gathered rows and apply lazy Adam to the batch's unique rows only, found without a sort (a
+presence marker over the vocabulary; fixed shapes, so each batch shape compiles once). The step functions are module-level
 and keyed by hashable `Settings`, so backends with equal settings share compiled programs.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import optax
 
 from backends.base import Backend
 from common.batches import Batch
+from common.lazy_adam import dense_shaped
 from common.spec import RunSpec
 
 Params = tuple[jax.Array, jax.Array]  # (center table, context table)
@@ -63,16 +64,28 @@ def row_grads(params: Params, batch: Arrays) -> tuple[jax.Array, tuple[jax.Array
     return jax.value_and_grad(rows_loss, argnums=(0, 1))(params[0][center], params[1][cn], mask, label)
 
 
-def coalesce(indices: jax.Array, grads: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
-    """Unique rows (padded with `vocab`, out of range) and their summed gradients, fixed shapes:
-    at most min(indices, vocab) rows (6,719 rather than 30,720 for PTB's context table).
+def present(indices: jax.Array, vocab: int) -> jax.Array:
+    """(V,) bool: the rows the batch used, padding ids included, as the reference's np.unique
+    counts them (a scatter over the vocabulary, no sort)."""
+    return jnp.zeros(vocab, jnp.bool_).at[indices.reshape(-1)].set(True)
 
-    The barriers keep XLA from fusing the backward pass into the scatter (it then recomputed it
-    per scattered element: 16 ms for the coalescing instead of 5, PERFORMANCE.md)."""
+
+def coalesce(indices: jax.Array, grads: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
+    """Unique rows, ascending and padded with `vocab` (out of range), and their summed gradients,
+    fixed shapes: min(indices, vocab) rows (6,719 rather than 30,720 for PTB's context table).
+
+    What `jnp.unique(size=, return_inverse=True)` returns, without its stable sort (4 ms a step at
+    PTB's shapes): the presence marker's running count is each used row's slot; each slot gets
+    its row by a scatter, each index its slot by a gather. The barriers keep XLA from fusing the
+    backward pass into the scatter (it then recomputed it per scattered element: 16 ms for the
+    coalescing instead of 5, PERFORMANCE.md)."""
     flat = indices.reshape(-1)
     size = min(flat.size, vocab)
-    rows, inverse = jnp.unique(flat, size=size, fill_value=vocab, return_inverse=True)
-    summed = jax.ops.segment_sum(jax.lax.optimization_barrier(grads).reshape(flat.size, -1), inverse.reshape(-1),
+    marker = present(flat, vocab)
+    slot = jnp.cumsum(marker, dtype=jnp.int32) - 1
+    rows = jnp.full(size, vocab, jnp.int32).at[jnp.where(marker, slot, size)].set(
+        jnp.arange(vocab, dtype=jnp.int32), mode="drop")
+    summed = jax.ops.segment_sum(jax.lax.optimization_barrier(grads).reshape(flat.size, -1), slot[flat],
                                  num_segments=size)
     return rows, jax.lax.optimization_barrier(summed)
 
@@ -99,24 +112,44 @@ def dense_update(c: Settings, params: Params, state: Any, batch: Arrays) -> tupl
     return optax.apply_updates(params, updates), state, loss
 
 
+Table3 = tuple[jax.Array, jax.Array, jax.Array]  # a table, its first and second moments
+
+
+def masked_step(c: Settings, step_size: jax.Array, table: jax.Array, m: jax.Array, v: jax.Array,
+                indices: jax.Array, g_rows: jax.Array) -> Table3:
+    """Lazy Adam dense-shaped: the summed gradient scattered into a (V, D) buffer, the update
+    computed for every row and kept where the batch used the row (elsewhere table, m and v
+    stay what they were, bit for bit): one fused pass, no row gathers or scatters."""
+    flat = indices.reshape(-1)
+    used = present(flat, c.vocab)[:, None]
+    g = jnp.zeros_like(table).at[flat].add(g_rows.reshape(flat.size, -1))
+    if c.optimizer == "sgd":
+        return jnp.where(used, table - c.lr * g, table), m, v
+    m = jnp.where(used, c.beta1 * m + (1.0 - c.beta1) * g, m)
+    v = jnp.where(used, c.beta2 * v + (1.0 - c.beta2) * g * g, v)
+    return jnp.where(used, table - step_size * m / (jnp.sqrt(v) + c.eps), table), m, v
+
+
+def rows_step(c: Settings, step_size: jax.Array, table: jax.Array, m: jax.Array, v: jax.Array,
+              indices: jax.Array, g_rows: jax.Array) -> Table3:
+    """Lazy Adam on the gathered unique rows, scattered back (padding slots dropped)."""
+    rows, g = coalesce(indices, g_rows, c.vocab)
+    if c.optimizer == "sgd":
+        return table.at[rows].add(-c.lr * g, mode="drop"), m, v
+    m_rows = c.beta1 * m.at[rows].get(mode="fill", fill_value=0) + (1.0 - c.beta1) * g
+    v_rows = c.beta2 * v.at[rows].get(mode="fill", fill_value=0) + (1.0 - c.beta2) * g * g
+    return (table.at[rows].add(-step_size * m_rows / (jnp.sqrt(v_rows) + c.eps), mode="drop"),
+            m.at[rows].set(m_rows, mode="drop"), v.at[rows].set(v_rows, mode="drop"))
+
+
 def lazy_update(c: Settings, params: Params, state: LazyAdamState, batch: Arrays) -> tuple[Params, Any, jax.Array]:
     """torch's SparseAdam (or row-wise SGD): moments and weights of the batch's unique rows only, global step t."""
     loss, grads = row_grads(params, batch)
     step = state.step + 1
     t = step.astype(jnp.float32)
     step_size = c.lr * jnp.sqrt(1.0 - c.beta2 ** t) / (1.0 - c.beta1 ** t)
-    tables, ms, vs = [], [], []
-    for table, m, v, indices, g_rows in zip(params, state.m, state.v, batch[:2], grads):
-        rows, g = coalesce(indices, g_rows, c.vocab)
-        if c.optimizer == "sgd":
-            tables.append(table.at[rows].add(-c.lr * g, mode="drop"))
-            ms.append(m), vs.append(v)
-            continue
-        m_rows = c.beta1 * m.at[rows].get(mode="fill", fill_value=0) + (1.0 - c.beta1) * g
-        v_rows = c.beta2 * v.at[rows].get(mode="fill", fill_value=0) + (1.0 - c.beta2) * g * g
-        ms.append(m.at[rows].set(m_rows, mode="drop"))
-        vs.append(v.at[rows].set(v_rows, mode="drop"))
-        tables.append(table.at[rows].add(-step_size * m_rows / (jnp.sqrt(v_rows) + c.eps), mode="drop"))
+    tables, ms, vs = zip(*[(masked_step if dense_shaped(c.vocab, indices.size) else rows_step)(
+        c, step_size, table, m, v, indices, g) for table, m, v, indices, g in zip(params, state.m, state.v, batch[:2], grads)])
     return tuple(tables), LazyAdamState(step, tuple(ms), tuple(vs)), loss  # type: ignore[arg-type]
 
 

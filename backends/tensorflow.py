@@ -17,6 +17,7 @@ import tensorflow as tf  # noqa: E402
 
 from backends.base import Backend  # noqa: E402
 from common.batches import Batch  # noqa: E402
+from common.lazy_adam import dense_shaped  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
 Tensors = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
@@ -32,10 +33,31 @@ def skipgram_loss(center_w: tf.Variable, context_w: tf.Variable, center: tf.Tens
     return tf.reduce_mean(tf.reduce_sum(bce * mask, axis=1) / tf.reduce_sum(mask, axis=1))
 
 
+def present(indices: tf.Tensor, vocab: int) -> tf.Tensor:
+    """(V,) bool: the rows the batch used (padding ids included, as the reference counts them)."""
+    return tf.tensor_scatter_nd_update(tf.zeros([vocab], tf.bool), indices[:, None], tf.ones_like(indices, tf.bool))
+
+
 def coalesce(grad: tf.IndexedSlices) -> tuple[tf.Tensor, tf.Tensor]:
-    """Unique rows and their summed gradient rows."""
+    """Unique rows (tf.unique: a hash table, shapes that depend on the data) and their summed gradients."""
     rows, position = tf.unique(grad.indices)
     return rows, tf.math.unsorted_segment_sum(grad.values, position, tf.size(rows))
+
+
+def unique_rows(grad: tf.IndexedSlices, vocab: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The batch's unique rows and their summed gradients in min(ids, V) slots, shapes XLA can
+    compile (tf.unique's are data-dependent), found without a sort or a hash: the presence
+    marker's running count is each used row's slot. Slots past the count hold a row the batch
+    did not use (there is one: this form serves V > ids) and `valid` says which slots are real,
+    so every index stays in range on every device. Returns (rows, summed, valid)."""
+    used = present(grad.indices, vocab)
+    count = tf.cumsum(tf.cast(used, tf.int32))
+    size = tf.minimum(tf.size(grad.indices), vocab)
+    spare = tf.argmin(tf.cast(used, tf.int32), output_type=tf.int32)  # some unused row
+    slot = tf.where(used, count - 1, size)  # unused rows all land in one extra slot, cut off below
+    rows = tf.tensor_scatter_nd_update(tf.fill([size + 1], spare), slot[:, None], tf.range(vocab))[:size]
+    summed = tf.math.unsorted_segment_sum(grad.values, tf.gather(count - 1, grad.indices), size)
+    return rows, summed, tf.range(size) < count[-1]
 
 
 class Segments(NamedTuple):
@@ -93,6 +115,8 @@ class TensorFlowBackend(Backend):
             self.tables = [tf.Variable(init_center), tf.Variable(init_context)]
             self.slots = [(tf.Variable(tf.zeros_like(t)), tf.Variable(tf.zeros_like(t))) for t in self.tables]
             self.steps_done = tf.Variable(0, dtype=tf.int64)
+        # ids a step per table (center, context) at the spec's batch shape, for the lazy step's layout
+        self.ids_per_step = (spec.data.batch_size, spec.data.batch_size * spec.data.row_length)
         signature = [tf.TensorSpec([None], self.index_dtype), tf.TensorSpec([None, None], self.index_dtype),
                      tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32)]
         self.device_loop = spec.compile and (self.gpu_index is not None or self.DEVICE_LOOP_ON_CPU)
@@ -137,7 +161,7 @@ class TensorFlowBackend(Backend):
         return loss, tape.gradient(loss, self.tables)
 
     def _apply(self, table: tf.Variable, slots: tuple[tf.Variable, tf.Variable], grad: tf.IndexedSlices,
-               t: tf.Tensor) -> None:
+               t: tf.Tensor, ids: int) -> None:
         s = self.spec
         if s.optimizer == "sgd":
             table.scatter_sub(tf.IndexedSlices(s.lr * grad.values, grad.indices))
@@ -149,20 +173,32 @@ class TensorFlowBackend(Backend):
                                          beta2_power=b2_t, lr=s.lr, beta1=s.beta1, beta2=s.beta2,
                                          epsilon=s.eps * tf.sqrt(1.0 - b2_t), grad=tf.convert_to_tensor(grad))
             return
-        rows, g = coalesce(grad)  # lazy Adam: only the rows the batch used, global step t
-        m_rows = s.beta1 * tf.gather(m, rows) + (1.0 - s.beta1) * g
-        v_rows = s.beta2 * tf.gather(v, rows) + (1.0 - s.beta2) * tf.square(g)
+        step_size = s.lr * tf.sqrt(1.0 - b2_t) / (1.0 - b1_t)  # lazy Adam: the batch's rows only, global step t
+        vocab = int(table.shape[0])
+        if s.compile and dense_shaped(vocab, ids):  # unfused (plain tf.function), this form measured slower
+            used = present(grad.indices, vocab)[:, None]
+            g = tf.math.unsorted_segment_sum(grad.values, grad.indices, vocab)
+            m_new = tf.where(used, s.beta1 * m + (1.0 - s.beta1) * g, m)
+            v_new = tf.where(used, s.beta2 * v + (1.0 - s.beta2) * tf.square(g), v)
+            m.assign(m_new), v.assign(v_new)
+            table.assign(tf.where(used, table - step_size * m_new / (tf.sqrt(v_new) + s.eps), table))
+            return
+        # XLA needs fixed shapes (spare slots write back what was there); plain TF keeps tf.unique's hash
+        rows, g, valid = unique_rows(grad, vocab) if s.compile else (*coalesce(grad), tf.constant(True))
+        m_old, v_old = tf.gather(m, rows), tf.gather(v, rows)
+        m_rows = tf.where(valid[..., None], s.beta1 * m_old + (1.0 - s.beta1) * g, m_old)
+        v_rows = tf.where(valid[..., None], s.beta2 * v_old + (1.0 - s.beta2) * tf.square(g), v_old)
         m.scatter_update(tf.IndexedSlices(m_rows, rows))
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
-        step_size = s.lr * tf.sqrt(1.0 - b2_t) / (1.0 - b1_t)
-        table.scatter_sub(tf.IndexedSlices(step_size * m_rows / (tf.sqrt(v_rows) + s.eps), rows))
+        update = tf.where(valid[..., None], step_size * m_rows / (tf.sqrt(v_rows) + s.eps), 0.0)
+        table.scatter_sub(tf.IndexedSlices(update, rows))
 
     def _train_step(self, center, cn, mask, label):
         loss, grads = self._loss_and_grads(center, cn, mask, label)
         self.steps_done.assign_add(1)
         t = tf.cast(self.steps_done, tf.float32)
-        for table, slots, grad in zip(self.tables, self.slots, grads):
-            self._apply(table, slots, grad, t)
+        for table, slots, grad, ids in zip(self.tables, self.slots, grads, self.ids_per_step):
+            self._apply(table, slots, grad, t, ids)
         return loss
 
     def _train_loop(self, center, cn, mask, label, lo, hi):

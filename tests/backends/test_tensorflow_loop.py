@@ -52,3 +52,15 @@ def test_segments_slice_like_the_list_of_batches(backend_cls, small_batches, mon
     np.testing.assert_array_equal(prepared[2].batches()[0][0].numpy(), batches[2].center)
     with pytest.raises(IndexError):
         prepared[::2]
+
+
+def test_compiled_lazy_adam_matches_the_plain_step(backend_cls, ptb_batches):
+    """XLA's lazy step (fixed shapes: a presence marker, dense-shaped for the context table, rows
+    slots for the center table) against plain TF's (tf.unique) on PTB batches, both forms in play."""
+    batches, vocab = ptb_batches
+    compiled, plain = (backend_cls(RunSpec(backend=BACKEND, sparse=True, compile=c, lr=0.01), *weights(vocab, 100))
+                       for c in (True, False))
+    losses = compiled.train(compiled.prepare(batches[:8]))
+    np.testing.assert_allclose(losses, plain.train(plain.prepare(batches[:8])), rtol=0, atol=1e-6)
+    for a, b in zip(compiled.embeddings(), plain.embeddings()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
