@@ -37,18 +37,18 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
     results = []
     for path in sorted((folder / "runs").glob("*.json")):
         try:
-            result = read_json(path)
+            result = read_json(path)  # Refused (a symlink, a FIFO, too large or deep) is one line, exit 2
+        except Unreadable as exc:
+            result = _corrupt(path, exc.reason)
+        else:
             fields.check(result, fields.RESULT, path)
-            RunSpec.from_dict(result["spec"])
-            result["status"]  # noqa: B018 (a result must say how it ended)
-        except (Unreadable, KeyError) as exc:
-            result = {"status": "corrupt", "error": f"{path.name}: unreadable result ({exc.__class__.__name__})",
-                      "spec": None}
-        except (TypeError, BenchError) as exc:
-            if isinstance(exc, BenchError) and str(exc).startswith(str(path)):
-                raise
-            result = {"status": "corrupt", "error": f"{path.name}: unreadable result ({exc.__class__.__name__})",
-                      "spec": None}
+            try:
+                RunSpec.from_dict(result["spec"])
+                result["status"]  # noqa: B018 (a result must say how it ended)
+            except BenchError as exc:  # a spec the planner would not make
+                result = _corrupt(path, str(exc))
+            except (KeyError, TypeError) as exc:
+                result = _corrupt(path, exc.__class__.__name__)
         result["_name"] = path.stem
         results.append(result)
     _mark_stale(meta, results)
@@ -56,6 +56,11 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
     if not results and not list((folder / "microbench").glob("*.json")):
         raise BenchError(f"no results in {folder / 'runs'}: run `python -m bench suite` first")
     return meta, results
+
+
+def _corrupt(path: Path, why: str) -> dict:
+    """The row of a result file that is cut short, not JSON, or lacks what every result holds."""
+    return {"status": "corrupt", "error": f"{path.name}: unreadable result ({why})", "spec": None}
 
 
 def _mark_stale(meta: dict, results: list[dict]) -> None:
