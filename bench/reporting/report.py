@@ -18,7 +18,7 @@ from bench.reporting.pages import headless_matplotlib, number, plot_text, render
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.machine import BUSY_FRACTION
-from common.spec import DataSpec, RunSpec, spec_key
+from common.spec import BASELINES, DataSpec, RunSpec, spec_key
 
 
 def load_results(folder: Path) -> tuple[dict, list[dict]]:
@@ -218,18 +218,28 @@ def _settings_key(spec: dict, *ignore: str) -> str:
     return json.dumps(kept, sort_keys=True)
 
 
-def summary(results: list[dict]) -> list[dict]:
-    """One row a run: label, where it ran, loss, speed (median, IQR, against the recipe loop), quality, status."""
+def framework(r: dict) -> str:
+    """The summary's group of a run: its backend, the baselines together, unreadable files last."""
+    if not r["spec"]:
+        return "unreadable"
+    return "baselines" if r["spec"]["runner"] in BASELINES else r["spec"]["backend"]
+
+
+def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
+    """One row a run, grouped by framework (backends in name order, then the baselines): label,
+    where it ran, loss, speed (median, IQR, against the recipe loop), quality, status."""
     recipe = [r for r in _ok(results, "recipe-loop") if r.get("rate_median")]
     base = recipe[0]["rate_median"] if recipe else None
-    rows = []
+    last = ("baselines", "unreadable")
+    groups: dict[str, list[dict]] = {g: [] for g in sorted({framework(r) for r in results},
+                                                            key=lambda g: (last.index(g) if g in last else -1, g))}
     for r in results:
         spec, ev = r["spec"] or {}, r.get("evaluation") or {}
         speed = r.get("rate_median")
         notes = measurement_warnings(r)
         cls = "" if r["status"] == SKIPPED else "bad" if r["status"] not in FINISHED else "warn" if notes else ""
         marks = "".join(f"; {mark}" for mark, _ in notes if mark != r["status"])  # reasons: "Measurement warnings"
-        rows.append({"cls": cls, "label": _label(r), "runner": spec.get("runner", ""),
+        groups[framework(r)].append({"cls": cls, "label": _label(r), "runner": spec.get("runner", ""),
                      "device": (r.get("env") or {}).get("device_name", spec.get("device", "")),
                      "loss": r.get("final_loss"), "speed": speed, "iqr": r.get("rate_iqr") or [None, None],
                      "up": speed / base if speed and base else None,
@@ -237,7 +247,7 @@ def summary(results: list[dict]) -> list[dict]:
                                  ((ev.get("simlex999") or {}).get("spearman")),
                                  ((ev.get("analogy") or {}).get("accuracy"))],
                      "status": r["status"] + marks})
-    return rows
+    return list(groups.items())
 
 
 def loss_figures(results: list[dict]):
@@ -262,18 +272,27 @@ def loss_figures(results: list[dict]):
 
 
 def throughput_figure(results: list[dict]):
+    """Each finished run's median rate with its IQR; the baselines in a panel of their own, on
+    their own scale: gensim (every core, its own SGD) is several times any framework and would
+    flatten their bars into one another."""
     import matplotlib.pyplot as plt
 
     runs = [r for r in _ok(results, None) if r.get("rate_median")]
     if not runs:
         return None
-    medians = [r["rate_median"] for r in runs]
-    low = [m - r["rate_iqr"][0] for m, r in zip(medians, runs)]
-    high = [r["rate_iqr"][1] - m for m, r in zip(medians, runs)]
-    fig, ax = plt.subplots(figsize=(10, 0.4 * len(runs) + 1))
-    ax.barh([plot_text(_label(r)) for r in runs], medians, xerr=[low, high], color="#4a7ab5", capsize=3)
-    ax.set(xlabel="examples/s (median of 100-step segments, bars: IQR)")
-    ax.invert_yaxis()
+    panels = [(title, chosen) for title, chosen in (
+        ("frameworks", [r for r in runs if r["spec"]["runner"] not in BASELINES]),
+        ("baselines (their own scale)", [r for r in runs if r["spec"]["runner"] in BASELINES])) if chosen]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 0.4 * len(runs) + 1.2 * len(panels)), squeeze=False, layout="constrained",
+                             gridspec_kw={"height_ratios": [len(chosen) + 1 for _, chosen in panels]})
+    for ax, (title, chosen) in zip(axes[:, 0], panels):
+        medians = [r["rate_median"] for r in chosen]
+        low = [m - r["rate_iqr"][0] for m, r in zip(medians, chosen)]
+        high = [r["rate_iqr"][1] - m for m, r in zip(medians, chosen)]
+        ax.barh([plot_text(_label(r)) for r in chosen], medians, xerr=[low, high], color="#4a7ab5", capsize=3)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.invert_yaxis()
+    axes[-1, 0].set(xlabel="examples/s (median of 100-step segments, bars: IQR)")
     return svg(fig)
 
 
