@@ -54,9 +54,11 @@ def environment():
     included, and only the ones that draw a page need jinja2 (the `harness` extra)."""
     import jinja2
 
+    from bench.reporting.limit import share_text
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=number, times=times, sci=scientific, signed=signed, percent=percent)
+    env.filters.update(num=number, times=times, sci=scientific, signed=signed, percent=percent, share=share_text)
     return env
 
 

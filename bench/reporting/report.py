@@ -14,6 +14,7 @@ import numpy as np
 
 from bench.executing.folder import Unreadable, read_json
 from bench.reporting import fields
+from bench.reporting.limit import LIMIT_BACKEND, limit_rates, share, share_text
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render as render_page, svg
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
@@ -230,6 +231,7 @@ def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
     where it ran, loss, speed (median, IQR, against the recipe loop), quality, status."""
     recipe = [r for r in _ok(results, "recipe-loop") if r.get("rate_median")]
     base = recipe[0]["rate_median"] if recipe else None
+    limits = limit_rates(results)
     last = ("baselines", "unreadable")
     groups: dict[str, list[dict]] = {g: [] for g in sorted({framework(r) for r in results},
                                                             key=lambda g: (last.index(g) if g in last else -1, g))}
@@ -242,7 +244,7 @@ def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
         groups[framework(r)].append({"cls": cls, "label": _label(r), "runner": spec.get("runner", ""),
                      "device": (r.get("env") or {}).get("device_name", spec.get("device", "")),
                      "loss": r.get("final_loss"), "speed": speed, "iqr": r.get("rate_iqr") or [None, None],
-                     "up": speed / base if speed and base else None,
+                     "up": speed / base if speed and base else None, "share": share(r, limits),
                      "quality": [((ev.get("wordsim353") or {}).get("spearman")),
                                  ((ev.get("simlex999") or {}).get("spearman")),
                                  ((ev.get("analogy") or {}).get("accuracy"))],
@@ -280,6 +282,7 @@ def throughput_figure(results: list[dict]):
     runs = [r for r in _ok(results, None) if r.get("rate_median")]
     if not runs:
         return None
+    limits = limit_rates(results)
     panels = [(title, chosen) for title, chosen in (
         ("frameworks", [r for r in runs if r["spec"]["runner"] not in BASELINES]),
         ("baselines (their own scale)", [r for r in runs if r["spec"]["runner"] in BASELINES])) if chosen]
@@ -289,10 +292,14 @@ def throughput_figure(results: list[dict]):
         medians = [r["rate_median"] for r in chosen]
         low = [m - r["rate_iqr"][0] for m, r in zip(medians, chosen)]
         high = [r["rate_iqr"][1] - m for m, r in zip(medians, chosen)]
-        ax.barh([plot_text(_label(r)) for r in chosen], medians, xerr=[low, high], color="#4a7ab5", capsize=3)
+        bars = ax.barh([plot_text(_label(r)) for r in chosen], medians, xerr=[low, high], color="#4a7ab5", capsize=3)
+        for bar, r in zip(bars, chosen):  # each run's share of its fused limit row, where there is one
+            if (value := share(r, limits)) is not None:
+                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f"  {share_text(value)} of limit",
+                        va="center", fontsize=7)
         ax.set_title(title, fontsize=9, loc="left")
         ax.invert_yaxis()
-    axes[-1, 0].set(xlabel="examples/s (median of 100-step segments, bars: IQR)")
+    axes[-1, 0].set(xlabel="examples/s (median of 100-step segments, bars: IQR; text: share of the fused limit row)")
     return svg(fig)
 
 
@@ -317,25 +324,28 @@ def batch_size_figure(results: list[dict]):
     return svg(fig)
 
 
-def sparse_answer(results: list[dict]) -> list[dict]:
+def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
     """The book's exercise 1, answered from this run's numbers: each backend and device with a
-    dense and a sparse run of the same settings."""
+    dense and a sparse run of the same settings; and per device, the fused kernel's sparse/dense
+    ratio: the same lazy-Adam math without a framework's sparse machinery."""
     pairs = {}
     for r in _ok(results):
         s = r["spec"]
         key = (s["backend"], s["device"], _settings_key(s, "sparse"))
         pairs.setdefault(key, {})["sparse" if s["sparse"] else "dense"] = r
-    rows = []
+    rows, limit_ratios = [], {}
     for (backend, device, _), pair in sorted(pairs.items()):
         if len(pair) < 2 or not (pair["dense"].get("rate_median") and pair["sparse"].get("rate_median")):
             continue
         ratio = pair["sparse"]["rate_median"] / pair["dense"]["rate_median"]
+        if backend == LIMIT_BACKEND:
+            limit_ratios.setdefault(device, ratio)
         rows.append({"backend": backend, "device": device, "ratio": ratio,
                      "verdict": "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "about as fast",
                      "loss": [p.get("final_loss") for p in (pair["dense"], pair["sparse"])],
                      "wordsim": [((p.get("evaluation") or {}).get("wordsim353") or {}).get("spearman")
                                  for p in (pair["dense"], pair["sparse"])]})
-    return rows
+    return rows, limit_ratios
 
 
 def agreement(results: list[dict]) -> tuple[list[dict], object]:
@@ -418,11 +428,12 @@ def render(folder: Path) -> Path:
                      "microbench": microbench(load_microbench(folder))}
     if results:
         agreeing, agreement_figure = agreement(results)
+        sparse, limit_ratios = sparse_answer(results)
         context.update(
             finished=len(_ok(results, None)), total=len(results), skips=[r for r in results if r["status"] == SKIPPED],
             summary=summary(results), warned=warned(results), loss_figure=loss_figures(results),
             throughput_figure=throughput_figure(results), batch_figure=batch_size_figure(results),
-            sparse=sparse_answer(results), agreement=agreeing, agreement_figure=agreement_figure,
+            sparse=sparse, limit_ratios=limit_ratios, agreement=agreeing, agreement_figure=agreement_figure,
             bare_loop=bool(_ok(results, "bare-loop")), overhead=harness_overhead(results),
             neighbours=neighbours(results), failed=[r for r in results if r["status"] not in FINISHED + (SKIPPED,)],
             busy_fraction=BUSY_FRACTION, spread_ratio=SPREAD_RATIO, spread_segments=SPREAD_MIN_SEGMENTS)
