@@ -17,7 +17,7 @@ import numpy as np
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.spec import RunSpec, spec_key
-from bench.reporting.pages import headless_matplotlib, number, plot_text, render, svg
+from bench.reporting.pages import headless_matplotlib, number, plot_text, render, signed, svg
 from bench.reporting.report import FINISHED, load_results, measurement_warnings
 
 RESAMPLES = 2000
@@ -274,7 +274,7 @@ def _ratio_text(p: Pair) -> str:
     if p.speed is None or "ratio" not in p.speed:
         return "–"
     low, high = p.speed["ci"]
-    return f"{p.speed['ratio']:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{number(p.speed['ratio'])} [{number(low)}, {number(high)}]"
 
 
 def _loss_text(p: Pair) -> str:
@@ -286,8 +286,7 @@ def _loss_text(p: Pair) -> str:
 
 
 def _delta(p: Pair, name: str) -> str:
-    delta = p.quality.get(name, {}).get("delta")
-    return "–" if delta is None else f"{delta:+.4f}"
+    return signed(p.quality.get(name, {}).get("delta"))
 
 
 def _row(p: Pair) -> list[str]:

@@ -64,7 +64,7 @@ def version_changes(series: dict[str, list[Point]]) -> dict[int, set[str]]:
 
 def tooltip(name: str, p: Point) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(p.versions.items())) or "no versions recorded"
-    speed = (f"examples/s {p.rates[1]:,.0f} (IQR {p.rates[0]:,.0f}–{p.rates[2]:,.0f})" if p.rates
+    speed = (f"examples/s {number(p.rates[1], 0)} (IQR {number(p.rates[0], 0)}–{number(p.rates[2], 0)})" if p.rates
              else "no segment rates")
     return (f"{name}\n{p.folder.created}, commit {p.folder.commit}\n{versions}\n{speed}\n"
             f"final loss {number(p.final_loss, 4)}")
