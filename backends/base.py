@@ -29,6 +29,9 @@ class Backend(ABC):
     """Skip-gram with negative sampling: two (V, D) tables, masked sigmoid BCE, Adam or SGD."""
 
     name: ClassVar[str]
+    # Seconds `prepare` spent compiling or capturing graphs ahead of the clock (torch's compiled
+    # and graphed variants); compilers that compile in the first step show it there instead.
+    compile_seconds: float = 0.0
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         caps = self.capabilities()

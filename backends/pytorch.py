@@ -1,4 +1,6 @@
-"""PyTorch: nn.Embedding tables; dense Adam, or sparse=True gradients with SparseAdam.
+"""PyTorch: nn.Embedding tables; dense Adam, or sparse=True gradients with lazy Adam (LazyAdam:
+SparseAdam's function without its sort). On the CPU, `compile` compiles the loss from the
+gathered rows (forward and backward), one graph per batch shape, each compiled in `prepare`.
 
 On cuda, two ways to stop paying one Python launch sequence per step: `graph` captures the
 whole dense step (forward, backward, fused capturable Adam) as one CUDA graph per batch shape,
@@ -10,18 +12,21 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from backends.base import Backend
+from backends.torch_lazy_adam import LazyAdam
 from common.batches import Batch
 from common.spec import RunSpec
 
 Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+RowsLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
@@ -42,14 +47,24 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, int_max)) and bool(mallopt(_M_TRIM_THRESHOLD, int_max))
 
 
-def skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, center: torch.Tensor,
-                  cn: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """Mean over examples of the masked mean of BCE-with-logits over each row."""
-    v = F.embedding(center, center_w, sparse=sparse)          # (B, D)
-    u = F.embedding(cn, context_w, sparse=sparse)             # (B, L, D)
+def loss_of_rows(v: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The loss from the gathered rows: v (B, D) centers, u (B, L, D) contexts and noise."""
     pred = torch.bmm(u, v.unsqueeze(2)).squeeze(2)            # (B, L)
     bce = F.binary_cross_entropy_with_logits(pred, label, reduction="none")
     return ((bce * mask).sum(dim=1) / mask.sum(dim=1)).mean()
+
+
+def skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, center: torch.Tensor,
+                  cn: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, sparse: bool,
+                  rows_loss: RowsLoss = loss_of_rows) -> torch.Tensor:
+    """Mean over examples of the masked mean of BCE-with-logits over each row. The gathers (and
+    so their backward, the scatter-add into the tables' gradients) always run eagerly; only
+    `rows_loss` is compiled: inductor lowers the embedding's backward on the CPU to atomic
+    float adds, 30k rows x 100 of them a step, which made the compiled step 4x slower than eager
+    (PERFORMANCE.md, "torch at its best")."""
+    v = F.embedding(center, center_w, sparse=sparse)          # (B, D)
+    u = F.embedding(cn, context_w, sparse=sparse)             # (B, L, D)
+    return rows_loss(v, u, mask, label)
 
 
 def full_float32() -> None:
@@ -110,7 +125,7 @@ class TorchBackend(Backend):
         if spec.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=spec.lr)
         elif spec.sparse:
-            self.optimizer = torch.optim.SparseAdam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
+            self.optimizer = LazyAdam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
         else:
             self.optimizer = torch.optim.Adam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
                                               foreach=False, fused=True, capturable=spec.graph)
@@ -118,11 +133,12 @@ class TorchBackend(Backend):
         if on_gpu:  # graph capture and side streams act on the current device: make it this one
             torch.cuda.set_device(self.gpu_index)
         # reduce-overhead: forward and backward replayed as CUDA graphs (cudagraph trees) on cuda.
-        self.loss_fn = torch.compile(skipgram_loss, mode="reduce-overhead" if on_gpu else None) if spec.compile \
-            else skipgram_loss
+        self.rows_loss = torch.compile(loss_of_rows, mode="reduce-overhead" if on_gpu else None, fullgraph=True,
+                                       dynamic=False) if spec.compile else loss_of_rows
         # cudagraph trees reuse their output buffers at the next step: mark each step, keep copies.
         self._new_cudagraph_step = spec.compile and on_gpu
         self._graphs: dict[tuple, GraphedStep] = {}
+        self._compiled: set[tuple] = set()
 
     @classmethod
     def gpu_count(cls) -> int:
@@ -151,10 +167,30 @@ class TorchBackend(Backend):
             return torch.from_numpy(a).to(self.device, non_blocking=True)
         prepared = [(move(b.center), move(b.context_negative), move(b.mask).float(), move(b.label).float())
                     for b in batches]
+        t = time.perf_counter()
         if self.spec.graph:  # capture each new batch shape now, before the clock (like compilation)
             for batch in prepared:
                 self._graph_for(batch)
+        elif self.spec.compile:  # compile each new batch shape now (the epoch's short last batch too)
+            for batch in prepared:
+                self._compile_for(batch)
+        if self.spec.graph or self.spec.compile:
+            self.compile_seconds += time.perf_counter() - t
         return prepared
+
+    def _compile_for(self, batch: Tensors) -> None:
+        """Compile the loss's forward and backward for this batch's shape (dynamic=False: one
+        graph per shape) on detached copies of its rows, leaving the weights and Adam untouched."""
+        shape = tuple(t.shape for t in batch)
+        if shape in self._compiled:
+            return
+        center, cn, mask, label = batch
+        with torch.no_grad():
+            v, u = self.center_w[center], self.context_w[cn]
+        if self._new_cudagraph_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        self.rows_loss(v.requires_grad_(), u.requires_grad_(), mask, label).backward()
+        self._compiled.add(shape)
 
     def _graph_for(self, batch: Tensors) -> GraphedStep:
         shape = tuple(t.shape for t in batch)
@@ -190,7 +226,7 @@ class TorchBackend(Backend):
     def _loss(self, batch: Tensors) -> torch.Tensor:
         if self._new_cudagraph_step:
             torch.compiler.cudagraph_mark_step_begin()
-        return self.loss_fn(self.center_w, self.context_w, *batch, self.spec.sparse)
+        return skipgram_loss(self.center_w, self.context_w, *batch, self.spec.sparse, self.rows_loss)
 
     def train(self, prepared: list[Tensors]) -> np.ndarray:
         losses = []

@@ -17,7 +17,8 @@ def add_data_args(parser: argparse.ArgumentParser, epochs: int) -> None:
     d = DataSpec()
     g = parser.add_argument_group("data")
     g.add_argument("--data-dir", help="folder holding ptb.train.txt (default: $PTB_DIR, the cache, a download)")
-    g.add_argument("--corpus", help="train on this text file instead of PTB (no checksum)")
+    g.add_argument("--corpus", default=d.corpus, help="ptb (default), zipf:TOKENS:WORDS[:SEED] (generated, e.g. "
+                   "zipf:10M:100k), or a text file (identified by its SHA-256)")
     g.add_argument("--no-download", action="store_true", help="fail instead of downloading PTB")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -31,8 +32,11 @@ def add_data_args(parser: argparse.ArgumentParser, epochs: int) -> None:
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:
+    from common.corpora import spec_fields
+
     return DataSpec(seed=args.seed, batch_size=args.batch_size, window=args.window, noise=args.noise,
-                    min_freq=args.min_freq, embed=args.embed, sampling=args.sampling, epochs=args.epochs)
+                    min_freq=args.min_freq, embed=args.embed, sampling=args.sampling, epochs=args.epochs,
+                    **spec_fields(args.corpus))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--yes", action="store_true", help="start a plan of more than 200 runs")
     suite.add_argument("--require-quiet", action="store_true", help="wait up to 60 s before each run for a quiet "
                        "machine; record a run measured on a busy one as `noisy`, not `ok`")
+    suite.add_argument("--corpus", help="every run's corpus: ptb, zipf:TOKENS:WORDS[:SEED] or a text file "
+                       "(suite files may sweep `corpus` instead)")
     suite.add_argument("--data-dir")
     suite.add_argument("--no-download", action="store_true")
     suite.add_argument("--executor", choices=("local", "dask"), default="local",

@@ -9,15 +9,13 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from common import rng
+from common import corpora, rng
 from common.errors import BenchError
-from common.corpus import Corpus, Vocab, build_vocab, load_corpus
-from common.ptb import find_ptb
+from common.corpus import Corpus, Vocab, build_vocab
 from common.rowcache import RowTable, cached_rows
 from common.sampling import Draw, NoiseTable, Rows, Sampler, keep_probability, layout, subsample
 from common.spec import DataSpec
@@ -137,14 +135,14 @@ def _split(rows: Rows, spec: DataSpec) -> Iterator[Batch]:
         yield Batch(rows.center[b:b + size], rows.context_negative[b:b + size], mask[b:b + size], label[b:b + size])
 
 
-def load_dataset(spec: DataSpec, data_dir: str | None = None, download: bool = True,
-                 corpus_file: str | None = None) -> Dataset:
-    """PTB (found and verified as `common.ptb` says) or any text file given as `corpus_file`."""
-    path = Path(corpus_file) if corpus_file else find_ptb(data_dir, download)
-    corpus = load_corpus(path)
+def load_dataset(spec: DataSpec, data_dir: str | None = None, download: bool = True) -> Dataset:
+    """The spec's corpus (PTB found and verified as `common.ptb` says, generated, or a file
+    checked against its planned digest: `common.corpora`) with its vocabulary and sampling."""
+    corpus = corpora.load(spec.corpus, spec.corpus_path, data_dir, download)
     vocab, remap = build_vocab(corpus, spec.min_freq)
     dataset = Dataset(spec, corpus, vocab, remap)
     if dataset.sampler(0).draw.centers.size == 0:  # training on nothing would report a rate of nothing as ok
-        raise BenchError(f"{path} yields no training example (min_freq {spec.min_freq}, subsample "
-                         f"{spec.subsample}): lower --min-freq or use a larger corpus")
+        raise BenchError(f"corpus {corpora.describe(spec.corpus, spec.corpus_path)} yields no training example "
+                         f"(min_freq {spec.min_freq}, subsample {spec.subsample}): lower --min-freq or use a "
+                         f"larger corpus")
     return dataset

@@ -83,13 +83,27 @@ def load_corpus(path: Path) -> Corpus:
     """Tokenise `path` once and cache the arrays; later calls memory-map them."""
     check_text_file(path)
     digest = sha256_file(path)
-    folder = cache_dir() / f"corpus-{digest[:24]}"
+    folder = _folder(digest)
     if not (folder / "words.txt").exists():
         word_ids, lengths, words = _tokenise(path)
         with atomic_dir(folder) as tmp:
             np.save(tmp / "word_ids.npy", word_ids)
             np.save(tmp / "line_lengths.npy", lengths)
             (tmp / "words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    return _mapped(folder, digest)
+
+
+def _folder(digest: str) -> Path:
+    return cache_dir() / f"corpus-{digest[:24]}"
+
+
+def cached_corpus(digest: str) -> Corpus | None:
+    """A text tokenised here before, found by its SHA-256 alone (the file itself may be gone)."""
+    folder = _folder(digest)
+    return _mapped(folder, digest) if (folder / "words.txt").exists() else None
+
+
+def _mapped(folder: Path, digest: str) -> Corpus:
     word_ids = np.load(folder / "word_ids.npy", mmap_mode="r")
     words = (folder / "words.txt").read_text(encoding="utf-8").split("\n")[:-1]
     counts = np.bincount(word_ids, minlength=len(words)).astype(np.int64)

@@ -69,6 +69,12 @@ def machine_info() -> dict:
     }
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (getrusage's ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if platform.system() == "Darwin" else peak * 1024
+
+
 # --- what else the machine was doing while a run was timed ---------------------------------
 
 STAT = Path("/proc/stat")

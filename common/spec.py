@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, fields
 
+from common.corpora import PTB, check_name
 from common.errors import BenchError
 
 SAMPLING_MODES = ("static", "dynamic")
@@ -47,9 +48,12 @@ class DataSpec:
     sampling: str = "static"
     subsample: float = 1e-4
     epochs: int = 5
+    corpus: str = PTB  # ptb, zipf:TOKENS:WORDS[:SEED], or sha256:HEX (a file): common/corpora.py
+    corpus_path: str | None = None  # where a file corpus was found: recorded, not part of the key
 
     def __post_init__(self) -> None:
         check_types(self)
+        object.__setattr__(self, "corpus", check_name(self.corpus))
         checks = [
             (self.batch_size > 0, f"batch size must be > 0, got {self.batch_size}"),
             (self.window >= 1, f"window must be >= 1, got {self.window}"),
@@ -61,6 +65,8 @@ class DataSpec:
             (0 <= self.seed < SEED_LIMIT, f"seed must be >= 0 and < 2^63, got {self.seed}"),
             (self.sampling in SAMPLING_MODES,
              f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.sampling!r}"),
+            ((self.corpus_path is not None) == self.corpus.startswith("sha256:"),
+             "corpus_path goes with a file corpus (sha256:...) and only with one"),
         ]
         for ok, message in checks:
             if not ok:
@@ -72,7 +78,8 @@ class DataSpec:
         return 2 * self.window * (1 + self.noise)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except those added later while they hold their default (ADDED_LATER)."""
+        return _without_defaults(asdict(self), DATA_ADDED_LATER)
 
     @classmethod
     def from_dict(cls, data: dict) -> "DataSpec":
@@ -156,11 +163,7 @@ class RunSpec:
     def to_dict(self) -> dict:
         """Every field, except those added after results were first stored (ADDED_LATER) while they
         hold their default: older results keep their keys and still pair with new ones."""
-        data = asdict(self)
-        for name, default in ADDED_LATER.items():
-            if data[name] == default:
-                del data[name]
-        return data
+        return {**_without_defaults(asdict(self), ADDED_LATER), "data": self.data.to_dict()}
 
     @property
     def key(self) -> str:
@@ -179,8 +182,16 @@ class RunSpec:
 
 
 ADDED_LATER = {"graph": False}  # field -> the default a spec leaves out of its dict and key
+DATA_ADDED_LATER = {"corpus": PTB, "corpus_path": None}
+
+
+def _without_defaults(data: dict, added_later: dict) -> dict:
+    return {k: v for k, v in data.items() if k not in added_later or v != added_later[k]}
 
 
 def spec_key(spec: dict) -> str:
-    """16 hex digits of SHA-256 over the spec's canonical JSON (sorted keys, exact float repr)."""
+    """16 hex digits of SHA-256 over the spec's canonical JSON (sorted keys, exact float repr).
+    A file corpus counts by its digest, not by where it was found: its path is left out."""
+    if "corpus_path" in spec.get("data", {}):
+        spec = {**spec, "data": {k: v for k, v in spec["data"].items() if k != "corpus_path"}}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

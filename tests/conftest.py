@@ -37,6 +37,14 @@ def ptb_dir() -> Path:
     return Path(value)
 
 
+def file_spec(path: Path, **settings) -> "DataSpec":
+    """A data spec training on the text file `path` (resolved as `--corpus PATH` is)."""
+    from common.corpora import spec_fields
+    from common.spec import DataSpec
+
+    return DataSpec(**spec_fields(str(path)), **settings)
+
+
 def write_text(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

@@ -290,3 +290,12 @@ def test_dask_tls_cluster_runs_a_suite_and_refuses_a_stranger(tmp_path, ptb_dir)
             assert refused.returncode == 2
             assert_one_line_error(refused, address, fragment)
             assert not (tmp_path / "no").exists()
+
+
+def test_dask_node_needs_no_ptb_for_a_generated_or_file_corpus(tmp_path, monkeypatch):
+    """A node generates a zipf corpus itself and finds a file corpus by its digest (in the run):
+    PTB is verified only for PTB runs, so a node without PTB still serves the others."""
+    (run,) = load_suite_file(Path(write_text(tmp_path / "z.toml", '[[runs]]\nbackend = "numpy"\n'
+                                                                    'corpus = "zipf:20k:1k"\n')), {})
+    monkeypatch.setenv("PTB_DIR", str(tmp_path / "no-ptb-here"))
+    assert dask_executor.node_data_dir(run, str(tmp_path), None) == tmp_path

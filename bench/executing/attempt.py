@@ -20,6 +20,7 @@ from typing import Callable
 
 from bench.executing import envs
 from bench.executing.folder import read_result
+from bench.executing.memory import oom_kills, out_of_memory
 from bench.executing.processes import die_with, end_group
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result, write_result
@@ -68,6 +69,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         log = open(log_path, "w")
     except OSError as exc:  # a full or read-only results disk: one line, the suite cannot go on
         raise write_error(exc, log_path) from None
+    kills_before = oom_kills()
     with log:
         proc = subprocess.Popen(cmd, cwd=envs.ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
                                 start_new_session=True, preexec_fn=die_with(os.getpid()))
@@ -90,6 +92,9 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             end_group(proc)
     finished = read_result(partial, run.key)
     if finished is None:
+        oom = out_of_memory(proc.returncode, kills_before, oom_kills())
+        if oom is not None:
+            return failed_result(run.spec, oom)
         how = exit_text(proc.returncode)
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [how]
         return failed_result(run.spec, f"{how}: {tail[0]}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from backends.registry import BACKENDS, info, tox_env
 from bench.executing.gpus import Gpu
+from common.corpora import spec_fields
 from common.errors import BenchError
 from common.spec import BASELINES, DataSpec, RunSpec
 
@@ -19,7 +20,7 @@ QUICK = {"epochs": 1, "max_steps": 150}
 MAX_READABLE = 120  # a run name's readable part: with the key and a log's suffixes, well under 255 bytes
 MAX_NAME_BYTES = MAX_READABLE + 9  # the readable part, "_" and 8 digits of the key
 _RUN_FIELDS = {f.name for f in fields(RunSpec)} - {"data"}
-_DATA_FIELDS = {f.name for f in fields(DataSpec)}
+_DATA_FIELDS = {f.name for f in fields(DataSpec)} - {"corpus_path"}  # a file's path comes with its `corpus`
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,9 @@ def make_spec(settings: dict, where: str) -> RunSpec:
         raise BenchError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(sorted(_RUN_FIELDS | _DATA_FIELDS))}")
     try:
-        data = DataSpec(**{k: v for k, v in settings.items() if k in _DATA_FIELDS})
+        if isinstance(settings.get("corpus"), str):  # a path is digested here, once per sweep value
+            settings = {**settings, **spec_fields(settings["corpus"])}
+        data = DataSpec(**{k: v for k, v in settings.items() if k in _DATA_FIELDS | {"corpus_path"}})
         return RunSpec(data=data, **{k: v for k, v in settings.items() if k in _RUN_FIELDS})
     except BenchError as exc:
         raise BenchError(f"{where}: {exc}") from None
@@ -116,13 +119,21 @@ def run_name(spec: RunSpec) -> str:
     extras = [f"{k}-{getattr(spec, k)}" for k in sorted(_RUN_FIELDS - {"backend", "device", "sparse", "runner",
                                                                      "compile", "graph"})
               if getattr(spec, k) != getattr(default_run, k)]
-    extras += [f"{k}-{getattr(spec.data, k)}" for k in sorted(_DATA_FIELDS)
+    extras += [f"{k}-{_short(getattr(spec.data, k))}" for k in sorted(_DATA_FIELDS)
                if getattr(spec.data, k) != getattr(default_data, k)]
     label = spec.label.replace(" ", "-").replace(":", "")
     readable = "_".join([label] + extras)
     if len(readable) > MAX_READABLE:  # file names stop at 255 bytes; the key alone keeps it unique
         readable = label
     return f"{readable}_{spec.key[:8]}"
+
+
+def _short(value: object) -> object:
+    """A setting as a run name spells it: file-safe, a file corpus by the start of its digest."""
+    if isinstance(value, str):
+        return value.replace("sha256:", "file-")[:13].replace(":", "-") if value.startswith("sha256:") \
+            else value.replace(":", "-")
+    return value
 
 
 def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:

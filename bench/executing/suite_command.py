@@ -15,13 +15,16 @@ from bench.executing.envs import naming_variable, work_dir
 from bench.executing.folder import ResultsFolder
 from bench.executing.gpus import gpus
 from bench.executing.executor import executor_from_args
+from bench.executing.memory import for_memory
 from bench.executing.harness import Harness, Interrupted, say, stop_on_signals
 from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, for_machine, load_suite_file, \
     new_results_dir, parse_names
 from bench.reporting import report
 from common.cache import check_writable
 from common.errors import BenchError
+from common.corpora import PTB
 from common.ptb import find_ptb
+from common.spec import DataSpec
 
 DEVICES = ("cpu", "cuda")
 LARGE_PLAN = 200
@@ -29,7 +32,7 @@ LARGE_PLAN = 200
 # on PTB's 343k examples an epoch, plus about 15 s of start-up and evaluation.
 _ESTIMATE_RATE, _PTB_EXAMPLES, _RUN_OVERHEAD = 50_000, 343_273, 15
 # Options that shape the plan: with --resume they must spell out the stored one (or be left out).
-_PLAN_OPTIONS = ("quick", "backends", "devices", "epochs", "max_steps", "no_baselines", "suite")
+_PLAN_OPTIONS = ("quick", "backends", "devices", "epochs", "max_steps", "no_baselines", "suite", "corpus")
 
 
 def resume_command(folder: Path) -> str:
@@ -40,15 +43,18 @@ def resume_command(folder: Path) -> str:
 
 
 def plan_from_args(args: argparse.Namespace) -> list[PlannedRun]:
-    """The plan the options describe, with runs this machine's GPUs cannot serve marked skipped."""
+    """The plan the options describe, with runs this machine's GPUs or memory cannot serve marked skipped."""
     base = dict(QUICK) if args.quick else {}
     if args.epochs is not None:
         base["epochs"] = args.epochs
     if args.max_steps is not None:
         base["max_steps"] = args.max_steps
+    if args.corpus is not None:
+        base["corpus"] = args.corpus
     found = gpus()
     # On a cluster each node checks its own GPUs when the run reaches it (dask_executor.node_data_dir).
-    here = (lambda plan: for_machine(plan, found)) if getattr(args, "executor", "local") == "local" else list
+    here = (lambda plan: for_memory(for_machine(plan, found), args.data_dir, not args.no_download)) \
+        if getattr(args, "executor", "local") == "local" else list
     if args.suite:
         return here(load_suite_file(Path(args.suite), base))
     devices = parse_names(args.devices, DEVICES, "device", prefixes=("cuda:",)) if args.devices else \
@@ -72,6 +78,23 @@ def check_size(plan: list[PlannedRun], yes: bool) -> None:
     hours = (examples / _ESTIMATE_RATE + len(plan) * _RUN_OVERHEAD) / 3600
     raise BenchError(f"the plan has {len(plan)} runs, about {hours:.1f} h on a 2-core CPU at 50k examples/s; "
                      f"add --yes to start it, or --dry-run to list it")
+
+
+def check_corpora(plan: list[PlannedRun], ptb: Path) -> None:
+    """Each distinct corpus and sampling of the runs to start, prepared here once (a generated
+    corpus written, a file tokenised, both cached): a file changed since the plan, or settings
+    that leave no training example, are one line now rather than a failure in every run."""
+    from common.batches import load_dataset  # numpy: not for --dry-run or --help
+
+    seen = set()
+    for run in plan:
+        d = run.spec.data
+        what = (d.corpus, d.corpus_path, d.min_freq, d.subsample, d.seed)
+        if run.skip or what in seen:
+            continue
+        seen.add(what)
+        load_dataset(DataSpec(corpus=d.corpus, corpus_path=d.corpus_path, min_freq=d.min_freq,
+                              subsample=d.subsample, seed=d.seed), str(ptb), download=False)
 
 
 def dry_run(plan: list[PlannedRun], folder: ResultsFolder, retry_failed: bool) -> int:
@@ -107,11 +130,13 @@ def run(args: argparse.Namespace) -> int:
         folder = ResultsFolder(Path(args.out) if args.out else new_results_dir())
     if not args.dry_run:
         check_size(plan, args.yes)
-    ptb = find_ptb(args.data_dir, not args.no_download).parent
+    uses_ptb = any(run.spec.data.corpus == PTB for run in plan)
+    ptb = find_ptb(args.data_dir, not args.no_download).parent if uses_ptb else Path(args.data_dir or ".").absolute()
     if args.dry_run:
         if folder.path.exists():
             folder.check_plan(plan)
         return dry_run(plan, folder, args.retry_failed)
+    check_corpora(plan, ptb)
     executor = executor_from_args(args, ptb, folder.logs)  # a cluster that cannot be reached: before any folder
     check_writable(folder.path, "--out", folder=True)
     try:

@@ -82,14 +82,15 @@ def _name_by_settings(results: list[dict]) -> None:
     the recipe's value (file names carry every non-recipe setting and a key: unique, but long)."""
     flat = {id(r): {**{k: v for k, v in r["spec"].items() if k != "data"}, **r["spec"]["data"]}
             for r in results if r["spec"]}
-    keys = {k for f in flat.values() for k in f} - set(_IN_LABEL)
+    keys = {k for f in flat.values() for k in f} - set(_IN_LABEL) - {"corpus_path"}  # a file: by its digest
     varying = [k for k in sorted(keys) if len({json.dumps(f.get(k)) for f in flat.values()}) > 1]
     names = {}
     for r in results:
         if r["spec"]:
             spec = RunSpec.from_dict(r["spec"])
             default = {**RunSpec(backend=spec.backend).to_dict(), **DataSpec().to_dict()}
-            extras = [f"{k} {flat[id(r)][k]}" for k in varying if flat[id(r)][k] != default.get(k)]
+            # .get: a field added later is absent from specs holding its default (PTB's corpus)
+            extras = [f"{k} {str(flat[id(r)].get(k))[:19]}" for k in varying if flat[id(r)].get(k) != default.get(k)]
             names[id(r)] = " ".join([spec.label, *extras])
     taken = list(names.values())
     for r in results:
@@ -334,18 +335,24 @@ def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
         key = (s["backend"], s["device"], _settings_key(s, "sparse"))
         pairs.setdefault(key, {})["sparse" if s["sparse"] else "dense"] = r
     rows, limit_ratios = [], {}
-    for (backend, device, _), pair in sorted(pairs.items()):
+    sizes = len({r.get("vocab_size") for r in _ok(results)})  # several: each sentence names its V
+    for (backend, device, _), pair in sorted(pairs.items(), key=lambda item: (*item[0][:2], _vocab(item[1]))):
+        size = f" at V {_vocab(pair):,}" if _vocab(pair) and sizes > 1 else ""
         if len(pair) < 2 or not (pair["dense"].get("rate_median") and pair["sparse"].get("rate_median")):
             continue
         ratio = pair["sparse"]["rate_median"] / pair["dense"]["rate_median"]
         if backend == LIMIT_BACKEND:
-            limit_ratios.setdefault(device, ratio)
-        rows.append({"backend": backend, "device": device, "ratio": ratio,
+            limit_ratios.setdefault(f"{device}{size}", ratio)
+        rows.append({"backend": backend, "device": device, "size": size, "vocab": _vocab(pair), "ratio": ratio,
                      "verdict": "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "about as fast",
                      "loss": [p.get("final_loss") for p in (pair["dense"], pair["sparse"])],
                      "wordsim": [((p.get("evaluation") or {}).get("wordsim353") or {}).get("spearman")
                                  for p in (pair["dense"], pair["sparse"])]})
     return rows, limit_ratios
+
+
+def _vocab(pair: dict) -> int:
+    return next(iter(pair.values())).get("vocab_size") or 0
 
 
 def agreement(results: list[dict]) -> tuple[list[dict], object]:
@@ -429,11 +436,15 @@ def render(folder: Path) -> Path:
     if results:
         agreeing, agreement_figure = agreement(results)
         sparse, limit_ratios = sparse_answer(results)
+        from bench.reporting.scale import section as scale_section  # it draws with this module's helpers
+        from markupsafe import Markup
+
+        scale = scale_section(results)
         context.update(
             finished=len(_ok(results, None)), total=len(results), skips=[r for r in results if r["status"] == SKIPPED],
             summary=summary(results), warned=warned(results), loss_figure=loss_figures(results),
             throughput_figure=throughput_figure(results), batch_figure=batch_size_figure(results),
-            sparse=sparse, limit_ratios=limit_ratios, agreement=agreeing, agreement_figure=agreement_figure,
+            sparse=sparse, limit_ratios=limit_ratios, scale=Markup(scale) if scale else None, agreement=agreeing, agreement_figure=agreement_figure,
             bare_loop=bool(_ok(results, "bare-loop")), overhead=harness_overhead(results),
             neighbours=neighbours(results), failed=[r for r in results if r["status"] not in FINISHED + (SKIPPED,)],
             busy_fraction=BUSY_FRACTION, spread_ratio=SPREAD_RATIO, spread_segments=SPREAD_MIN_SEGMENTS)

@@ -22,15 +22,16 @@ from common.machine import MachineLoad
 from common.spec import RunSpec
 
 
-def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, corpus: str | None = None,
+def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     backend_cls = registry.load(spec.backend)
-    dataset = load_dataset(spec.data, data_dir, download, corpus)
+    dataset = load_dataset(spec.data, data_dir, download)
     check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
     limit = total_steps(spec, dataset)
     timeline, epoch_losses, epoch_seconds = Timeline(), [], []
     load, machine_load = MachineLoad(), None
+    first_step = None
     for epoch in range(spec.data.epochs):
         batches = [b for _, b in zip(range(limit - len(timeline.losses)), dataset.epoch(epoch))]
         if not batches:
@@ -38,8 +39,10 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
         prepared = backend.prepare(batches)
         backend.sync()  # transfers finished before the clock, as in the worker
         sizes = [b.center.size for b in batches]
-        if epoch == 0:  # warm-up step, untimed, as the worker leaves its first step out of the rate
+        if epoch == 0:  # warm-up step, timed apart, as the worker leaves its first step out of the rate
+            t = time.perf_counter()
             losses = [backend.train(prepared[:1])]
+            first_step = time.perf_counter() - t
             prepared, timed_sizes = prepared[1:], sizes[1:]
         else:
             losses, timed_sizes = [], sizes
@@ -58,7 +61,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
             progress(len(timeline.losses), limit)
     status, error = outcome(timeline.losses)
     env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
-    timings = {"train_seconds": float(sum(epoch_seconds))}
+    timings = {"train_seconds": float(sum(epoch_seconds)), "first_step_seconds": first_step,
+               "compile_seconds": backend.compile_seconds}
     if export_vectors is not None:
         write_word2vec(export_vectors, dataset.vocab.tokens, backend.embeddings()[0])
     return record(spec, status, error, env, None, timeline, epoch_losses, epoch_seconds, timings, machine_load)

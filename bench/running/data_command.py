@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     spec = data_spec(args)
     if args.dump:  # before the corpus is read: finding out afterwards wastes the work
         check_writable(Path(args.dump), "--dump")
-    dataset = load_dataset(spec, args.data_dir, not args.no_download, args.corpus)
+    dataset = load_dataset(spec, args.data_dir, not args.no_download)
     if args.dump:
         dump(dataset, Path(args.dump))
         return 0

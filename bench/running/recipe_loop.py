@@ -52,8 +52,8 @@ def batchify(data: list[tuple[int, list[int], list[int]]]) -> tuple[torch.Tensor
             torch.tensor(masks), torch.tensor(labels))
 
 
-def examples(spec: RunSpec, data_dir: str | None, download: bool, corpus: str | None):
-    dataset = load_dataset(spec.data, data_dir, download, corpus)
+def examples(spec: RunSpec, data_dir: str | None, download: bool):
+    dataset = load_dataset(spec.data, data_dir, download)
     sampler = dataset.sampler(0)
     rows = dataset.rows_source(0).rows(np.arange(sampler.draw.centers.size))
     cn, m = rows.context_negative.tolist(), rows.contexts.tolist()
@@ -62,10 +62,10 @@ def examples(spec: RunSpec, data_dir: str | None, download: bool, corpus: str | 
     return dataset, data
 
 
-def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, corpus: str | None = None,
+def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     t0 = time.perf_counter()
-    dataset, data = examples(spec, data_dir, download, corpus)
+    dataset, data = examples(spec, data_dir, download)
     check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     torch.manual_seed(spec.data.seed)
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # the book's 4 on any machine
@@ -94,6 +94,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
             loss.sum().backward()
             optimizer.step()
             total, count = total + float(loss.detach().sum()), count + loss.numel()  # the book's metric.add
+            if timings["first_step_seconds"] is None:  # from the loop's start: the DataLoader's workers start too
+                timings["first_step_seconds"] = time.perf_counter() - t
             timeline.losses.append(float(loss.detach().mean()))
             timeline.sizes.append(loss.numel())
             epoch_examples += loss.numel()

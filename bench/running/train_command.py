@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(out, vectors)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported as a status instead
-            result = runner(spec)(spec, args.data_dir, not args.no_download, args.corpus, vectors,
+            result = runner(spec)(spec, args.data_dir, not args.no_download, vectors,
                                   progress=print_progress if args.progress else None)
     except BenchError:
         raise

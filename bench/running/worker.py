@@ -22,7 +22,7 @@ from common.batches import Dataset, StreamHash, load_dataset
 from common.cache import check_writable
 from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
-from common.machine import MachineLoad, machine_info
+from common.machine import MachineLoad, machine_info, peak_rss_bytes
 from common.spec import RunSpec
 
 SCHEMA = 1
@@ -142,13 +142,13 @@ def finish(result: dict, tokens: list[str], center: np.ndarray, export_vectors: 
         write_word2vec(export_vectors, tokens, center)
 
 
-def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, corpus: str | None = None,
+def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     """Train as `spec` says and return the result record (status ok / diverged)."""
     backend_cls = registry.load(spec.backend)
     clock = time.perf_counter
     t0 = clock()
-    dataset = load_dataset(spec.data, data_dir, download, corpus)
+    dataset = load_dataset(spec.data, data_dir, download)
     check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
     timings = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0, "train_seconds": 0.0}
@@ -189,7 +189,9 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True, cor
             progress(len(timeline.losses), limit)
     timings["train_seconds"] = float(sum(epoch_seconds))
     timings["first_step_seconds"] = timeline.first_step_seconds
+    timings["compile_seconds"] = backend.compile_seconds  # ahead of the clock, in prepare (part of prepare_seconds)
     timings["peak_memory_bytes"] = backend.peak_memory_bytes()
+    timings["peak_rss_bytes"] = peak_rss_bytes()  # the worker process, beside the device peak above
     env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
     result = record(spec, status, error, env, digest.hexdigest(), timeline, epoch_losses, epoch_seconds, timings,
                     machine_load)

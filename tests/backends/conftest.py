@@ -12,6 +12,7 @@ from common.batches import Batch, load_dataset
 from common.init import initial_weights
 from common.spec import DataSpec, RunSpec
 from common.zipf import write_zipf_corpus
+from tests.conftest import file_spec
 from tests.conftest import BACKEND  # noqa: F401 (re-exported for the test modules)
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,7 @@ def small_batches(tmp_path_factory) -> tuple[list[Batch], int]:
     """Real-layout batches from a generated corpus with a small vocabulary (fast, many collisions)."""
     path = tmp_path_factory.mktemp("zipf") / "z.txt"
     write_zipf_corpus(path, tokens=20_000, vocab=300, seed=5)
-    dataset = load_dataset(DataSpec(batch_size=48, min_freq=2), corpus_file=str(path))
+    dataset = load_dataset(file_spec(path, batch_size=48, min_freq=2))
     return list(dataset.epoch(0))[:6], len(dataset.vocab)
 
 

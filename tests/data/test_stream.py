@@ -12,7 +12,7 @@ from common.batches import StreamHash, load_dataset
 from common.init import initial_weights
 from common.spec import DataSpec
 from common.zipf import write_zipf_corpus
-from tests.conftest import run_bench
+from tests.conftest import file_spec, run_bench
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,7 @@ def stream_hash(dataset, epochs=None) -> str:
 
 
 def small(zipf_file, **settings):
-    spec = DataSpec(min_freq=3, batch_size=64, epochs=2, **settings)
-    return load_dataset(spec, corpus_file=str(zipf_file))
+    return load_dataset(file_spec(zipf_file, min_freq=3, batch_size=64, epochs=2, **settings))
 
 
 def test_same_settings_same_hash_other_seed_other_hash(zipf_file):

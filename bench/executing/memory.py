@@ -1,0 +1,196 @@
+"""A run's memory, estimated before it starts, against what this machine has; and the kernel's word
+when its OOM killer ended one anyway.
+
+The estimate (README "Memory") is a sum of what a run holds at its peak, in bytes, for V words,
+E dimensions, batch size B, row length L, S steps per epoch (max_steps caps it) and float32 tables:
+
+    tables      2 V E 4                  center and context embeddings
+    optimiser   adam: 2 x tables         m and v (lazy Adam keeps them whole too); sgd: none
+    gradients   dense: 2 x tables        a full-size gradient per table and the update's temporaries
+                sparse: 2 B (1+L) E 4    the rows one step touches, gradient and update
+    batches     S B (8 + 18 L)           the epoch's batches as numpy (4 + 6L a row) and, converted
+                                         by the backend, as int32/float32 tensors (4 + 12L)
+    draw        kept x 24                the epoch's subsampled tokens: positions, shuffle keys, order
+    row cache   S B (5 + 4 L)            pages of the memory-mapped row table the epoch reads
+    evaluation  5 V E 4                  at the end, with all the above still held: the center table
+                                         copied out, then as float64 and normalised (common/evaluate);
+                                         it also covers the start's peak, one table's float64 draws
+                                         (3 V E 8) before any optimiser state exists
+    runtime     RUNTIME_BYTES            interpreter, framework and allocator pools, measured
+
+A plan marks a run whose estimate exceeds the memory available to it (MemAvailable, or the cgroup's
+limit less its usage where that is lower) as skipped, with both figures, so the suite never starts a
+run the OOM killer would end halfway through the others.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+import signal
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from bench.executing.suite import PlannedRun
+from common import corpora
+from common.errors import BenchError
+from common.spec import DataSpec, RunSpec
+
+# The peak RSS of a 20-step PTB run of each backend (tables, optimiser and data under 60 MB there),
+# measured with /usr/bin/time on the 2-core VM at 4dc4ae5 (numpy 213, torch 519, mxnet 279,
+# tensorflow 738, jax 534, fused 321 MiB), rounded up to the next 100 MiB: what each process holds
+# besides the terms above. A runner not measured (gensim) is given the largest.
+RUNTIME_BYTES = {"numpy": 300 << 20, "torch": 600 << 20, "mxnet": 300 << 20, "tensorflow": 800 << 20,
+                 "jax": 600 << 20, "fused": 400 << 20}
+_FLOAT = 4
+
+
+class Facts(NamedTuple):
+    """What the estimate needs from a corpus at one min_freq and subsample threshold."""
+
+    vocab: int      # V, <unk> included
+    kept: float     # tokens left after subsampling (the epoch's examples), expected
+
+
+def estimate(spec: RunSpec, facts: Facts) -> dict[str, int]:
+    """Bytes per term of the module docstring's formula, and their `total`."""
+    d = spec.data
+    table = 2 * facts.vocab * d.embed * _FLOAT
+    steps = max(1, math.ceil(facts.kept / d.batch_size))
+    steps = min(steps, spec.max_steps) if spec.max_steps else steps
+    rows = steps * d.batch_size
+    terms = {
+        "tables": table,
+        "optimiser": 2 * table if spec.optimizer == "adam" else 0,
+        "gradients": 2 * d.batch_size * (1 + d.row_length) * d.embed * _FLOAT if spec.sparse else 2 * table,
+        "batches": rows * (8 + 18 * d.row_length),
+        "draw": int(facts.kept * 24),
+        "row cache": rows * (5 + 4 * d.row_length),
+        "evaluation": 5 * facts.vocab * d.embed * _FLOAT,
+        "runtime": RUNTIME_BYTES.get(spec.backend if spec.runner != "gensim" else spec.runner, max(RUNTIME_BYTES.values())),
+    }
+    return {**terms, "total": sum(terms.values())}
+
+
+def kept_tokens(counts: np.ndarray, threshold: float) -> float:
+    """Expected tokens surviving the recipe's subsampling, for in-vocabulary counts (no <unk>):
+    a word of count c is kept with probability min(1, sqrt(threshold * total / c))."""
+    c = counts[counts > 0].astype(np.float64)
+    return float(np.minimum(c, np.sqrt(threshold * c.sum() * c)).sum())
+
+
+def corpus_facts(data: DataSpec, data_dir: str | None, download: bool) -> Facts:
+    """V and the expected epoch for a data spec: counted from the tokenised corpus (PTB, a file),
+    or, for a generated corpus not made yet, from the generator's expected counts (planning
+    a 100M-token corpus must not first take minutes generating it). A corpus that leaves no
+    word at this min_freq is an error now, before anything is made."""
+    from common.corpus import build_vocab
+
+    if data.corpus.startswith("zipf:"):
+        zipf = corpora.parse_zipf(data.corpus)
+        vocab, _ = corpora.expected_vocab(zipf, data.min_freq)
+        counts = zipf.expected_counts()
+        facts = Facts(round(vocab), kept_tokens(counts[counts >= data.min_freq], data.subsample))
+    else:
+        words, _ = build_vocab(corpora.load(data.corpus, data.corpus_path, data_dir, download), data.min_freq)
+        facts = Facts(len(words), kept_tokens(words.counts[1:], data.subsample))
+    if facts.vocab < 2:
+        raise BenchError(f"corpus {data.corpus} leaves no word at min_freq {data.min_freq} (only <unk>), so it yields "
+                         f"no training example: lower min_freq or use a larger corpus")
+    return facts
+
+
+def for_memory(plan: list[PlannedRun], data_dir: str | None, download: bool = True,
+               memory: tuple[int, int] | None = None) -> list[PlannedRun]:
+    """The plan with each run that cannot fit this machine's memory marked skipped (estimate and
+    machine's figures in the reason); runs already skipped keep their reason."""
+    memory = machine_memory() if memory is None else memory
+    facts: dict[tuple, Facts] = {}
+    marked = []
+    for run in plan:
+        d = run.spec.data
+        where = (d.corpus, d.corpus_path, d.min_freq, d.subsample)
+        if where not in facts:
+            facts[where] = corpus_facts(d, data_dir, download)
+        marked.append(run if run.skip else replace(run, skip=fit_reason(run.spec, facts[where], memory)))
+    return marked
+
+
+# --- what the machine has ---------------------------------------------------------------------
+
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _meminfo() -> dict[str, int]:
+    try:
+        lines = MEMINFO.read_text().splitlines()
+    except OSError:
+        return {}
+    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines if line.split()[1:2] != []}
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def machine_memory() -> tuple[int, int] | None:
+    """(available, total) bytes for a new process here: the kernel's MemAvailable and MemTotal,
+    lowered to a cgroup memory limit (v2 memory.max, v1 limit_in_bytes) and its headroom; None
+    where /proc/meminfo cannot be read (not Linux), in which case nothing is skipped."""
+    info = _meminfo()
+    if "MemAvailable" not in info:
+        return None
+    available, total = info["MemAvailable"], info["MemTotal"]
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(CGROUP / limit_file), _read_int(CGROUP / usage_file)
+        if limit is not None and limit < total:
+            total, available = limit, min(available, limit - (usage or 0))
+    return available, total
+
+
+def fit_reason(spec: RunSpec, facts: Facts, memory: tuple[int, int] | None) -> str | None:
+    """Why `spec` cannot fit this machine's memory, with the estimate and the machine's figures; None if it fits."""
+    if memory is None:
+        return None
+    terms = estimate(spec, facts)
+    if terms["total"] <= memory[0]:
+        return None
+    big = ", ".join(f"{name} {gib(b)}" for name, b in sorted(terms.items(), key=lambda t: -t[1])[1:4])
+    return (f"needs about {gib(terms['total'])} of memory (V {facts.vocab:,}: {big}); this machine has "
+            f"{gib(memory[0])} available of {gib(memory[1])}")
+
+
+def gib(n: float) -> str:
+    return f"{n / 2 ** 30:.1f} GiB"
+
+
+# --- the OOM killer's evidence ----------------------------------------------------------------
+
+def oom_kills() -> int | None:
+    """How many processes the OOM killer has ended in this process's memory cgroup (v2
+    memory.events or v1 memory.oom_control `oom_kill`); None where no counter can be read."""
+    for path, field in ((CGROUP / "memory.events", "oom_kill"), (CGROUP / "memory" / "memory.oom_control", "oom_kill")):
+        try:
+            for line in path.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == field and value.strip().isdigit():
+                    return int(value)
+        except OSError:
+            continue
+    return None
+
+
+def out_of_memory(returncode: int | None, kills_before: int | None, kills_after: int | None) -> str | None:
+    """The error of a worker the OOM killer ended: SIGKILL, and the cgroup's oom_kill counter rose
+    while it ran (the kernel's own evidence); None for any other exit."""
+    if returncode != -signal.SIGKILL or kills_before is None or kills_after is None or kills_after <= kills_before:
+        return None
+    return (f"out of memory: the kernel's OOM killer ended the worker (SIGKILL; the memory cgroup's oom_kill "
+            f"count went from {kills_before} to {kills_after}); the plan's estimate was too low for this run")

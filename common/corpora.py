@@ -1,0 +1,201 @@
+"""Which text a run trains on, as its spec names it: PTB, a generated Zipf corpus, or a user's file.
+
+The spec holds the corpus's identity, never where it lies: `ptb` (verified by its SHA-256, as
+`common.ptb` does), `zipf:TOKENS:WORDS[:SEED]` (regenerated deterministically wherever it is
+needed, cached), or `sha256:<digest>` for a user's file, whose path the spec records beside it
+but outside its key. A changed file is a different spec; a file whose content changed between
+planning and training is caught by its digest.
+"""
+from __future__ import annotations
+
+import math
+import re
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common.cache import cache_dir, free_bytes
+from common.errors import BenchError
+from common.ptb import check_text_file, find_ptb, sha256_file
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from common.corpus import Corpus
+
+PTB = "ptb"
+# Beyond these a generated corpus is a typo, not a benchmark: 2e9 tokens is a 20 GB text file and
+# 8 GB of ids; 1e8 distinct words would not fit a table on any machine the suite targets.
+MAX_TOKENS, MAX_WORDS = 2_000_000_000, 100_000_000
+_SUFFIXES = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
+_ZIPF = re.compile(r"zipf:([^:]*):([^:]*)(?::([^:]*))?")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_FORMS = "ptb, zipf:TOKENS:WORDS[:SEED] (e.g. zipf:10M:100k) or the path of a text file"
+
+
+@dataclass(frozen=True)
+class Zipf:
+    """A generated corpus: `tokens` words drawn from Zipf(1) over `words` distinct words."""
+
+    tokens: int
+    words: int
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        """The canonical spelling: `zipf:1M:10k` and `zipf:1000000:10000:0` are one corpus, one key."""
+        return f"zipf:{format_size(self.tokens)}:{format_size(self.words)}" + (f":{self.seed}" if self.seed else "")
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / f"zipf-{self.tokens}-{self.words}-{self.seed}.txt"
+
+    def text_bytes(self) -> int:
+        """An upper bound on the generated file's size: every token as long as the longest word."""
+        return self.tokens * (len(f"w{self.words - 1}") + 1)
+
+    def expected_counts(self) -> "np.ndarray":
+        """Each word's expected count (the generator's probabilities times the tokens)."""
+        import numpy as np  # here: every command imports this module through the spec
+        weights = 1.0 / np.arange(1, self.words + 1, dtype=np.float64)
+        return weights * (self.tokens / weights.sum())
+
+
+def parse_size(text: str, what: str, value: str) -> int:
+    """`100M`, `10k`, `1.5M` or `250000` as an integer; anything else names `value`'s form."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgG]?)", text.strip())
+    number = float(match.group(1)) * _SUFFIXES[match.group(2).lower()] if match else None
+    if number is None or number != int(number):
+        raise BenchError(f"invalid corpus {value!r}: {what} must be a whole number such as 1M or 10k, got {text!r}")
+    return int(number)
+
+
+def format_size(n: int) -> str:
+    for suffix, scale in (("G", 10 ** 9), ("M", 10 ** 6), ("k", 10 ** 3)):
+        if n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)
+
+
+def parse_zipf(value: str) -> Zipf:
+    """A `zipf:` corpus, its sizes checked: zero, negative or absurd ones are one line here."""
+    match = _ZIPF.fullmatch(value)
+    if not match:
+        raise BenchError(f"invalid corpus {value!r}: write zipf:TOKENS:WORDS[:SEED], e.g. zipf:10M:100k")
+    tokens, words = parse_size(match.group(1), "TOKENS", value), parse_size(match.group(2), "WORDS", value)
+    seed = parse_size(match.group(3), "SEED", value) if match.group(3) is not None else 0
+    checks = [(1 <= tokens <= MAX_TOKENS, f"TOKENS must be between 1 and {format_size(MAX_TOKENS)}"),
+              (2 <= words <= MAX_WORDS, f"WORDS must be between 2 and {format_size(MAX_WORDS)}"),
+              (words <= tokens, "WORDS cannot exceed TOKENS (most words would never occur)"),
+              (seed < 2 ** 63, "SEED must be < 2^63")]
+    for ok, message in checks:
+        if not ok:
+            raise BenchError(f"invalid corpus {value!r}: {message}")
+    return Zipf(tokens, words, seed)
+
+
+def check_name(value: str) -> str:
+    """A spec's corpus field in canonical form (ptb, zipf:..., sha256:...), or an error."""
+    if value == PTB or _DIGEST.fullmatch(value):
+        return value
+    if value.startswith("zipf:"):
+        return parse_zipf(value).name
+    raise BenchError(f"invalid setting: corpus must be {_FORMS}, got {value!r}")
+
+
+@lru_cache(maxsize=None)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def file_digest(path: Path) -> str:
+    """A text file's SHA-256, after refusing what cannot be a corpus (missing, a folder, binary)."""
+    if path.is_dir():
+        raise BenchError(f"corpus {path} is a folder: name a text file (or ptb, or zipf:TOKENS:WORDS)")
+    try:
+        check_text_file(path)
+        stat = path.stat()
+        return _digest(path, stat.st_size, stat.st_mtime_ns)
+    except OSError as exc:
+        raise BenchError(f"corpus file {path} cannot be read ({exc.strerror}): fix its permissions") from None
+
+
+def spec_fields(value: str | None) -> dict:
+    """What a user's --corpus (or a suite file's `corpus`) puts into a data spec: the corpus's
+    identity, and for a file its absolute path (recorded, not part of the key)."""
+    if value is None or value == PTB:
+        return {}
+    if value.startswith("zipf:"):
+        return {"corpus": parse_zipf(value).name}
+    if _DIGEST.fullmatch(value):
+        raise BenchError(f"corpus {value} names a digest: give the file's path, its digest is taken from it")
+    path = Path(value).expanduser().resolve()
+    return {"corpus": f"sha256:{file_digest(path)}", "corpus_path": str(path)}
+
+
+def corpus_file(corpus: str, path: str | None, data_dir: str | None = None, download: bool = True) -> Path:
+    """The text file a spec's corpus is: PTB found and verified, a Zipf corpus generated into the
+    cache on first use, or the recorded file, refused unless its content is still the digest's."""
+    if corpus == PTB:
+        return find_ptb(data_dir, download)
+    if corpus.startswith("zipf:"):
+        return generated(parse_zipf(corpus))
+    if path is None:
+        raise BenchError(f"corpus {corpus} has no file path in its spec: pass --corpus PATH")
+    actual = file_digest(Path(path))
+    if f"sha256:{actual}" != corpus:
+        raise BenchError(f"corpus file {path} changed since the run was planned: its sha256 is {actual}, the "
+                         f"spec's {corpus.removeprefix('sha256:')}; restore the file or plan the suite again")
+    return Path(path)
+
+
+def generated(zipf: Zipf) -> Path:
+    """The Zipf corpus's file in the cache, written now (atomically) if it is not there yet."""
+    from common.zipf import write_zipf_corpus
+
+    if not zipf.path.exists():
+        folder = zipf.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if free_bytes(folder) < zipf.text_bytes():
+            raise BenchError(f"corpus {zipf.name} needs up to {zipf.text_bytes() / 2 ** 30:.1f} GiB in {folder}, "
+                             f"which has {free_bytes(folder) / 2 ** 30:.1f} GiB free: free space or use fewer tokens")
+        write_zipf_corpus(zipf.path, zipf.tokens, zipf.words, zipf.seed)
+    return zipf.path
+
+
+def expected_vocab(zipf: Zipf, min_freq: int) -> tuple[float, float]:
+    """Expected vocabulary size (<unk> included) and in-vocabulary tokens of a Zipf corpus at
+    `min_freq`, without generating it: each word's count is about Poisson(expected count), so it
+    enters the vocabulary with probability P(X >= min_freq)."""
+    import numpy as np
+
+    counts = zipf.expected_counts()
+    below = np.zeros_like(counts)  # P(X < min_freq), summed term by term in log space
+    with np.errstate(divide="ignore"):
+        log_counts = np.log(counts)
+    for k in range(min_freq):
+        below += np.exp(k * log_counts - counts - math.lgamma(k + 1))
+    inside = np.clip(1.0 - below, 0.0, 1.0)
+    return 1.0 + float(inside.sum()), float((inside * counts).sum())
+
+
+def describe(corpus: str, corpus_path: str | None) -> str:
+    """How messages name a spec's corpus: a user's file by its path, else by its name."""
+    return corpus_path or corpus
+
+
+def load(corpus: str, corpus_path: str | None, data_dir: str | None = None, download: bool = True) -> "Corpus":
+    """The spec's corpus as arrays. A file corpus that is not on this machine (a cluster node) is
+    found by its digest among the corpora tokenised here; else the error names the file."""
+    from common.corpus import cached_corpus, load_corpus  # numpy's import: only for commands that read data
+
+    if _DIGEST.fullmatch(corpus) and not Path(corpus_path or "").is_file():
+        found = cached_corpus(corpus.removeprefix("sha256:"))
+        if found is not None:
+            return found
+        raise BenchError(f"corpus file {corpus_path} is not on this machine ({socket.gethostname()}) and no corpus "
+                         f"of its {corpus} was tokenised here: copy the file there (any path; it is found by its "
+                         f"digest once tokenised)")
+    return load_corpus(corpus_file(corpus, corpus_path, data_dir, download))
