@@ -51,7 +51,7 @@ RESULT = {
     "segment_rates": [RATE], "rate_median": Maybe(RATE), "rate_iqr": Maybe((RATE, RATE)),
     "examples_per_sec": Maybe(RATE), "wall_seconds": Maybe(RATE),
     "evaluation": Maybe({"wordsim353": QUALITY, "simlex999": QUALITY, "analogy": QUALITY}),
-    "vocab_size": Maybe(Number()), "timings": Maybe(MapOf(Maybe(Number()))),
+    "vocab_size": Maybe(Number()), "timings": Maybe({"peak_rss_bytes": Maybe(Number()), "peak_memory_bytes": Maybe(Number())}),
     "neighbours": Maybe(MapOf([(str, Number())])), "env": Maybe(ENV), "executor": SCALAR, "host": SCALAR,
     "machine_load": Maybe({"other_cpu_fraction": Maybe(Number()), "loadavg_before": Maybe(Number()),
                            "loadavg_after": Maybe(Number())}),
