@@ -99,7 +99,7 @@ def test_a_planted_30_percent_slowdown_is_flagged(folders, tmp_path):
     planted = [w for w in dense["warnings"] if w.startswith("new ") and "busy machine: other processes took 50%" in w]
     assert len(planted) == REPEATS
     page = (tmp_path / "c.html").read_text()
-    assert "<tr class=bad><td class=l>numpy dense cpu !</td>" in page and "0.0-planted" in page
+    assert "<tr class='bad'><td class='l'>numpy dense cpu !</td>" in page and "0.0-planted" in page
     assert "bootstrap" in page and "<svg" in page and "<script" not in page
     assert_renders(tmp_path / "c.html", tmp_path)
 

@@ -104,7 +104,7 @@ def test_dry_run_shows_skipped_rows_and_gpu_envs(tmp_path, ptb_dir):
 
 
 def test_skipped_rows_are_recorded_unstarted_and_reported(tmp_path, ptb_dir):
-    import html
+    from markupsafe import escape
 
     from bench.reporting import report
 
@@ -116,7 +116,7 @@ def test_skipped_rows_are_recorded_unstarted_and_reported(tmp_path, ptb_dir):
     assert results[1]["status"] == "ok"
     assert not [p for p in (tmp_path / "logs").iterdir() if p.name.startswith("mxnet")]  # never started
     page = report.render(tmp_path).read_text()
-    assert "1 of 2 runs finished, 1 skipped" in page and "Skipped runs" in page and html.escape(why) in page
+    assert "1 of 2 runs finished, 1 skipped" in page and "Skipped runs" in page and escape(why) in page
     assert "Every run finished." in page  # a skipped row is not a failure
 
 

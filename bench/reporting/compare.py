@@ -8,7 +8,6 @@ segment-to-segment noise of a shared machine is not mistaken for a regression.
 from __future__ import annotations
 
 import argparse
-import html
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,8 @@ import numpy as np
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.spec import RunSpec, spec_key
-from bench.reporting.report import FINISHED, _fmt, _svg, load_results, measurement_warnings, page
+from bench.reporting.pages import headless_matplotlib, number, plot_text, render, signed, svg
+from bench.reporting.report import FINISHED, load_results, measurement_warnings
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -28,20 +28,19 @@ MIN_SEGMENTS = 3
 QUALITY = {"WordSim-353": ("wordsim353", "spearman"), "SimLex-999": ("simlex999", "spearman"),
            "analogies": ("analogy", "accuracy")}
 
-METHOD = (
-    f"Runs are paired by their settings: the SHA-256 key of the whole spec without the <code>repeat</code> "
-    f"index; repeats of one spec on a side are pooled. Speed is the ratio NEW/BASE of the medians of the "
-    f"100-step segment rates (examples/s). Its {CONFIDENCE:.0%} interval is a two-level percentile bootstrap: "
-    f"{RESAMPLES:,} times, each side's runs are resampled with replacement, then each chosen run's segment "
-    f"rates, and the ratio of the resampled medians is taken (seeded by the pair's key, so the same folders "
-    f"give the same interval). "
-    f"A pair is <b>faster</b> or <b>slower</b> when the interval lies entirely on that side of 1 and the change "
-    f"is at least the threshold; otherwise <b>unchanged</b>. Pairs with fewer than {MIN_SEGMENTS} segments a "
-    f"side get no verdict. Segments of one run share its machine's state, so with one run a side the "
-    f"interval measures only within-run noise, and a busy neighbour moves a whole run. Give each side "
-    f"repeats, alternated in time with the other side's: resampling runs carries their drift into the "
-    f"interval.")
-METHOD_TEXT = METHOD.replace("<code>", "").replace("</code>", "").replace("<b>", "").replace("</b>", "")
+
+
+METHOD_TEXT = (
+    f"Runs are paired by their settings: the SHA-256 key of the whole spec without the repeat index; repeats "
+    f"of one spec on a side are pooled. Speed is the ratio NEW/BASE of the medians of the 100-step segment "
+    f"rates (examples/s). Its {CONFIDENCE:.0%} interval is a two-level percentile bootstrap: {RESAMPLES:,} "
+    f"times, each side's runs are resampled with replacement, then each chosen run's segment rates, and the "
+    f"ratio of the resampled medians is taken (seeded by the pair's key, so the same folders give the same "
+    f"interval). A pair is faster or slower when the interval lies entirely on that side of 1 and the change is "
+    f"at least the threshold; otherwise unchanged. Pairs with fewer than {MIN_SEGMENTS} segments a side get no "
+    f"verdict. Segments of one run share its machine's state, so with one run a side the interval measures only "
+    f"within-run noise, and a busy neighbour moves a whole run. Give each side repeats, alternated in time with "
+    f"the other side's: resampling runs carries their drift into the interval.")
 
 
 @dataclass
@@ -138,7 +137,7 @@ def names(specs: dict[str, dict]) -> dict[str, str]:
 
 def bootstrap_ratio(base: list[list[float]], new: list[list[float]], seed: int) -> tuple[float, float, float]:
     """median(new) / median(base) over the pooled segment rates, and its two-level percentile
-    bootstrap interval (see METHOD): segments of one run share its machine's state, so runs are
+    bootstrap interval (see METHOD_TEXT): segments of one run share its machine's state, so runs are
     resampled first, then segments within each; with repeats the interval carries run-to-run drift."""
     rng = np.random.default_rng(seed)
 
@@ -275,7 +274,7 @@ def _ratio_text(p: Pair) -> str:
     if p.speed is None or "ratio" not in p.speed:
         return "–"
     low, high = p.speed["ci"]
-    return f"{p.speed['ratio']:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{number(p.speed['ratio'])} [{number(low)}, {number(high)}]"
 
 
 def _loss_text(p: Pair) -> str:
@@ -287,13 +286,12 @@ def _loss_text(p: Pair) -> str:
 
 
 def _delta(p: Pair, name: str) -> str:
-    delta = p.quality.get(name, {}).get("delta")
-    return "–" if delta is None else f"{delta:+.4f}"
+    return signed(p.quality.get(name, {}).get("delta"))
 
 
 def _row(p: Pair) -> list[str]:
     status = "" if p.speed is not None else f" (base {'/'.join(p.base_status)}, new {'/'.join(p.new_status)})"
-    return [p.name + (" !" if p.warnings else ""), _fmt((p.speed or {}).get("base_median"), 0), _fmt((p.speed or {}).get("new_median"), 0),
+    return [p.name + (" !" if p.warnings else ""), number((p.speed or {}).get("base_median"), 0), number((p.speed or {}).get("new_median"), 0),
             _ratio_text(p), p.verdict + status, _loss_text(p), *(_delta(p, q) for q in QUALITY),
             ", ".join(k for k in p.environment if k != "commit") or "–"]
 
@@ -343,7 +341,7 @@ def ratio_figure(c: Comparison) -> str:
 
     pairs = [p for p in c.pairs if p.speed and "ratio" in p.speed]
     if not pairs:
-        return "<p>No pair has enough segments on both sides for a speed interval.</p>"
+        return None
     colour = {"slower": "#c0392b", "faster": "#27ae60", "unchanged": "#4a7ab5"}
     fig, ax = plt.subplots(figsize=(9, 0.4 * len(pairs) + 1.2))
     ax.axvspan(1 - c.threshold, 1 + c.threshold, color="#eeeeee", label=f"±{c.threshold:.0%} threshold")
@@ -352,51 +350,23 @@ def ratio_figure(c: Comparison) -> str:
         low, high = p.speed["ci"]
         ax.errorbar([p.speed["ratio"]], [y], xerr=[[p.speed["ratio"] - low], [high - p.speed["ratio"]]],
                     fmt="o", capsize=3, color=colour[p.verdict])
-    ax.set_yticks(range(len(pairs)), [p.name for p in pairs])
+    ax.set_yticks(range(len(pairs)), [plot_text(p.name) for p in pairs])
     ax.set(xlabel=f"examples/s, new / base (ratio of medians, {CONFIDENCE:.0%} bootstrap interval)")
     ax.invert_yaxis()
     ax.legend(fontsize=7)
-    return _svg(fig)
-
-
-def _html_table(head: list[str], rows: list[list[str]], bad: list[bool], numeric: tuple[int, ...] = ()) -> str:
-    """The report's table style: text columns left, the `numeric` columns right, slower rows marked."""
-    cells = lambda r, tag: "".join(f"<{tag}{'' if i in numeric else ' class=l'}>{html.escape(x)}</{tag}>"  # noqa: E731
-                                   for i, x in enumerate(r))
-    body = "".join(f"<tr{' class=bad' if b else ''}>{cells(r, 'td')}</tr>" for r, b in zip(rows, bad))
-    return f"<table><tr>{cells(head, 'th')}</tr>{body}</table>"
-
-
-def headless_matplotlib() -> None:
-    """Draw without a display, and keep text as text in the SVG (searchable, smaller)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["svg.fonttype"] = "none"
+    return svg(fig)
 
 
 def html_page(c: Comparison) -> str:
     headless_matplotlib()
-    folders = _html_table(["", "folder", "created", "commit"],
-                          [[side, f["path"], f["created"], f["commit"]] for side, f in c.folders.items()],
-                          [False, False])
-    pairs = _html_table(HEADER, [_row(p) for p in c.pairs], [p.verdict == "slower" for p in c.pairs],
-                        numeric=(1, 2, 3, 6, 7, 8))
-    changes = environment_changes(c)
-    env = _html_table(["field", "base", "new"], [[k, str(v[0]), str(v[1])] for k, v in changes.items()],
-                      [False] * len(changes)) if changes else "<p>No environment field differs.</p>"
-    one_side = [[r["name"], side, "/".join(r["status"])] for side, runs in (("base", c.only_base), ("new", c.only_new))
-                for r in runs]
-    alone = _html_table(["run", "only in", "status"], one_side, [False] * len(one_side)) if one_side else \
-        "<p>Every setting was run on both sides.</p>"
-    warned = [[p.name, w] for p in c.pairs for w in p.warnings]
-    warnings = _html_table(["run (! in the table)", "warning"], warned, [False] * len(warned)) \
-        if warned else "<p>No run was marked (busy machine, unsteady segment rates, or status noisy).</p>"
-    sections = [("Folders", folders), ("Pairs", f"<p>Threshold {c.threshold:.0%}.</p>" + pairs),
-                ("Speed", ratio_figure(c)), ("Measurement warnings", warnings),
-                ("Environment differences", env), ("Runs on one side only", alone),
-                ("Method", f"<p>{METHOD}</p>")]
-    return page(sections, title="skip-gram bench: compare", heading="skip-gram bench: compare")
+    return render("compare.html", title="skip-gram bench: compare", heading="skip-gram bench: compare", c=c,
+                  folders=[("", [side, f["path"], f["created"], f["commit"]]) for side, f in c.folders.items()],
+                  header=HEADER, pairs=[("bad" if p.verdict == "slower" else "", _row(p)) for p in c.pairs],
+                  changes=[("", [k, str(v[0]), str(v[1])]) for k, v in environment_changes(c).items()],
+                  figure=ratio_figure(c), method=METHOD_TEXT,
+                  one_side=[("", [r["name"], side, "/".join(r["status"])])
+                            for side, runs in (("base", c.only_base), ("new", c.only_new)) for r in runs],
+                  warned=[("", [p.name, w]) for p in c.pairs for w in p.warnings])
 
 
 def write_file(path: Path, text: str) -> None:

@@ -8,14 +8,14 @@ and a vertical mark shows where a framework version changed.
 from __future__ import annotations
 
 import argparse
-import html
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.reporting.compare import Folder, group, headless_matplotlib, load_folder, names, write_file
-from bench.reporting.report import FINISHED, _fmt, _svg, page
+from bench.reporting.compare import Folder, group, load_folder, names, write_file
+from bench.reporting.pages import headless_matplotlib, number, plot_text, render, svg
+from bench.reporting.report import FINISHED
 
 
 @dataclass
@@ -64,10 +64,10 @@ def version_changes(series: dict[str, list[Point]]) -> dict[int, set[str]]:
 
 def tooltip(name: str, p: Point) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(p.versions.items())) or "no versions recorded"
-    speed = (f"examples/s {p.rates[1]:,.0f} (IQR {p.rates[0]:,.0f}–{p.rates[2]:,.0f})" if p.rates
+    speed = (f"examples/s {number(p.rates[1], 0)} (IQR {number(p.rates[0], 0)}–{number(p.rates[2], 0)})" if p.rates
              else "no segment rates")
     return (f"{name}\n{p.folder.created}, commit {p.folder.commit}\n{versions}\n{speed}\n"
-            f"final loss {_fmt(p.final_loss, 4)}")
+            f"final loss {number(p.final_loss, 4)}")
 
 
 def figure(folders: list[Folder], labels: dict[str, str], series: dict[str, list[Point]]) -> str:
@@ -80,7 +80,7 @@ def figure(folders: list[Folder], labels: dict[str, str], series: dict[str, list
     for key in sorted(series, key=labels.get):
         points = series[key]
         timed = [p for p in points if p.rates]
-        line, = speed_ax.plot([p.x for p in timed], [p.rates[1] for p in timed], lw=1.2, label=labels[key])
+        line, = speed_ax.plot([p.x for p in timed], [p.rates[1] for p in timed], lw=1.2, label=plot_text(labels[key]))
         speed_ax.fill_between([p.x for p in timed], [p.rates[0] for p in timed], [p.rates[2] for p in timed],
                               color=line.get_color(), alpha=0.15, lw=0)
         scored = [p for p in points if p.final_loss is not None]
@@ -94,50 +94,34 @@ def figure(folders: list[Folder], labels: dict[str, str], series: dict[str, list
     for x, changes in sorted(version_changes(series).items()):
         for ax in (speed_ax, loss_ax):
             ax.axvline(x - 0.5, color="#999", ls="--", lw=1)
-        speed_ax.annotate("\n".join(sorted(changes)), (x - 0.5, 1), xycoords=("data", "axes fraction"),
+        speed_ax.annotate(plot_text("\n".join(sorted(changes))), (x - 0.5, 1), xycoords=("data", "axes fraction"),
                           fontsize=7, va="top", ha="left", xytext=(3, -3), textcoords="offset points")
     speed_ax.set(ylabel="examples/s (median of segments, band: IQR)", title="speed")
     loss_ax.set(ylabel="final loss", title="final loss")
-    loss_ax.set_xticks(range(len(folders)), [f"{f.created[:16]}\n{f.commit}" for f in folders], fontsize=7,
+    loss_ax.set_xticks(range(len(folders)), [plot_text(f"{f.created[:16]}\n{f.commit}") for f in folders], fontsize=7,
                        rotation=30, ha="right")
     speed_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return with_titles(_svg(fig), titles)
+    return svg(fig, titles)
 
 
-def with_titles(svg: str, titles: dict[str, str]) -> str:
-    """Put <title> (a browser's tooltip) first in each group matplotlib wrote for an artist with that gid."""
-    for gid, text in titles.items():
-        opening = f'<g id="{gid}">'
-        if opening not in svg:
-            raise RuntimeError(f"matplotlib wrote no group {opening}: the points' titles would be lost")
-        svg = svg.replace(opening, f"{opening}<title>{html.escape(text)}</title>", 1)
-    return svg
-
-
-def folder_table(folders: list[Folder]) -> str:
+def folder_rows(folders: list[Folder]) -> list[tuple[str, list[str]]]:
+    """Each folder: when, which commit, where, which framework versions, how many runs finished."""
     rows = []
     for f in folders:
         versions: dict[str, str] = {}
         for r in f.results:
             versions.update((r.get("env") or {}).get("versions") or {})
         ok = sum(r["status"] in FINISHED for r in f.results)
-        cells = [f.created, f.commit, str(f.path), ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–",
-                 f"{ok} of {len(f.results)}"]
-        rows.append("<tr>" + "".join(f"<td class='l'>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th class='l'>{h}</th>" for h in ("created", "commit", "folder", "frameworks", "runs finished"))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+        rows.append(("", [f.created, f.commit, str(f.path),
+                          ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–", f"{ok} of {len(f.results)}"]))
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
     folders = sorted((load_folder(Path(p)) for p in args.folders), key=lambda f: (f.created, str(f.path)))
     labels, series = collect(folders)
-    plot = figure(folders, labels, series) if series else "<p>No run finished in these folders.</p>"
-    note = ("<p>One line per run setting (the spec without its repeat index; repeats pooled). Hover a point for its "
-            "commit and framework versions; dashed lines mark a framework version change. Rates measured on "
-            "different days or machines drift (about ±10 % on a shared VM): use <code>python -m bench compare"
-            "</code> for a verdict with an interval.</p>")
     out = Path(args.out) if args.out else folders[-1].path / "history.html"
-    write_file(out, page([("Folders", folder_table(folders)), ("History", note + plot)],
-                     title="skip-gram bench: history", heading="skip-gram bench: history"))
+    write_file(out, render("history.html", title="skip-gram bench: history", heading="skip-gram bench: history",
+                           folders=folder_rows(folders), figure=figure(folders, labels, series) if series else None))
     print(f"history of {len(series)} run settings over {len(folders)} folders: {out}")
     return 0

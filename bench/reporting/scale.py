@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bench.reporting.report import _fmt, _ok, _svg
+from bench.reporting.pages import number as _fmt, svg as _svg
+from bench.reporting.report import _ok
 from common.spec import RunSpec
 
 TIE = 0.05  # the sparse answer's "about as fast" band (report.sparse_answer), and the VM's +-5 % drift within a suite

@@ -1,0 +1,100 @@
+"""The one way a page is made: jinja2 templates (bench/reporting/templates/) on one autoescaping
+Environment, numbers formatted by its filters, figures inlined as SVG.
+
+A results folder travels (a colleague's, a CI artefact): every string in it is text, never markup.
+Autoescaping makes that the default rather than a call each f-string had to remember; matplotlib
+escapes what it writes into the SVG, and `plot_text` keeps it from reading a `$` as mathtext.
+"""
+from __future__ import annotations
+
+import io
+import math
+from functools import cache
+from numbers import Real
+from pathlib import Path
+
+DASH = "–"  # what a page shows for a number that is missing or not finite
+
+
+def _real(x: object) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def number(x: object, digits: int = 3) -> str:
+    """A float with thousands separators and `digits` decimals; an int as it is; missing or not finite: a dash."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return DASH
+    return f"{x:,.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def times(x: object, digits: int = 1) -> str:
+    """A speed ratio: 2.3x."""
+    return f"{x:.{digits}f}x" if _real(x) else DASH
+
+
+def scientific(x: object, digits: int = 2) -> str:
+    """A small difference: 1.23e-05."""
+    return f"{x:.{digits}e}" if _real(x) else DASH
+
+
+def signed(x: object, digits: int = 4) -> str:
+    """A change: +0.0123."""
+    return f"{x:+.{digits}f}" if _real(x) else DASH
+
+
+def percent(x: object) -> str:
+    """A fraction as a whole percentage: 12%."""
+    return f"{x:.0%}" if _real(x) else DASH
+
+
+@cache
+def environment():
+    """The pages' one jinja2 Environment: autoescaping, undefined names an error, these filters.
+    Imported on first use: every process imports the CLI (and with it compare), backend envs
+    included, and only the ones that draw a page need jinja2 (the `harness` extra)."""
+    import jinja2
+
+    from bench.reporting.limit import share_text
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=number, times=times, sci=scientific, signed=signed, percent=percent, share=share_text)
+    return env
+
+
+def render(template: str, **context: object) -> str:
+    """One page (or fragment) from its template."""
+    return environment().get_template(template).render(**context)
+
+
+def plot_text(text: object) -> str:
+    """Text from a results folder as matplotlib must get it: a `$` is a literal dollar sign, not
+    the start of mathtext (which would parse the rest as TeX and fail on most of it)."""
+    return str(text).replace("$", r"\$")
+
+
+def headless_matplotlib() -> None:
+    """Draw without a display, and keep text as (escaped) text in the SVG: searchable, smaller."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"
+
+
+def svg(fig, titles: dict[str, str] | None = None):
+    """The figure as an inline <svg> element; `titles` puts a <title> (a browser's tooltip,
+    escaped) first in the group matplotlib wrote for the artist with that gid."""
+    import matplotlib.pyplot as plt
+    from markupsafe import Markup, escape
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]
+    for gid, title in (titles or {}).items():
+        opening = f'<g id="{gid}">'
+        if opening not in text:
+            raise RuntimeError(f"matplotlib wrote no group {opening}: the points' titles would be lost")
+        text = text.replace(opening, f"{opening}<title>{escape(title)}</title>", 1)
+    return Markup(text)  # noqa: S704 (matplotlib's own output; the text in it is escaped by its writer)
