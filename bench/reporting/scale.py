@@ -8,11 +8,12 @@ peak among them. The section appears when a folder's runs span two or more vocab
 from __future__ import annotations
 
 import math
+from html import escape
 from typing import NamedTuple
 
 import numpy as np
 
-from bench.reporting.pages import number as _fmt, svg as _svg
+from bench.reporting.pages import number as _fmt, plot_text, svg as _svg
 from bench.reporting.report import _ok
 from common.spec import RunSpec
 
@@ -102,7 +103,8 @@ def table(found: dict[tuple[str, str, str], list[Point]]) -> str:
         for p in dense:
             q = sparse.get(p.vocab)
             ratio = q.rate / p.rate if q and q.rate and p.rate else None
-            rows.append(f"<tr><td class='l'>{backend}</td><td class='l'>{device}</td><td class='l'>{p.corpus}</td>"
+            rows.append(f"<tr><td class='l'>{escape(backend)}</td><td class='l'>{escape(device)}</td>"
+                        f"<td class='l'>{escape(p.corpus)}</td>"
                         f"<td>{p.vocab:,}</td><td>{_fmt(p.rate, 0)}</td><td>{_fmt(q.rate if q else None, 0)}</td>"
                         f"<td>{_fmt(ratio, 2)}</td><td>{len(p.rates)} / {len(q.rates) if q else 0}</td>"
                         f"<td>{_mib(p.rss)}</td><td>{_mib(q.rss if q else None)}</td>"
@@ -118,7 +120,7 @@ def figure(found: dict[tuple[str, str, str], list[Point]]) -> str:
     for (backend, device, variant), line in sorted(found.items()):
         colour = colours.setdefault((backend, device), f"C{len(colours) % 10}")
         style = dict(color=colour, marker="o", linestyle="-" if variant == "dense" else "--",
-                     label=f"{backend} {variant} {device}")
+                     label=plot_text(f"{backend} {variant} {device}"))
         rated = [p for p in line if p.rate]
         rate_ax.plot([p.vocab for p in rated], [p.rate for p in rated], **style)
         measured = [p for p in line if p.rss]
@@ -136,7 +138,7 @@ def section(results: list[dict]) -> str | None:
     found = points(results)
     if len({p.vocab for line in found.values() for p in line}) < 2:
         return None
-    sentences = [f"{backend} on {device}: {crossover(pairs)}" for (backend, device), pairs in sorted(ratios(found).items())]
+    sentences = [escape(f"{backend} on {device}: {crossover(pairs)}") for (backend, device), pairs in sorted(ratios(found).items())]
     answer = ("<p class='answer'><b>From which vocabulary size do sparse gradients pay?</b> "
               + ("; ".join(sentences) + "." if sentences else "No backend has dense and sparse runs at one size.")
               + "</p>")
