@@ -57,7 +57,7 @@ def summary_row(page: str, name: str) -> str:
 def test_every_run_is_read_against_the_fused_limit(page):
     """Dense runs (the recipe loop too) against fused dense, sparse ones against fused lazy Adam;
     gensim, with its own SGD and subsampling, against nothing."""
-    assert "<th>share of fused limit</th>" in page
+    assert "<th>share of fused limit</th>" in page and "<th>first step (s)</th>" in page
     for name in ("fused dense cpu", "fused sparse cpu"):
         assert "<td>100 %</td>" in summary_row(page, name)
     for name in ("torch dense cpu", "torch sparse cpu", "recipe-loop"):

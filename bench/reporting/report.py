@@ -227,6 +227,14 @@ def framework(r: dict) -> str:
     return "baselines" if r["spec"]["runner"] in BASELINES else r["spec"]["backend"]
 
 
+def first_step_seconds(result: dict) -> float | None:
+    """A run's one-time cost before its steady rate: its first step (compilation, allocator
+    warm-up) plus what its backend compiled or captured ahead of the clock, in prepare."""
+    timings = result.get("timings") or {}
+    first = timings.get("first_step_seconds")
+    return None if first is None else first + (timings.get("compile_seconds") or 0.0)
+
+
 def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
     """One row a run, grouped by framework (backends in name order, then the baselines): label,
     where it ran, loss, speed (median, IQR, against the recipe loop), quality, status."""
@@ -246,6 +254,7 @@ def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
                      "device": (r.get("env") or {}).get("device_name", spec.get("device", "")),
                      "loss": r.get("final_loss"), "speed": speed, "iqr": r.get("rate_iqr") or [None, None],
                      "up": speed / base if speed and base else None, "share": share(r, limits),
+                     "first": first_step_seconds(r),
                      "quality": [((ev.get("wordsim353") or {}).get("spearman")),
                                  ((ev.get("simlex999") or {}).get("spearman")),
                                  ((ev.get("analogy") or {}).get("accuracy"))],
