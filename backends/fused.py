@@ -20,7 +20,6 @@ float32 throughout, as the frameworks; each example's loss is summed in float64.
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import numpy as np

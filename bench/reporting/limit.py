@@ -8,8 +8,6 @@ SGD on its own subsampling, so it has no limit row.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 LIMIT_BACKEND = "fused"
@@ -18,7 +16,9 @@ _EXECUTION = ("backend", "compile", "graph", "runner", "repeat")  # how a run ex
 
 def _computes(spec: dict) -> str:
     """The spec without the fields that only say how a run is executed."""
-    return json.dumps({k: v for k, v in spec.items() if k not in _EXECUTION}, sort_keys=True)
+    from bench.reporting.report import _settings_key  # report imports this module
+
+    return _settings_key(spec, *_EXECUTION)
 
 
 def limit_rates(results: list[dict]) -> dict[str, float]:
