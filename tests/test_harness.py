@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.executing.suite import PlannedRun, load_suite_file, make_spec, planned
+from bench.executing.suite import FRAMEWORKS, PlannedRun, default_plan, load_suite_file, make_spec, planned
 from common.errors import BenchError
 from tests.conftest import ROOT, run_bench, run_plan
 from tests.data.test_bad_input import assert_one_line_error
@@ -112,6 +112,16 @@ def test_overhead_suite_alternates_identical_twins():
         assert (bare.spec.runner, run.spec.runner) == ("bare-loop", "backend")
         assert {**bare.spec.to_dict(), "runner": "backend"} == run.spec.to_dict()
         assert bare.env == run.env
+
+
+def test_default_plan_runs_each_framework_in_each_mode_it_declares():
+    """Each framework at its best: dense and sparse, each compiled too where the backend has a
+    compiler (TensorFlow's compiled sparse step is its fastest on PTB), and nothing it lacks."""
+    labels = {r.spec.label for r in default_plan(list(FRAMEWORKS), ["cpu"], {})}
+    compiled = {"torch dense compiled cpu", "torch sparse compiled cpu",
+                "tensorflow dense compiled cpu", "tensorflow sparse compiled cpu"}
+    plain = {f"{b} {m} cpu" for b in FRAMEWORKS for m in ("dense", "sparse")}
+    assert labels == compiled | plain | {"recipe-loop", "gensim"}
 
 
 def test_an_existing_interpreter_can_stand_in_for_a_tox_env(monkeypatch, tmp_path, ptb_dir):

@@ -137,11 +137,11 @@ def _short(value: object) -> object:
 
 
 def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:
-    """Every backend x {dense, sparse} x device, plus dense compiled where the backend has a
-    compiler (torch.compile, XLA), dense graphed on cuda where it can capture CUDA graphs, plus
-    the recipe loop and gensim."""
+    """Every backend x {dense, sparse} x device, each also compiled where the backend has a
+    compiler (torch.compile, XLA: a framework's best mode may be its compiled sparse step), dense
+    graphed on cuda where it can capture CUDA graphs, plus the recipe loop and gensim."""
     variants = [{"sparse": False}, {"sparse": True}, {"sparse": False, "compile": True},
-                {"sparse": False, "graph": True}]
+                {"sparse": True, "compile": True}, {"sparse": False, "graph": True}]
     specs = [make_spec({**base, "backend": b, "device": d, **v}, "default suite")
              for d in devices for b in backends for v in variants
              if (info(b).sparse or not v["sparse"]) and (info(b).compile or not v.get("compile"))

@@ -55,8 +55,9 @@ def test_loss_and_gradients_match_reference(backend_cls, small_batches, sparse, 
 
 @pytest.mark.parametrize("sparse, optimizer, variant", [
     (False, "adam", None), (True, "adam", None), (False, "sgd", None), (False, "adam", "compile"),
-    (False, "adam", "graph"), (False, "sgd", "graph")],
-    ids=["dense-adam", "sparse-lazy-adam", "dense-sgd", "dense-adam-compiled", "dense-adam-graphed", "dense-sgd-graphed"])
+    (True, "adam", "compile"), (False, "adam", "graph"), (False, "sgd", "graph")],
+    ids=["dense-adam", "sparse-lazy-adam", "dense-sgd", "dense-adam-compiled", "sparse-lazy-adam-compiled",
+         "dense-adam-graphed", "dense-sgd-graphed"])
 def test_trajectory_on_ptb_matches_reference(backend_cls, ptb_batches, sparse, optimizer, variant, device):
     caps = backend_cls.capabilities()
     if sparse and not caps.sparse:
