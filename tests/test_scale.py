@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.reporting.pages import render
 from bench.reporting.scale import crossover, points, ratios, section
 from common.spec import DataSpec, RunSpec
 
@@ -34,6 +35,17 @@ def test_section_names_the_crossover_per_backend_and_needs_two_sizes():
     runs = [result("torch", s, v, r) for s, v, r in
             ((False, 6_719, 100.0), (True, 6_719, 50.0), (False, 1_000_000, 10.0), (True, 1_000_000, 40.0))]
     assert ratios(points(runs))[("torch", "cpu")] == [(6_719, 0.5), (1_000_000, 4.0)]
-    html = section(runs)
+    html = render("scale.html", scale=section(runs))
     assert "torch on cpu: sparse pays from V of about" in html and "<svg" in html and "1,000,000" in html
     assert section(runs[:2]) is None  # one size: nothing to scale
+
+
+def test_section_shows_its_strings_as_text():
+    """Specs are validated before they get here; the template escapes anyway (a page never trusts a folder)."""
+    runs = [result("torch", s, v, r) for s, v, r in
+            ((False, 6_719, 100.0), (True, 6_719, 50.0), (False, 1_000_000, 10.0), (True, 1_000_000, 40.0))]
+    scale = section(runs)
+    scale["sentences"] = ["<i>torch</i> on cpu: x"]
+    scale["rows"] = [("", ["<i>torch</i>", *row[1:]]) for _, row in scale["rows"]]
+    html = render("scale.html", scale=scale)
+    assert "<i>" not in html and html.count("&lt;i&gt;torch&lt;/i&gt;") == 3  # the sentence and two rows

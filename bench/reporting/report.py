@@ -446,14 +446,12 @@ def render(folder: Path) -> Path:
         agreeing, agreement_figure = agreement(results)
         sparse, limit_ratios = sparse_answer(results)
         from bench.reporting.scale import section as scale_section  # it draws with this module's helpers
-        from markupsafe import Markup
 
-        scale = scale_section(results)
         context.update(
             finished=len(_ok(results, None)), total=len(results), skips=[r for r in results if r["status"] == SKIPPED],
             summary=summary(results), warned=warned(results), loss_figure=loss_figures(results),
             throughput_figure=throughput_figure(results), batch_figure=batch_size_figure(results),
-            sparse=sparse, limit_ratios=limit_ratios, scale=Markup(scale) if scale else None, agreement=agreeing, agreement_figure=agreement_figure,
+            sparse=sparse, limit_ratios=limit_ratios, scale=scale_section(results), agreement=agreeing, agreement_figure=agreement_figure,
             bare_loop=bool(_ok(results, "bare-loop")), overhead=harness_overhead(results),
             neighbours=neighbours(results), failed=[r for r in results if r["status"] not in FINISHED + (SKIPPED,)],
             busy_fraction=BUSY_FRACTION, spread_ratio=SPREAD_RATIO, spread_segments=SPREAD_MIN_SEGMENTS)

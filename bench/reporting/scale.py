@@ -8,7 +8,6 @@ peak among them. The section appears when a folder's runs span two or more vocab
 from __future__ import annotations
 
 import math
-from html import escape
 from typing import NamedTuple
 
 import numpy as np
@@ -91,11 +90,13 @@ def _mib(n: int | None) -> str:
     return "–" if n is None else f"{n / 2 ** 20:,.0f}"
 
 
-def table(found: dict[tuple[str, str, str], list[Point]]) -> str:
-    head = ("<tr><th class='l'>backend</th><th class='l'>device</th><th class='l'>corpus</th><th>V</th>"
-            "<th>dense examples/s</th><th>sparse examples/s</th><th>sparse / dense</th><th>repeats</th>"
-            "<th>dense peak RSS (MiB)</th><th>sparse peak RSS (MiB)</th><th>device peak dense / sparse (MiB)</th></tr>")
-    rows = []
+HEAD = ("backend", "device", "corpus", "V", "dense examples/s", "sparse examples/s", "sparse / dense", "repeats",
+        "dense peak RSS (MiB)", "sparse peak RSS (MiB)", "device peak dense / sparse (MiB)")
+
+
+def rows(found: dict[tuple[str, str, str], list[Point]]) -> list[tuple[str, list[str]]]:
+    """The table's rows as text, one per backend, device and size (the template escapes them)."""
+    out = []
     for (backend, device, variant), dense in sorted(found.items()):
         if variant != "dense":
             continue
@@ -103,13 +104,10 @@ def table(found: dict[tuple[str, str, str], list[Point]]) -> str:
         for p in dense:
             q = sparse.get(p.vocab)
             ratio = q.rate / p.rate if q and q.rate and p.rate else None
-            rows.append(f"<tr><td class='l'>{escape(backend)}</td><td class='l'>{escape(device)}</td>"
-                        f"<td class='l'>{escape(p.corpus)}</td>"
-                        f"<td>{p.vocab:,}</td><td>{_fmt(p.rate, 0)}</td><td>{_fmt(q.rate if q else None, 0)}</td>"
-                        f"<td>{_fmt(ratio, 2)}</td><td>{len(p.rates)} / {len(q.rates) if q else 0}</td>"
-                        f"<td>{_mib(p.rss)}</td><td>{_mib(q.rss if q else None)}</td>"
-                        f"<td>{_mib(p.device_peak)} / {_mib(q.device_peak if q else None)}</td></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+            out.append(("", [backend, device, p.corpus, f"{p.vocab:,}", _fmt(p.rate, 0), _fmt(q.rate if q else None, 0),
+                             _fmt(ratio, 2), f"{len(p.rates)} / {len(q.rates) if q else 0}", _mib(p.rss),
+                             _mib(q.rss if q else None), f"{_mib(p.device_peak)} / {_mib(q.device_peak if q else None)}"]))
+    return out
 
 
 def figure(found: dict[tuple[str, str, str], list[Point]]) -> str:
@@ -133,13 +131,10 @@ def figure(found: dict[tuple[str, str, str], list[Point]]) -> str:
     return _svg(fig)
 
 
-def section(results: list[dict]) -> str | None:
-    """The Scale section's HTML, or None when the runs span fewer than two vocabulary sizes."""
+def section(results: list[dict]) -> dict | None:
+    """What templates/scale.html shows, or None when the runs span fewer than two vocabulary sizes."""
     found = points(results)
     if len({p.vocab for line in found.values() for p in line}) < 2:
         return None
-    sentences = [escape(f"{backend} on {device}: {crossover(pairs)}") for (backend, device), pairs in sorted(ratios(found).items())]
-    answer = ("<p class='answer'><b>From which vocabulary size do sparse gradients pay?</b> "
-              + ("; ".join(sentences) + "." if sentences else "No backend has dense and sparse runs at one size.")
-              + "</p>")
-    return answer + figure(found) + table(found)
+    return {"sentences": [f"{backend} on {device}: {crossover(pairs)}" for (backend, device), pairs in sorted(ratios(found).items())],
+            "figure": figure(found), "head": HEAD, "rows": rows(found)}

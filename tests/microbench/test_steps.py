@@ -1,6 +1,7 @@
 """pytest-benchmark micro-benchmarks (`tox -e microbench`, never part of the normal test run).
 
-One training step per backend and variant on a real PTB batch, staged as TorchBench does:
+One training step per backend and variant (dense, sparse, each compiled too where the backend
+has a compiler) on a real PTB batch, staged as TorchBench does:
 forward (loss, no gradients), forward+backward, and the whole step with the optimiser; the
 backward and optimiser stages are the differences. Every timed call ends in a device sync.
 The data pipeline is benchmarked in the numpy env. Cost against vocabulary size (dense vs
@@ -18,6 +19,20 @@ from tests.conftest import BACKEND
 
 pytestmark = pytest.mark.microbench
 STAGES = ("forward", "forward_backward", "step")
+VARIANTS = pytest.mark.parametrize("sparse, compiled", [(False, False), (True, False), (False, True), (True, True)],
+                                   ids=["dense", "sparse", "dense-compiled", "sparse-compiled"])
+
+
+def spec_for(backend_cls, sparse: bool, compiled: bool) -> RunSpec:
+    """The variant's spec, or a skip where the backend does not declare it."""
+    caps = backend_cls.capabilities()
+    if BACKEND == "numpy" or (sparse and not caps.sparse) or (compiled and not caps.compile):
+        pytest.skip("framework backends only, in the variants they declare (the numpy reference is an oracle)")
+    return RunSpec(backend=BACKEND, sparse=sparse, compile=compiled)
+
+
+def variant(spec: RunSpec) -> str:
+    return ("sparse" if spec.sparse else "dense") + (" compiled" if spec.compile else "")
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +46,15 @@ def batches(ptb) -> list[Batch]:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_step(benchmark, backend_cls, ptb, batches, sparse, stage):
-    if BACKEND == "numpy" or (sparse and not backend_cls.capabilities().sparse):
-        pytest.skip("framework backends only (the numpy reference is an oracle, not a contender)")
-    backend = backend_cls(RunSpec(backend=BACKEND, sparse=sparse), *initial_weights(0, len(ptb.vocab), 100))
+@VARIANTS
+def test_step(benchmark, backend_cls, ptb, batches, sparse, compiled, stage):
+    spec = spec_for(backend_cls, sparse, compiled)
+    backend = backend_cls(spec, *initial_weights(0, len(ptb.vocab), 100))
     prepared = backend.prepare(batches)
     run = getattr(backend, stage)
     cycle = iter(range(10**9))
-    benchmark.group = f"{BACKEND} {'sparse' if sparse else 'dense'}"
-    benchmark.extra_info.update(backend=BACKEND, variant="sparse" if sparse else "dense", stage=stage,
+    benchmark.group = f"{BACKEND} {variant(spec)}"
+    benchmark.extra_info.update(backend=BACKEND, variant=variant(spec), stage=stage,
                                 examples=batches[0].center.size)
     benchmark.pedantic(lambda: run(prepared[next(cycle) % len(prepared)]), rounds=30, warmup_rounds=5)
 
@@ -57,17 +71,16 @@ def zipf_batch(vocab: int, rows: int = 512, width: int = 60, seed: int = 0) -> B
 
 
 @pytest.mark.parametrize("vocab", [10_000, 100_000, 1_000_000])
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_step_cost_against_vocabulary(benchmark, backend_cls, sparse, vocab):
+@VARIANTS
+def test_step_cost_against_vocabulary(benchmark, backend_cls, sparse, compiled, vocab):
     """Dense Adam touches all 2 x V x D weights every step; lazy Adam only the batch's rows."""
-    if BACKEND == "numpy" or (sparse and not backend_cls.capabilities().sparse):
-        pytest.skip("framework backends only")
+    spec = spec_for(backend_cls, sparse, compiled)
     init = initial_weights(0, vocab, 100)
-    backend = backend_cls(RunSpec(backend=BACKEND, sparse=sparse), *init)
+    backend = backend_cls(spec, *init)
     prepared = backend.prepare([zipf_batch(vocab, seed=s) for s in range(4)])
     cycle = iter(range(10**9))
     benchmark.group = f"{BACKEND} step vs vocabulary"
-    benchmark.extra_info.update(backend=BACKEND, variant="sparse" if sparse else "dense", vocab=vocab)
+    benchmark.extra_info.update(backend=BACKEND, variant=variant(spec), vocab=vocab)
     benchmark.pedantic(lambda: backend.step(prepared[next(cycle) % len(prepared)]), rounds=8, warmup_rounds=2)
 
 
