@@ -299,3 +299,13 @@ def test_dask_node_needs_no_ptb_for_a_generated_or_file_corpus(tmp_path, monkeyp
                                                                     'corpus = "zipf:20k:1k"\n')), {})
     monkeypatch.setenv("PTB_DIR", str(tmp_path / "no-ptb-here"))
     assert dask_executor.node_data_dir(run, str(tmp_path), None) == tmp_path
+
+
+def test_dask_node_skips_what_its_memory_cannot_hold(tmp_path, monkeypatch, ptb_dir):
+    """The memory check planning does locally, on the node, against the node's own memory: a node
+    too small fails the run saying both figures (another node may serve it: --retry-failed)."""
+    (run,) = load_suite_file(Path(write_text(tmp_path / "m.toml", '[[runs]]\nbackend = "torch"\n')), {})
+    assert dask_executor.node_skip_reason(run, ptb_dir) is None  # PTB fits this machine
+    monkeypatch.setattr(dask_executor, "machine_memory", lambda: (2**20, 2**21))  # a 2 MiB node
+    reason = dask_executor.node_skip_reason(run, ptb_dir)
+    assert reason.startswith("needs about ") and "V 6,719" in reason and "0.0 GiB available of 0.0 GiB" in reason

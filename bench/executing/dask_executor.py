@@ -28,6 +28,7 @@ from bench.executing import envs
 from bench.executing.attempt import attempt
 from bench.executing.executor import Finished, Started
 from bench.executing.gpus import gpus
+from bench.executing.memory import corpus_facts, fit_reason, machine_memory
 from bench.executing.suite import PlannedRun, skip_reason
 from bench.running.train_command import failed_result
 from common.corpora import PTB
@@ -201,7 +202,7 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
     worker.log_event(STARTED_TOPIC, {"key": run.key, **where})  # the client prints its "started" line
     try:
         data_dir = node_data_dir(run, client_data_dir, code)
-        skip = skip_reason(run.spec, gpus())  # what planning does on a local machine, here on the node
+        skip = node_skip_reason(run, data_dir)
     except BenchError as exc:
         return {**failed_result(run.spec, f"node {where['host']} (worker {where['worker']}): {exc}"), **where}
     if skip:  # failed, not skipped: another node's GPU may serve it (--resume --retry-failed)
@@ -216,6 +217,13 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
     finally:
         done.set()
     return {**result, **where}
+
+
+def node_skip_reason(run: PlannedRun, data_dir: Path) -> str | None:
+    """What planning checks on a local machine, checked here on the node: its GPUs, and whether
+    the run's memory estimate fits what this node has available now."""
+    return skip_reason(run.spec, gpus()) or fit_reason(
+        run.spec, corpus_facts(run.spec.data, str(data_dir), False), machine_memory())
 
 
 def checkout() -> Checkout:

@@ -25,8 +25,9 @@ run the OOM killer would end halfway through the others.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 import signal
+from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -80,6 +81,7 @@ def kept_tokens(counts: np.ndarray, threshold: float) -> float:
     return float(np.minimum(c, np.sqrt(threshold * c.sum() * c)).sum())
 
 
+@lru_cache(maxsize=64)  # a suite's runs share a few data specs; a Dask worker serves many runs
 def corpus_facts(data: DataSpec, data_dir: str | None, download: bool) -> Facts:
     """V and the expected epoch for a data spec: counted from the tokenised corpus (PTB, a file),
     or, for a generated corpus not made yet, from the generator's expected counts (planning
@@ -106,15 +108,8 @@ def for_memory(plan: list[PlannedRun], data_dir: str | None, download: bool = Tr
     """The plan with each run that cannot fit this machine's memory marked skipped (estimate and
     machine's figures in the reason); runs already skipped keep their reason."""
     memory = machine_memory() if memory is None else memory
-    facts: dict[tuple, Facts] = {}
-    marked = []
-    for run in plan:
-        d = run.spec.data
-        where = (d.corpus, d.corpus_path, d.min_freq, d.subsample)
-        if where not in facts:
-            facts[where] = corpus_facts(d, data_dir, download)
-        marked.append(run if run.skip else replace(run, skip=fit_reason(run.spec, facts[where], memory)))
-    return marked
+    return [run if run.skip else replace(run, skip=fit_reason(run.spec, corpus_facts(run.spec.data, data_dir, download),
+                                                              memory)) for run in plan]
 
 
 # --- what the machine has ---------------------------------------------------------------------
