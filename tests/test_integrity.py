@@ -107,6 +107,12 @@ def test_bad_suite_options_stop_before_any_work(tmp_path, ptb_dir):
     big = suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nseed = [" + ", ".join(map(str, range(201))) + "]\n")
     assert_one_line_error(run_bench("suite", "--suite", str(big), "--out", str(out)),
                           "the plan has 201 runs", "add --yes")
+    hours = float(run_bench("suite", "--suite", str(big), "--out", str(out)).stderr.split("about ")[1].split(" h")[0])
+    bigger = write_text(tmp_path / "z.toml", "[[runs]]\nbackend = 'numpy'\ncorpus = 'zipf:10M:100k'\nseed = ["
+                        + ", ".join(map(str, range(201))) + "]\n")
+    assert_one_line_error(run_bench("suite", "--suite", str(bigger), "--out", str(out)), "the plan has 201 runs")
+    bigger_hours = float(run_bench("suite", "--suite", str(bigger), "--out", str(out)).stderr.split("about ")[1].split(" h")[0])
+    assert 5 < bigger_hours / hours < 40  # each run timed on its own corpus (11x here), not on PTB (1x)
     listed = run_bench("suite", "--suite", str(big), "--out", str(out), "--dry-run", "--data-dir", str(ptb_dir))
     assert listed.returncode == 0 and "plan: 201 runs" in listed.stdout
     assert not out.exists()

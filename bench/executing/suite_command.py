@@ -15,7 +15,7 @@ from bench.executing.envs import naming_variable, work_dir
 from bench.executing.folder import ResultsFolder
 from bench.executing.gpus import gpus
 from bench.executing.executor import executor_from_args
-from bench.executing.memory import for_memory
+from bench.executing.memory import corpus_facts, for_memory
 from bench.executing.harness import Harness, Interrupted, say, stop_on_signals
 from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, for_machine, load_suite_file, \
     new_results_dir, parse_names
@@ -30,7 +30,7 @@ DEVICES = ("cpu", "cuda")
 LARGE_PLAN = 200
 # For the size warning only: a CPU run of the recipe trains about 50k examples/s (README's table)
 # on PTB's 343k examples an epoch, plus about 15 s of start-up and evaluation.
-_ESTIMATE_RATE, _PTB_EXAMPLES, _RUN_OVERHEAD = 50_000, 343_273, 15
+_ESTIMATE_RATE, _RUN_OVERHEAD = 50_000, 15
 # Options that shape the plan: with --resume they must spell out the stored one (or be left out).
 _PLAN_OPTIONS = ("quick", "backends", "devices", "epochs", "max_steps", "no_baselines", "suite", "corpus")
 
@@ -69,12 +69,13 @@ def _given(args: argparse.Namespace, name: str) -> bool:
     return value is not None and value is not False and not (name == "backends" and value == ",".join(FRAMEWORKS))
 
 
-def check_size(plan: list[PlannedRun], yes: bool) -> None:
-    """A plan over LARGE_PLAN runs starts only with --yes: a typo in a sweep can mean days."""
+def check_size(plan: list[PlannedRun], yes: bool, data_dir: str | None, download: bool) -> None:
+    """A plan over LARGE_PLAN runs starts only with --yes: a typo in a sweep can mean days. Its
+    time counts each run's epoch on its own corpus (the expected examples after subsampling)."""
     if len(plan) <= LARGE_PLAN or yes:
         return
-    examples = sum(min(r.spec.data.epochs * _PTB_EXAMPLES, (r.spec.max_steps or 10**12) * r.spec.data.batch_size)
-                   for r in plan)
+    examples = sum(min(r.spec.data.epochs * corpus_facts(r.spec.data, data_dir, download).kept,
+                       (r.spec.max_steps or 10**12) * r.spec.data.batch_size) for r in plan)
     hours = (examples / _ESTIMATE_RATE + len(plan) * _RUN_OVERHEAD) / 3600
     raise BenchError(f"the plan has {len(plan)} runs, about {hours:.1f} h on a 2-core CPU at 50k examples/s; "
                      f"add --yes to start it, or --dry-run to list it")
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_from_args(args)
         folder = ResultsFolder(Path(args.out) if args.out else new_results_dir())
     if not args.dry_run:
-        check_size(plan, args.yes)
+        check_size(plan, args.yes, args.data_dir, not args.no_download)
     uses_ptb = any(run.spec.data.corpus == PTB for run in plan)
     ptb = find_ptb(args.data_dir, not args.no_download).parent if uses_ptb else Path(args.data_dir or ".").absolute()
     if args.dry_run:
