@@ -107,11 +107,8 @@ def init_state(c: Settings, params: Params) -> Any:
 
 
 def dense_update(c: Settings, params: Params, state: Any, batch: Arrays) -> tuple[Params, Any, jax.Array]:
-    """Gradients with respect to the gathered rows, scattered into one (2, V, D) zero buffer for
-    both tables (autodiff's two (V, D) zeros shared one broadcast and copied it per scatter)."""
-    loss, (g_center, g_context) = row_grads(params, batch)
-    g = jnp.zeros((2, *params[0].shape), params[0].dtype).at[0, batch[0]].add(g_center).at[1, batch[1]].add(g_context)
-    updates, state = dense_optimizer(c).update((g[0], g[1]), state, params)
+    loss, grads = jax.value_and_grad(table_loss)(params, batch)
+    updates, state = dense_optimizer(c).update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
 
 
