@@ -1,6 +1,7 @@
 """PyTorch: nn.Embedding tables; dense Adam, or sparse=True gradients with lazy Adam (LazyAdam:
-SparseAdam's function without its sort; its dense-shaped update compiled in `prepare`). On the CPU, `compile` compiles the loss from the
-gathered rows (forward and backward), one graph per batch shape, each compiled in `prepare`.
+SparseAdam's function without its sort; its dense-shaped update compiled in `prepare`). On
+the CPU, `compile` compiles the loss from the gathered rows (forward and backward), one graph
+per batch shape, each compiled in `prepare`.
 
 On cuda, two ways to stop paying one Python launch sequence per step: `graph` captures the
 whole dense step (forward, backward, fused capturable Adam) as one CUDA graph per batch shape,

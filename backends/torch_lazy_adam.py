@@ -18,6 +18,7 @@ Unmarked rows' weights and moments are unchanged bit for bit in both.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -40,7 +41,11 @@ def masked_adam(p: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor
     used.zero_()
 
 
-compiled_masked_adam = torch.compile(masked_adam, fullgraph=True, dynamic=False)
+@functools.cache
+def compiled_masked_adam():
+    """masked_adam compiled, built on first use: torch.compile imports dynamo (seconds), which
+    a run that never takes the dense-shaped layout need not pay."""
+    return torch.compile(masked_adam, fullgraph=True, dynamic=False)
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -69,7 +74,7 @@ class LazyAdam(torch.optim.Optimizer):
             for p, ids in zip(group["params"], ids_per_step):
                 if dense_shaped(p.shape[0], ids):
                     s = self._state(p)
-                    compiled_masked_adam(p, s["exp_avg"], s["exp_avg_sq"], s["summed"], s["used"], s["step_size"],
+                    compiled_masked_adam()(p, s["exp_avg"], s["exp_avg_sq"], s["summed"], s["used"], s["step_size"],
                                          beta1, beta2, group["eps"])
 
     @torch.no_grad()
@@ -88,7 +93,7 @@ class LazyAdam(torch.optim.Optimizer):
                 state["used"].index_fill_(0, indices, True)
                 if dense_shaped(p.shape[0], indices.numel()):
                     state["step_size"].fill_(step_size)
-                    compiled_masked_adam(p, state["exp_avg"], state["exp_avg_sq"], state["summed"], state["used"],
+                    compiled_masked_adam()(p, state["exp_avg"], state["exp_avg_sq"], state["summed"], state["used"],
                                          state["step_size"], beta1, beta2, group["eps"])
                     continue
                 rows, g = self._rows_and_grad(state["summed"], state["used"])
