@@ -1,6 +1,7 @@
 """PyTorch: nn.Embedding tables; dense Adam, or sparse=True gradients with lazy Adam (LazyAdam:
-SparseAdam's function without its sort). On the CPU, `compile` compiles the loss from the
-gathered rows (forward and backward), one graph per batch shape, each compiled in `prepare`.
+SparseAdam's function without its sort; its dense-shaped update compiled in `prepare`). On
+the CPU, `compile` compiles the loss from the gathered rows (forward and backward), one graph
+per batch shape, each compiled in `prepare`.
 
 On cuda, two ways to stop paying one Python launch sequence per step: `graph` captures the
 whole dense step (forward, backward, fused capturable Adam) as one CUDA graph per batch shape,
@@ -54,6 +55,36 @@ def loss_of_rows(v: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, label: to
     return ((bce * mask).sum(dim=1) / mask.sum(dim=1)).mean()
 
 
+class IndexAddGather(torch.autograd.Function):
+    """F.embedding(ids, table) for a dense gradient, whose backward sums the gathered rows'
+    gradients into the (V, D) table with index_add_ on int64 ids: on the CPU that scatter takes
+    0.7x the time of embedding_dense_backward, what F.embedding's backward runs (PERFORMANCE.md,
+    "torch at its best"). The ids are cast in the step (30k of them: microseconds), so the
+    prepared epoch keeps int32 batches."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ids = ids.long()
+        ctx.save_for_backward(ids)
+        ctx.rows = table.shape[0]
+        return F.embedding(ids, table)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (ids,) = ctx.saved_tensors
+        width = grad.shape[-1]
+        return grad.new_zeros(ctx.rows, width).index_add_(0, ids.reshape(-1), grad.reshape(-1, width)), None
+
+
+def gather(table: torch.Tensor, ids: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """The rows `ids` of `table`. A sparse gradient is F.embedding's (uncoalesced, no scatter:
+    LazyAdam sums it); a dense one on the CPU is IndexAddGather's. On cuda F.embedding's own
+    backward stays (not measured there)."""
+    if sparse or table.device.type != "cpu":
+        return F.embedding(ids, table, sparse=sparse)
+    return IndexAddGather.apply(table, ids)
+
+
 def skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, center: torch.Tensor,
                   cn: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, sparse: bool,
                   rows_loss: RowsLoss = loss_of_rows) -> torch.Tensor:
@@ -62,8 +93,8 @@ def skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, center: torch
     `rows_loss` is compiled: inductor lowers the embedding's backward on the CPU to atomic
     float adds, 30k rows x 100 of them a step, which made the compiled step 4x slower than eager
     (PERFORMANCE.md, "torch at its best")."""
-    v = F.embedding(center, center_w, sparse=sparse)          # (B, D)
-    u = F.embedding(cn, context_w, sparse=sparse)             # (B, L, D)
+    v = gather(center_w, center, sparse)                      # (B, D)
+    u = gather(context_w, cn, sparse)                         # (B, L, D)
     return rows_loss(v, u, mask, label)
 
 
@@ -174,7 +205,10 @@ class TorchBackend(Backend):
         elif self.spec.compile:  # compile each new batch shape now (the epoch's short last batch too)
             for batch in prepared:
                 self._compile_for(batch)
-        if self.spec.graph or self.spec.compile:
+        if isinstance(self.optimizer, LazyAdam):  # its dense-shaped update is compiled, likewise now
+            for ids in {(b[0].numel(), b[1].numel()) for b in prepared}:
+                self.optimizer.compile_for(ids)
+        if self.spec.graph or self.spec.compile or isinstance(self.optimizer, LazyAdam):
             self.compile_seconds += time.perf_counter() - t
         return prepared
 
