@@ -50,6 +50,15 @@ def test_report_sections_and_numbers(page, suite_dir):
     assert "2.13.0" in page and "(test fixture)" in page
 
 
+def test_the_sparse_answer_names_compiled_pairs_apart():
+    """TensorFlow plain and compiled each have a dense and a sparse run: two answers, each named."""
+    def ok(sparse: bool, compiled: bool, rate: float) -> dict:
+        spec = make_spec({"backend": "tensorflow", "sparse": sparse, "compile": compiled}, "test").to_dict()
+        return {"status": "ok", "spec": spec, "rate_median": rate, "vocab_size": 6_719}
+    rows, _ = report.sparse_answer([ok(False, False, 10.0), ok(True, False, 8.0), ok(False, True, 20.0), ok(True, True, 25.0)])
+    assert {(r["backend"], r["ratio"]) for r in rows} == {("tensorflow", 0.8), ("tensorflow compiled", 1.25)}
+
+
 def summary_row(page: str, name: str) -> str:
     return re.search(rf"<tr[^>]*><td class='l'>{re.escape(name)}</td>(?:(?!</tr>).)*</tr>", page).group(0)
 

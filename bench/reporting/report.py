@@ -352,7 +352,8 @@ def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
         ratio = pair["sparse"]["rate_median"] / pair["dense"]["rate_median"]
         if backend == LIMIT_BACKEND:
             limit_ratios.setdefault(f"{device}{size}", ratio)
-        rows.append({"backend": backend, "device": device, "size": size, "vocab": _vocab(pair), "ratio": ratio,
+        how = " compiled" if pair["dense"]["spec"].get("compile") else ""  # plain and compiled: two answers
+        rows.append({"backend": backend + how, "device": device, "size": size, "vocab": _vocab(pair), "ratio": ratio,
                      "verdict": "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "about as fast",
                      "loss": [p.get("final_loss") for p in (pair["dense"], pair["sparse"])],
                      "wordsim": [((p.get("evaluation") or {}).get("wordsim353") or {}).get("spearman")
