@@ -94,7 +94,8 @@ def test_dry_run_shows_skipped_rows_and_gpu_envs(tmp_path, ptb_dir):
                     env={"PATH": path, "SKIPGRAM_PYTHON_TORCH": "python3", "CUDA_VISIBLE_DEVICES": "0"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "plan: 6 runs" in lines[0] and "(4 to run, 2 skipped)" in lines[0]
+    assert "plan: 7 runs" in lines[0] and "(5 to run, 2 skipped)" in lines[0]  # torch: dense, sparse, each compiled, graphed
+    assert any("torch-sparse-compiled-cuda" in line.split()[0] for line in lines[1:])
     mxnet = [line for line in lines if "mxnet-" in line.split()[0]]
     assert len(mxnet) == 2 and all("env=mxnet-cuda" in line and "skip: mxnet's GPU build has kernels up to "
                                    "compute capability 8.6" in line for line in mxnet)
