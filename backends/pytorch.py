@@ -205,10 +205,11 @@ class TorchBackend(Backend):
         elif self.spec.compile:  # compile each new batch shape now (the epoch's short last batch too)
             for batch in prepared:
                 self._compile_for(batch)
-        if isinstance(self.optimizer, LazyAdam):  # its dense-shaped update is compiled, likewise now
+        lazy = isinstance(self.optimizer, LazyAdam)
+        if lazy:  # its dense-shaped update is compiled, likewise now
             for ids in {(b[0].numel(), b[1].numel()) for b in prepared}:
                 self.optimizer.compile_for(ids)
-        if self.spec.graph or self.spec.compile or isinstance(self.optimizer, LazyAdam):
+        if self.spec.graph or self.spec.compile or lazy:
             self.compile_seconds += time.perf_counter() - t
         return prepared
 

@@ -70,12 +70,9 @@ class LazyAdam(torch.optim.Optimizer):
         that a step naming this many ids would run dense-shaped: a call with no row marked,
         which changes nothing."""
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             for p, ids in zip(group["params"], ids_per_step):
                 if dense_shaped(p.shape[0], ids):
-                    s = self._state(p)
-                    compiled_masked_adam()(p, s["exp_avg"], s["exp_avg_sq"], s["summed"], s["used"], s["step_size"],
-                                         beta1, beta2, group["eps"])
+                    self._masked_update(p, self._state(p), group)
 
     @torch.no_grad()
     def step(self, closure=None) -> None:  # type: ignore[override]
@@ -93,8 +90,7 @@ class LazyAdam(torch.optim.Optimizer):
                 state["used"].index_fill_(0, indices, True)
                 if dense_shaped(p.shape[0], indices.numel()):
                     state["step_size"].fill_(step_size)
-                    compiled_masked_adam()(p, state["exp_avg"], state["exp_avg_sq"], state["summed"], state["used"],
-                                         state["step_size"], beta1, beta2, group["eps"])
+                    self._masked_update(p, state, group)
                     continue
                 rows, g = self._rows_and_grad(state["summed"], state["used"])
                 m = state["exp_avg"].index_select(0, rows).mul_(beta1).add_(g, alpha=1 - beta1)
@@ -102,6 +98,12 @@ class LazyAdam(torch.optim.Optimizer):
                 state["exp_avg"].index_copy_(0, rows, m)
                 state["exp_avg_sq"].index_copy_(0, rows, v)
                 p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step_size)
+
+    @staticmethod
+    def _masked_update(p: torch.Tensor, state: dict, group: dict) -> None:
+        """The dense-shaped layout: the compiled masked pass at the step size in state."""
+        compiled_masked_adam()(p, state["exp_avg"], state["exp_avg_sq"], state["summed"], state["used"],
+                               state["step_size"], *group["betas"], group["eps"])
 
     @staticmethod
     def _rows_and_grad(summed: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from common.spec import DataSpec
 DEVICES = ("cpu", "cuda")
 LARGE_PLAN = 200
 # For the size warning only: a CPU run of the recipe trains about 50k examples/s (README's table)
-# on PTB's 343k examples an epoch, plus about 15 s of start-up and evaluation.
+# on its corpus's expected examples an epoch, plus about 15 s of start-up and evaluation.
 _ESTIMATE_RATE, _RUN_OVERHEAD = 50_000, 15
 # Options that shape the plan: with --resume they must spell out the stored one (or be left out).
 _PLAN_OPTIONS = ("quick", "backends", "devices", "epochs", "max_steps", "no_baselines", "suite", "corpus")
