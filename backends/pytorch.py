@@ -49,8 +49,13 @@ def keep_freed_memory() -> bool:
 
 
 def loss_of_rows(v: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """The loss from the gathered rows: v (B, D) centers, u (B, L, D) contexts and noise."""
-    pred = torch.bmm(u, v.unsqueeze(2)).squeeze(2)            # (B, L)
+    """The loss from the gathered rows: v (B, D) centers, u (B, L, D) contexts and noise.
+
+    Each example's dots are a (L, D) x (D,) matrix-vector product: written as a multiply and a
+    sum rather than `bmm`, whose CPU kernel takes 1.8x as long, forward and backward, at PTB's
+    shapes; under torch.compile inductor fuses them into the loss (PERFORMANCE.md, "torch at
+    its best")."""
+    pred = (u * v.unsqueeze(1)).sum(dim=2)                    # (B, L)
     bce = F.binary_cross_entropy_with_logits(pred, label, reduction="none")
     return ((bce * mask).sum(dim=1) / mask.sum(dim=1)).mean()
 
