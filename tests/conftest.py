@@ -11,6 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The backend under test: SKIPGRAM_BACKEND (set by each backend's tox env), numpy by default.
 BACKEND = os.environ.get("SKIPGRAM_BACKEND", "numpy")
+# Real PTB runs with smaller steps than the recipe's (batch 512, embed 100), for tests of the
+# harness, compare and the report: they read stored results, not the recipe's numbers, and a
+# float64 numpy step is then about a tenth as long. 100 steps still take a few tenths of a second.
+SMALL_STEPS = {"batch_size": 128, "embed": 32}
 
 
 @pytest.fixture(scope="session")

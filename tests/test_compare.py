@@ -13,7 +13,7 @@ import pytest
 from bench.executing.suite import PlannedRun, make_spec, planned
 from bench.reporting.compare import loss_difference, names, settings_key, verdict
 from tests.browser import assert_renders
-from tests.conftest import run_bench, run_plan
+from tests.conftest import SMALL_STEPS, run_bench, run_plan
 from tests.data.test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.envs  # numpy runs go through the tests env's interpreter
@@ -23,7 +23,8 @@ STEPS = 300  # three 100-step segments a run
 
 
 def numpy_run(**settings) -> PlannedRun:
-    return planned(make_spec({"backend": "numpy", "epochs": 1, "max_steps": STEPS, **settings}, "test"))
+    settings = {"backend": "numpy", "epochs": 1, "max_steps": STEPS, **SMALL_STEPS, **settings}
+    return planned(make_spec(settings, "test"))
 
 
 @pytest.fixture(scope="module")

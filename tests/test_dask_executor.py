@@ -179,8 +179,10 @@ def test_dask_interrupt_ends_the_clusters_children_and_local_resumes(tmp_path, c
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGINT, stderr
     assert f"resume with: python -m bench suite --resume {out}" in stderr
-    assert all(gone(pid) for pid in children), "a cancelled task's bench train child lived on"
-    assert not cluster_children(cluster)
+    # Every child, the first one seen and any started since: each task's watcher ends its own
+    # within a poll (0.5 s) of the cancel, after the suite has exited.
+    left = {**children, **cluster_children(cluster)}
+    assert all(gone(pid) for pid in left), "a cancelled task's bench train child lived on"
     resumed = run_bench("suite", "--resume", str(out), "--executor", "local")
     assert resumed.returncode == 0, resumed.stderr
     done = results(out)

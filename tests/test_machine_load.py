@@ -21,7 +21,7 @@ import pytest
 from bench.reporting import report
 from common.machine import BUSY_FRACTION, MachineLoad, cpu_sample, wait_for_quiet
 from common.spec import RunSpec
-from tests.conftest import run_bench
+from tests.conftest import SMALL_STEPS, run_bench
 
 LOAD_FIELDS = {"loadavg_before", "loadavg_after", "other_cpu_fraction", "other_cpu_seconds", "own_cpu_seconds",
                "steal_fraction", "wall_seconds", "cores"}
@@ -57,7 +57,8 @@ def hogs() -> Iterator[None]:
 
 def _train(tmp_path: Path, ptb_dir: Path) -> dict:
     out = tmp_path / "result.json"
-    result = run_bench("train", "--backend", "numpy", "--max-steps", "250", "--data-dir", str(ptb_dir),
+    small = [f"--{name.replace('_', '-')}={value}" for name, value in SMALL_STEPS.items()]
+    result = run_bench("train", "--backend", "numpy", "--max-steps", "250", *small, "--data-dir", str(ptb_dir),
                        "--out", str(out))
     assert result.returncode == 0, result.stderr
     return json.loads(out.read_text())

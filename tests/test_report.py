@@ -10,7 +10,7 @@ from bench.reporting import report
 from bench.executing.suite import make_spec, planned
 from common.errors import BenchError
 from tests.browser import assert_renders
-from tests.conftest import run_bench, run_plan
+from tests.conftest import SMALL_STEPS, run_bench, run_plan
 from tests.data.test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.envs
@@ -24,7 +24,9 @@ def suite_dir(tmp_path_factory, ptb_dir):
                  {"backend": "torch", "runner": "bare-loop"},  # the twin of torch dense: harness overhead
                  {"backend": "torch", "runner": "recipe-loop"}, {"backend": "torch", "runner": "gensim"},
                  {"backend": "numpy", "optimizer": "sgd", "lr": 1e300}]
-    plan = [planned(make_spec({"epochs": 1, "max_steps": 120, **extra}, "fixture")) for extra in settings]
+    # Small embeddings, the recipe's batch size: runs of other batch sizes are labelled with theirs.
+    small = {"embed": SMALL_STEPS["embed"]}
+    plan = [planned(make_spec({"epochs": 1, "max_steps": 120, **small, **extra}, "fixture")) for extra in settings]
     run_plan(out, plan, ptb_dir, timeout=600)
     (out / "runs" / "broken.json").write_text('{"status": "ok", "spec": ')
     return out

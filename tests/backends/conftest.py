@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -36,8 +37,27 @@ def weights(vocab: int, embed: int, scale: float = 1.0, seed: int = 0) -> tuple[
     return v * np.float32(scale), u * np.float32(scale)
 
 
+def plain(spec: RunSpec) -> RunSpec:
+    """The spec the float64 reference runs for `spec`: the same function, computed plainly (on
+    the CPU, no compiled or graphed variant)."""
+    return dataclasses.replace(spec, device="cpu", compile=False, graph=False)
+
+
 def pair(backend_cls: type[Backend], spec: RunSpec, init) -> tuple[Backend, NumpyBackend]:
-    """The backend under test and the float64 reference, from the same start (the reference
-    computes the same function plainly: on the CPU, no compiled or graphed variant)."""
-    plain = dataclasses.replace(spec, device="cpu", compile=False, graph=False)
-    return backend_cls(spec, *init), NumpyBackend(plain, *init)
+    """The backend under test and the float64 reference, from the same start."""
+    return backend_cls(spec, *init), NumpyBackend(plain(spec), *init)
+
+
+@pytest.fixture(scope="session")
+def ptb_reference(ptb_batches):
+    """The reference's losses and final embeddings over the PTB batches from `weights(vocab, 100)`,
+    once a session for each plain spec: a compiled or graphed variant is checked against the very
+    trajectory its plain twin is (200 float64 steps take seconds)."""
+    batches, vocab = ptb_batches
+
+    @functools.cache
+    def trajectory(spec: RunSpec) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        reference = NumpyBackend(spec, *weights(vocab, 100))
+        return reference.train(batches), reference.embeddings()
+
+    return lambda spec: trajectory(plain(spec))

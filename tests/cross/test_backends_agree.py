@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -23,17 +25,20 @@ STEPS = 60
 @pytest.fixture(scope="module", params=["dense", "sparse"])
 def results(request, ptb_dir, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp(request.param)
-    found = {}
-    for name in BACKENDS:
-        python = str(python_for(tox_env(name)))
+    pythons = {name: str(python_for(tox_env(name))) for name in BACKENDS}  # builds missing envs, one at a time
+
+    def train(name: str) -> dict:
         args = ["train", "--backend", name, "--max-steps", str(STEPS), "--lr", "0.01",
                 "--data-dir", str(ptb_dir), "--out", str(out / f"{name}.json")]
         if request.param == "sparse":
             args.append("--sparse")
-        run = run_bench(*args, python=python)
+        run = run_bench(*args, python=pythons[name])
         assert run.returncode == 0, f"{name}: {run.stderr[-2000:]}"
-        found[name] = json.loads((out / f"{name}.json").read_text())
-    return found
+        return json.loads((out / f"{name}.json").read_text())
+
+    # Independent processes, nothing timed: as many at once as there are cores (most of each is start-up).
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(BACKENDS, pool.map(train, BACKENDS)))
 
 
 def test_all_backends_saw_the_same_data(results):
