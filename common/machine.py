@@ -54,7 +54,8 @@ def code_version(root: Path = Path(__file__).resolve().parents[1]) -> str | None
 
 
 # The thread and malloc settings a run's speed depends on (and that a Dask nanny would set).
-TIMING_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+TIMING_VARIABLES = ("OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MALLOC_TRIM_THRESHOLD_")
 
 
 def machine_info() -> dict:

@@ -140,7 +140,8 @@ def test_dask_unreachable_scheduler_is_one_line_before_any_folder(tmp_path):
 
 
 def test_dask_runs_match_local_bit_for_bit_with_the_clients_thread_settings(tmp_path, cluster):
-    client_env = {"OMP_NUM_THREADS": "2", "SKIPGRAM_DASK_ADDRESS": cluster.address}  # the address from the env
+    threads = {"OMP_NUM_THREADS": "2", "OMP_PROC_BIND": "close"}
+    client_env = {**threads, "SKIPGRAM_DASK_ADDRESS": cluster.address}  # the address from the env
     on_dask = run_bench("suite", "--suite", suite(tmp_path, 20), "--out", str(tmp_path / "dask"),
                         "--executor", "dask", env=client_env)
     assert on_dask.returncode == 0, on_dask.stderr
@@ -156,8 +157,8 @@ def test_dask_runs_match_local_bit_for_bit_with_the_clients_thread_settings(tmp_
         assert f"{name.removesuffix('.json')}: started" in on_dask.stdout  # the worker's event reached the client
         assert result["data_hash"] == here[name]["data_hash"]
         assert result["losses"] == here[name]["losses"] and len(result["losses"]) == 20  # bit-identical
-        # the client's OMP_NUM_THREADS went with the task; the nanny's settings did not reach the child
-        assert result["env"]["threads_env"] == here[name]["env"]["threads_env"] == {"OMP_NUM_THREADS": "2"}
+        # the client's OpenMP settings went with the task; the nanny's settings did not reach the child
+        assert result["env"]["threads_env"] == here[name]["env"]["threads_env"] == threads
 
 
 def test_dask_killed_worker_takes_its_child_and_the_run_is_redone(tmp_path, cluster):
