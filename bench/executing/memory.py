@@ -81,24 +81,29 @@ def kept_tokens(counts: np.ndarray, threshold: float) -> float:
     return float(np.minimum(c, np.sqrt(threshold * c.sum() * c)).sum())
 
 
-@lru_cache(maxsize=64)  # a suite's runs share a few data specs; a Dask worker serves many runs
 def corpus_facts(data: DataSpec, data_dir: str | None, download: bool) -> Facts:
     """V and the expected epoch for a data spec: counted from the tokenised corpus (PTB, a file),
     or, for a generated corpus not made yet, from the generator's expected counts (planning
     a 100M-token corpus must not first take minutes generating it). A corpus that leaves no
     word at this min_freq is an error now, before anything is made."""
+    return _facts(data.corpus, data.corpus_path, data.min_freq, data.subsample, data_dir, download)
+
+
+@lru_cache(maxsize=64)  # only these fields matter: a sweep over seeds or batch sizes counts once
+def _facts(corpus: str, corpus_path: str | None, min_freq: int, subsample: float, data_dir: str | None,
+           download: bool) -> Facts:
     from common.corpus import build_vocab
 
-    if data.corpus.startswith("zipf:"):
-        zipf = corpora.parse_zipf(data.corpus)
-        vocab, _ = corpora.expected_vocab(zipf, data.min_freq)
+    if corpus.startswith("zipf:"):
+        zipf = corpora.parse_zipf(corpus)
+        vocab, _ = corpora.expected_vocab(zipf, min_freq)
         counts = zipf.expected_counts()
-        facts = Facts(round(vocab), kept_tokens(counts[counts >= data.min_freq], data.subsample))
+        facts = Facts(round(vocab), kept_tokens(counts[counts >= min_freq], subsample))
     else:
-        words, _ = build_vocab(corpora.load(data.corpus, data.corpus_path, data_dir, download), data.min_freq)
-        facts = Facts(len(words), kept_tokens(words.counts[1:], data.subsample))
+        words, _ = build_vocab(corpora.load(corpus, corpus_path, data_dir, download), min_freq)
+        facts = Facts(len(words), kept_tokens(words.counts[1:], subsample))
     if facts.vocab < 2:
-        raise BenchError(f"corpus {data.corpus} leaves no word at min_freq {data.min_freq} (only <unk>), so it yields "
+        raise BenchError(f"corpus {corpus} leaves no word at min_freq {min_freq} (only <unk>), so it yields "
                          f"no training example: lower min_freq or use a larger corpus")
     return facts
 
