@@ -23,6 +23,7 @@ class Capabilities(NamedTuple):
     compile: bool              # an optional graph compiler (torch.compile, XLA)
     graph: bool                # each dense step replayed as one captured CUDA graph
     devices: tuple[str, ...]   # devices usable now, e.g. ("cpu", "cuda:0")
+    layouts: tuple[str, ...]   # batch layouts it trains on: padded (the recipe's), packed
 
 
 class Backend(ABC):
@@ -44,6 +45,9 @@ class Backend(ABC):
             raise BenchError(f"{self.name} has no compiled variant; drop --compile")
         if spec.graph and not caps.graph:
             raise BenchError(f"{self.name} has no CUDA-graph variant; drop --graph")
+        if spec.layout not in caps.layouts:
+            raise BenchError(f"{self.name} cannot train on the {spec.layout} layout; "
+                             f"use --layout {' or '.join(caps.layouts)}")
         self.spec = spec
 
     @classmethod
@@ -54,7 +58,7 @@ class Backend(ABC):
         declared = info(cls.name)
         gpus = tuple(f"cuda:{i}" for i in range(cls.gpu_count()))
         return Capabilities(sparse=declared.sparse, compile=declared.compile, graph=declared.graph,
-                            devices=("cpu",) + gpus)
+                            devices=("cpu",) + gpus, layouts=declared.layouts)
 
     @classmethod
     @abstractmethod

@@ -11,6 +11,7 @@ import numpy as np
 
 from backends.base import Backend
 from common.batches import Batch
+from common.packing import PackedBatch
 from common.spec import RunSpec
 
 
@@ -34,6 +35,20 @@ def loss_and_grads(center_w: np.ndarray, context_w: np.ndarray, batch: Batch) ->
     grad_center = scatter_add_rows(center, np.einsum("bl,bld->bd", grad_pred, u), center_w.shape)
     grad_context = scatter_add_rows(cn.ravel(), (grad_pred[:, :, None] * v[:, None, :]).reshape(-1, v.shape[1]),
                                     context_w.shape)
+    return loss, grad_center, grad_context
+
+
+def loss_and_grads_packed(center_w: np.ndarray, context_w: np.ndarray,
+                          batch: PackedBatch) -> tuple[float, np.ndarray, np.ndarray]:
+    """The same loss and gradients from the packed layout (common/packing.py): one dot per real
+    slot, weighted by 1 / (count_b * B); padding slots weigh 0. The oracle of the packing itself."""
+    weight = batch.weight.astype(np.float64)
+    v, u = center_w[batch.center][batch.example], context_w[batch.ids]
+    pred = np.einsum("sd,sd->s", v, u)
+    loss = float((bce_with_logits(pred, batch.label) * weight).sum())
+    grad_pred = (1.0 / (1.0 + np.exp(-pred)) - batch.label) * weight
+    grad_center = scatter_add_rows(batch.center[batch.example], grad_pred[:, None] * u, center_w.shape)
+    grad_context = scatter_add_rows(batch.ids, grad_pred[:, None] * v, context_w.shape)
     return loss, grad_center, grad_context
 
 

@@ -23,6 +23,7 @@ class BackendInfo(NamedTuple):
     # Newest GPU its GPU build has kernels for (no PTX to JIT beyond it); None: no known limit.
     max_compute_capability: tuple[int, int] | None = None
     graph: bool = False  # has a variant that replays each step as one captured CUDA graph
+    layouts: tuple[str, ...] = ("padded",)  # the batch layouts it trains on (common/packing.py)
 
 
 BACKENDS = {

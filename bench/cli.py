@@ -59,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from backends.registry import BACKENDS
     from bench.executing.suite import FRAMEWORKS, QUICK
-    from common.spec import OPTIMIZERS, RUNNERS, RunSpec
+    from common.spec import LAYOUTS, OPTIMIZERS, RUNNERS, RunSpec
 
     parser = _Parser(prog="python -m bench", description=__doc__)
     commands = parser.commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "an XLA loop per segment, where the backend has it")
     train.add_argument("--graph", action="store_true", help="replay each dense step as one captured CUDA graph "
                        "(cuda only; backends declaring it: torch)")
+    train.add_argument("--layout", choices=LAYOUTS, default=r.layout,
+                       help="padded: the recipe's (B, L) rows; packed: only the real slots, flat (README)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=r.optimizer)
     train.add_argument("--lr", type=float, default=r.lr)
     train.add_argument("--max-steps", type=int, help="stop after this many steps")

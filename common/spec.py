@@ -10,6 +10,9 @@ from common.corpora import PTB, check_name
 from common.errors import BenchError
 
 SAMPLING_MODES = ("static", "dynamic")
+# How a batch is laid out for the step: the recipe's (B, L) rows with padding, or only the real
+# slots, flat (common/packing.py). A property of the run, not of the data: the stream is one.
+LAYOUTS = ("padded", "packed")
 SEED_LIMIT = 2 ** 63  # SplitMix64 keys hold the seed in 64 bits; larger seeds would alias smaller ones
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
@@ -117,6 +120,7 @@ class RunSpec:
     max_steps: int | None = None
     compile: bool = False
     graph: bool = False  # replay each dense step as one captured CUDA graph (backends declaring it)
+    layout: str = "padded"  # padded (the recipe's rows) or packed (real slots only): LAYOUTS
     runner: str = "backend"
     repeat: int = 0  # which of several otherwise identical runs (noise estimates); changes nothing in training
 
@@ -132,6 +136,7 @@ class RunSpec:
             (self.eps > 0, f"eps must be > 0, got {self.eps}"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
             (self.repeat >= 0, f"repeat must be >= 0, got {self.repeat}"),
+            (self.layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}"),
             (self.runner in RUNNERS, f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}"),
             (re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
              f"device must be cpu, cuda or cuda:N, got {self.device!r}"),
@@ -140,6 +145,8 @@ class RunSpec:
             (not self.graph or not (self.sparse or self.compile),
              "--graph captures the dense step: it cannot be combined with --sparse or --compile "
              "(--compile on cuda already replays CUDA graphs: torch.compile's reduce-overhead mode)"),
+            (self.runner not in BASELINES or self.layout == "padded",
+             f"the {self.runner} baseline has its own layout: drop --layout packed"),
             (self.runner != "recipe-loop" or (self.backend == "torch" and self.device == "cpu"),
              "the recipe loop is the book's PyTorch CPU code: use --backend torch --device cpu"),
         ]
@@ -158,7 +165,8 @@ class RunSpec:
             return self.runner
         loop = " bare-loop" if self.runner == "bare-loop" else ""
         how = " compiled" if self.compile else " graphed" if self.graph else ""
-        return f"{self.backend} {self.variant}{how} {self.device}{loop}"
+        packed = " packed" if self.layout == "packed" else ""
+        return f"{self.backend} {self.variant}{how}{packed} {self.device}{loop}"
 
     def to_dict(self) -> dict:
         """Every field, except those added after results were first stored (ADDED_LATER) while they
@@ -181,7 +189,7 @@ class RunSpec:
         return cls(**data)
 
 
-ADDED_LATER = {"graph": False}  # field -> the default a spec leaves out of its dict and key
+ADDED_LATER = {"graph": False, "layout": "padded"}  # field -> the default a spec leaves out of its dict and key
 DATA_ADDED_LATER = {"corpus": PTB, "corpus_path": None}
 
 

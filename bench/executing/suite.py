@@ -73,9 +73,20 @@ def check_run_name(name: object) -> str:
 
 
 def check_backend(spec: RunSpec, where: str) -> RunSpec:
-    """A backend run names a backend of the registry (a baseline's backend is only a label)."""
-    if spec.runner not in BASELINES and spec.backend not in BACKENDS:
+    """A backend run names a backend of the registry (a baseline's backend is only a label) and
+    asks only for variants and layouts the registry declares it has: one line before anything runs."""
+    if spec.runner in BASELINES:
+        return spec
+    if spec.backend not in BACKENDS:
         raise BenchError(f"{where}: unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
+    entry = info(spec.backend)
+    lacking = [(spec.sparse and not entry.sparse, "no sparse-gradient variant (drop sparse)"),
+               (spec.compile and not entry.compile, "no compiled variant (drop compile)"),
+               (spec.layout not in entry.layouts,
+                f"no {spec.layout} layout (it trains on: {', '.join(entry.layouts)})")]
+    for missing, what in lacking:
+        if missing:
+            raise BenchError(f"{where}: {spec.backend} has {what}")
     return spec
 
 
@@ -117,7 +128,7 @@ def run_name(spec: RunSpec) -> str:
     recipe's, then the first 8 digits of the key (names of two different specs never collide)."""
     default_run, default_data = RunSpec(backend=spec.backend), DataSpec()
     extras = [f"{k}-{getattr(spec, k)}" for k in sorted(_RUN_FIELDS - {"backend", "device", "sparse", "runner",
-                                                                     "compile", "graph"})
+                                                                     "compile", "graph", "layout"})
               if getattr(spec, k) != getattr(default_run, k)]
     extras += [f"{k}-{_short(getattr(spec.data, k))}" for k in sorted(_DATA_FIELDS)
                if getattr(spec.data, k) != getattr(default_data, k)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 LIMIT_BACKEND = "fused"
-_EXECUTION = ("backend", "compile", "graph", "runner", "repeat")  # how a run executes, not what it computes
+_EXECUTION = ("backend", "compile", "graph", "layout", "runner", "repeat")  # how a run executes, not what it computes
 
 
 def _computes(spec: dict) -> str:

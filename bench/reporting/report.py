@@ -74,7 +74,7 @@ def _mark_stale(meta: dict, results: list[dict]) -> None:
             r["status"], r["error"] = "stale", "a result of a spec this folder's plan does not hold; not counted"
 
 
-_IN_LABEL = ("backend", "device", "sparse", "compile", "graph", "runner")
+_IN_LABEL = ("backend", "device", "sparse", "compile", "graph", "layout", "runner")
 
 
 def _name_by_settings(results: list[dict]) -> None:

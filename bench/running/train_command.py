@@ -29,7 +29,7 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         raise BenchError("train needs --backend (or --spec FILE)")
     return RunSpec(backend=args.backend, data=data_spec(args), device=args.device, sparse=args.sparse,
                    optimizer=args.optimizer, lr=args.lr, max_steps=args.max_steps, compile=args.compile,
-                   graph=args.graph, runner=args.runner)
+                   graph=args.graph, layout=args.layout, runner=args.runner)
 
 
 def runner(spec: RunSpec) -> Callable[..., dict]:

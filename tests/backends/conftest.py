@@ -39,8 +39,8 @@ def weights(vocab: int, embed: int, scale: float = 1.0, seed: int = 0) -> tuple[
 
 def plain(spec: RunSpec) -> RunSpec:
     """The spec the float64 reference runs for `spec`: the same function, computed plainly (on
-    the CPU, no compiled or graphed variant)."""
-    return dataclasses.replace(spec, device="cpu", compile=False, graph=False)
+    the CPU, no compiled or graphed variant, the recipe's padded rows)."""
+    return dataclasses.replace(spec, device="cpu", compile=False, graph=False, layout="padded")
 
 
 def pair(backend_cls: type[Backend], spec: RunSpec, init) -> tuple[Backend, NumpyBackend]:

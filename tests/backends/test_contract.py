@@ -7,8 +7,9 @@ Tolerances, and why:
 - trajectories (200 PTB steps): every step's loss within 1e-4 of the reference. float32
   rounding of the weights compounds through Adam's normalised steps; 1e-4 is 25x below the
   3e-3 gap that putting eps on the wrong side of sqrt(v) opens (DESIGN.md in the shared folder).
-The same tolerances hold on cuda (TF32 is off in every backend), and for every variant a
-backend declares (compiled, CUDA-graphed): each is the same function, launched differently.
+The same tolerances hold on cuda (TF32 is off in every backend), and for every variant and
+layout a backend declares (compiled, CUDA-graphed, packed): each is the same function, launched
+or laid out differently, checked against the one padded float64 reference.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from backends.base import Backend
 from backends.reference import NumpyBackend
 from common.errors import BenchError
-from common.spec import RunSpec
+from common.spec import LAYOUTS, RunSpec
 from tests.backends.conftest import BACKEND, pair, weights
 
 
@@ -38,12 +39,20 @@ def device(request, backend_cls) -> str:
     return request.param
 
 
+@pytest.fixture(params=LAYOUTS)
+def layout(request, backend_cls) -> str:
+    """Each training test on the recipe's padded rows, and packed where the backend declares it."""
+    if request.param not in backend_cls.capabilities().layouts:
+        pytest.skip(f"{BACKEND} declares no {request.param} layout")
+    return request.param
+
+
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_loss_and_gradients_match_reference(backend_cls, small_batches, sparse, device):
+def test_loss_and_gradients_match_reference(backend_cls, small_batches, sparse, device, layout):
     if sparse and not backend_cls.capabilities().sparse:
         pytest.skip(f"{BACKEND} declares no sparse variant")
     batches, vocab = small_batches
-    spec = RunSpec(backend=BACKEND, sparse=sparse, device=device)
+    spec = RunSpec(backend=BACKEND, sparse=sparse, device=device, layout=layout)
     for scale in (1.0, 30.0):  # 30x Xavier: logits of several units, both BCE branches exercised
         backend, reference = pair(backend_cls, spec, weights(vocab, 100, scale))
         for batch in batches:
@@ -60,7 +69,7 @@ def test_loss_and_gradients_match_reference(backend_cls, small_batches, sparse, 
     ids=["dense-adam", "sparse-lazy-adam", "dense-sgd", "dense-adam-compiled", "sparse-lazy-adam-compiled",
          "dense-adam-graphed", "dense-sgd-graphed"])
 def test_trajectory_on_ptb_matches_reference(backend_cls, ptb_batches, ptb_reference, sparse, optimizer, variant,
-                                             device):
+                                             device, layout):
     caps = backend_cls.capabilities()
     if backend_cls is NumpyBackend:
         pytest.skip("the reference against itself is the same code; each backend env checks it learns")
@@ -72,7 +81,7 @@ def test_trajectory_on_ptb_matches_reference(backend_cls, ptb_batches, ptb_refer
         pytest.skip("CUDA graphs need a cuda device")
     batches, vocab = ptb_batches
     spec = RunSpec(backend=BACKEND, sparse=sparse, optimizer=optimizer, lr=0.01 if optimizer == "adam" else 100.0,
-                   device=device, **({variant: True} if variant else {}))
+                   device=device, layout=layout, **({variant: True} if variant else {}))
     backend = backend_cls(spec, *weights(vocab, 100))
     losses = np.concatenate([backend.train(backend.prepare(batches[:1])), backend.train(backend.prepare(batches[1:]))])
     expected, (ref_center, ref_context) = ptb_reference(spec)
@@ -83,12 +92,12 @@ def test_trajectory_on_ptb_matches_reference(backend_cls, ptb_batches, ptb_refer
     assert rel_err(center, ref_center) <= 1e-3 and rel_err(context, ref_context) <= 1e-3
 
 
-def test_lazy_adam_touches_only_the_batch_rows(backend_cls, small_batches, device):
+def test_lazy_adam_touches_only_the_batch_rows(backend_cls, small_batches, device, layout):
     if not backend_cls.capabilities().sparse:
         pytest.skip(f"{BACKEND} declares no sparse variant")
     batches, vocab = small_batches
     init = weights(vocab, 100)
-    backend = backend_cls(RunSpec(backend=BACKEND, sparse=True, device=device), *init)
+    backend = backend_cls(RunSpec(backend=BACKEND, sparse=True, device=device, layout=layout), *init)
     backend.train(backend.prepare(batches[:1]))
     center, context = backend.embeddings()
     used_center = np.zeros(vocab, bool)
@@ -109,6 +118,9 @@ def test_capabilities_and_devices(backend_cls, small_batches):
         RunSpec(backend=BACKEND, device="tpu:3")  # refused before any backend is built
     with pytest.raises(BenchError, match="available: cpu"):
         backend_cls(RunSpec(backend=BACKEND, device="cuda:99"), *init)
+    for layout in set(LAYOUTS) - set(caps.layouts):  # refused by name before a step is taken
+        with pytest.raises(BenchError, match=f"cannot train on the {layout} layout"):
+            backend_cls(RunSpec(backend=BACKEND, layout=layout), *init)
     if not any(d.startswith("cuda") for d in caps.devices):
         with pytest.raises(BenchError, match="'cuda' is not available"):
             backend_cls(RunSpec(backend=BACKEND, device="cuda"), *init)
