@@ -10,9 +10,11 @@ from typing import Callable
 
 import numpy as np
 
-from bench.running import worker
 from bench.cli import data_spec
-from common.cache import atomic_write_bytes, check_writable
+from bench.results.schema import failed_result
+from bench.results.store import write_result
+from bench.running import worker
+from common.cache import check_writable
 from common.errors import BenchError
 from common.machine import exit_with_harness
 from common.evaluate import neighbours, read_word2vec
@@ -44,16 +46,6 @@ def runner(spec: RunSpec) -> Callable[..., dict]:
         from bench.running import bare_loop
         return bare_loop.train
     return worker.train
-
-
-def write_result(path: Path, result: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(result, indent=1) + "\n").encode())
-
-
-def failed_result(spec: RunSpec, error: str, trace: str | None = None, status: str = "failed") -> dict:
-    """The record of a run that produced none of its own (crashed, or killed by the harness)."""
-    return {"schema": worker.SCHEMA, "status": status, "error": error, "traceback": trace,
-            "spec": spec.to_dict(), "losses": [], "epoch_losses": [], "epoch_seconds": []}
 
 
 def print_progress(done: int, total: int) -> None:
