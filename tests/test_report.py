@@ -31,7 +31,7 @@ def suite_dir(tmp_path_factory, ptb_dir):
     plan = [planned(make_spec({"epochs": 1, "max_steps": 120, **small, **extra}, "fixture")) for extra in settings]
     run_plan(out, plan, ptb_dir, timeout=600)
     meta = json.loads((out / "suite.json").read_text())  # a planned run whose result was cut short
-    never_run = planned(make_spec({"epochs": 1, "max_steps": 120, **small, "seed": 99}, "fixture"))
+    never_run = planned(make_spec({"backend": "numpy", "epochs": 1, "max_steps": 120, **small, "seed": 99}, "fixture"))
     meta["plan"].append({**never_run.to_dict(), "name": "broken"})
     (out / "suite.json").write_text(json.dumps(meta))
     (out / "runs" / "broken.json").write_text('{"status": "ok", "spec": ')

@@ -29,6 +29,7 @@ CONCLUDED = ("ok", "diverged", "noisy", "skipped")  # a result of the spec (or w
 RETRYABLE = ("failed", "timed_out")  # kept too, unless --retry-failed
 SKIPPED = "skipped"
 NEEDS_ERROR = ("noisy", "diverged", "skipped", "failed", "timed_out")  # a record that must say why
+TRAINED = ("ok", "noisy", "diverged")  # a record of training: it has its losses
 
 _MAX_FLOAT = 1.7976931348623157e308
 Rate = Annotated[float, msgspec.Meta(gt=0, le=_MAX_FLOAT)]  # examples/s: positive and finite
@@ -109,11 +110,13 @@ class Result(msgspec.Struct):
     data_hash: str | None = None
     steps: Count | None = None
     examples: Count | None = None
-    losses: list[float] = []  # per step; a diverged run's last one is the loss that blew up (NaN or inf)
+    # Per step; a diverged run's last one is the loss that blew up (NaN or inf). Absent from records of
+    # runs that never trained (UNSET: a trained run without them is refused, see __post_init__).
+    losses: list[float] | msgspec.UnsetType = msgspec.UNSET
     epoch_losses: list[float] = []
     epoch_seconds: list[Seconds] = []
     final_loss: float | None = None
-    timings: Timings | None = None
+    timings: Timings | msgspec.UnsetType = msgspec.UNSET  # absent, or an object: never null
     machine_load: MachineLoad | None = None
     examples_per_sec: Rate | None = None
     segment_rates: list[Rate] = []
@@ -130,6 +133,9 @@ class Result(msgspec.Struct):
     def __post_init__(self) -> None:
         if self.status in NEEDS_ERROR and not self.error:
             raise ValueError(f"a {self.status} run must say why (error), and this one does not")
+        if self.status in TRAINED and self.losses is msgspec.UNSET:
+            raise ValueError(f"an {self.status} run must record its losses, and this one does not" if
+                             self.status == "ok" else f"a {self.status} run must record its losses, and this one does not")
 
 
 class PlanEntry(msgspec.Struct):

@@ -126,9 +126,11 @@ def describe(exc: msgspec.ValidationError, value: object) -> str:
     found, name = _find(value, where, _JSON_TYPE.get(got.group(1)) if got else None)
     message = re.sub(r", got `\w+`", "", message)
     message = message[:1].lower() + message[1:]
-    if found is _MISSING or message.startswith("object missing"):
+    if message.startswith("object missing"):
         return f"{message} in {name}" if name else message
-    return f"{name or 'the file'} is {kind(found)}, {message}"
+    if found is not _MISSING and (got or message.startswith(("expected", "invalid"))):
+        return f"{name or 'the file'} is {kind(found)}, {message}"
+    return f"{name}: {message}" if name else message  # a rule across fields (schema's __post_init__)
 
 
 _MISSING = object()
@@ -166,7 +168,7 @@ def _with_defaults(record: dict, shape: type[msgspec.Struct]) -> dict:
     """`record` with every declared top-level field it lacks at its default (an older file lacks
     the fields added since): readers may index what the schema declares."""
     for field in msgspec.structs.fields(shape):
-        if field.name not in record:
+        if field.name not in record and field.default is not msgspec.UNSET:  # UNSET: absent stays absent
             if field.default is not msgspec.NODEFAULT:
                 record[field.name] = copy.copy(field.default)
             elif field.default_factory is not msgspec.NODEFAULT:
@@ -198,7 +200,7 @@ def load_meta(path: Path) -> dict | None:
         return None
     value = read_json(path)
     check(value, Meta, path)
-    return _with_defaults(value, Meta)  # type: ignore[arg-type]
+    return value  # type: ignore[return-value]  # check() proved it an object; every field optional (read with .get)
 
 
 def load_microbench(path: Path) -> list[dict]:
