@@ -71,6 +71,9 @@ def test_a_folder_written_before_the_schema_loads_reports_compares_and_resumes(f
     assert status == 0 and "history of 2 run settings over 2 folders" in out, err
     plan = ResultsFolder(folder).stored_plan()
     assert plan and all(ResultsFolder(folder).stored_result(run)["status"] == "ok" for run in plan)
+    for run in plan:  # what --resume and the harness read is the record as written: nothing added to it
+        path = ResultsFolder(folder).result_path(run)
+        assert store.read_result(path, run.key) == json.loads(path.read_text())
     status, out, err = bench(capsys, "suite", "--resume", folder, "--dry-run")
     assert status == 0 and out.count("skip: finished (ok)") == 2, (out, err)
 

@@ -177,21 +177,24 @@ def _with_defaults(record: dict, shape: type[msgspec.Struct]) -> dict:
 
 
 def load_result(path: Path) -> dict:
-    """The result record at `path`, whole and of the declared types (fields it lacks at their
-    defaults; fields not declared kept as they are). Unreadable, or Refused (one line)."""
+    """The result record at `path` for a page to show: whole and of the declared types, with the
+    fields it lacks at their defaults (fields not declared kept as they are). Unreadable, or
+    Refused (one line)."""
     value = read_json(path)
     check(value, Result, path)
     return _with_defaults(value, Result)  # type: ignore[arg-type]  # check() proved it an object
 
 
 def read_result(path: Path, key: str) -> dict | None:
-    """The result at `path` if it is readable and carries the spec whose key is `key`; None if it
-    is missing, cut short or of another spec (the run is redone); Refused if it is no file the suite writes."""
+    """The result at `path` as it was written (checked, nothing added: the harness adds to it and
+    stores it again) if it carries the spec whose key is `key`; None if it is missing, cut short or
+    of another spec (the run is redone); Refused if it is no file the suite writes."""
     try:
-        result = load_result(path)
+        result = read_json(path)
     except Unreadable:
         return None
-    return result if spec_key(result["spec"]) == key else None
+    check(result, Result, path)
+    return result if spec_key(result["spec"]) == key else None  # type: ignore[index]
 
 
 def load_meta(path: Path) -> dict | None:
