@@ -96,7 +96,7 @@ CRAFTED = [
     ("an absurd vocab size", lambda r: r.update(vocab_size=10 ** 30), "vocab_size is a number, expected `int` <="),
     ("a vocab size below one", lambda r: r.update(vocab_size=0), "vocab_size is the number 0, expected `int` >= 1"),
     ("a boolean for a count", lambda r: r.update(steps=True), "steps is a boolean, expected `int | null`"),
-    ("a status the suite never writes", lambda r: r.update(status="great"), "status is a string, invalid enum value"),
+    ("a number for a status", lambda r: r.update(status=1), "status is the number 1, expected `str`"),
     ("no spec", lambda r: r.pop("spec"), "object missing required field `spec`"),
     ("versions as a list", _nested("env", "versions", ["numpy"]), "env.versions is a list, expected `object | null`"),
     ("an IQR of three", lambda r: r.update(rate_iqr=[1.0, 2.0, 3.0]), "rate_iqr is a list, expected `array` of length 2"),
@@ -120,6 +120,17 @@ def test_a_crafted_record_is_one_line_naming_the_file_everywhere(folder, tmp_pat
                  ["history", folder, "--out", tmp_path / "h.html"], ["suite", "--resume", folder, "--dry-run"]):
         one_line(capsys, args, reason, expected)
     assert not (folder / "index.html").exists() and not (tmp_path / "h.html").exists()
+
+
+def test_a_status_the_suite_never_writes_is_a_run_that_did_not_finish(folder, tmp_path, capsys):
+    """Shown as text on a failed row (pages escape it), never counted, never compared."""
+    edit(result_files(folder)[0], lambda r: r.update(status="great"))
+    status, _, err = bench(capsys, "report", folder)
+    page = (folder / "index.html").read_text()
+    assert status == 0 and "1 of 2 runs finished" in page and "<td class='l'>great</td>" in page, err
+    status, out, err = bench(capsys, "compare", BEFORE, folder, "--json", tmp_path / "c.json")
+    pair = next(p for p in json.loads((tmp_path / "c.json").read_text())["pairs"] if p["new_status"] == ["great"])
+    assert status == 0 and pair["verdict"] == "not compared", err
 
 
 def test_the_writer_refuses_what_the_reader_would(tmp_path):

@@ -12,7 +12,7 @@ optional field with a default.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
@@ -23,7 +23,7 @@ SCHEMA = 1  # the result record's version, written into every result
 # How a run ended. ok, noisy: trained and measured (noisy: --require-quiet found the machine busy);
 # diverged: trained until its loss blew up; skipped: planned, never started (the machine cannot
 # serve it); failed, timed_out: no result of its own (the error says why).
-Status = Literal["ok", "noisy", "diverged", "skipped", "failed", "timed_out"]
+STATUSES = ("ok", "noisy", "diverged", "skipped", "failed", "timed_out")  # what the suite writes
 MEASURED = ("ok", "noisy")  # finished runs whose rates and losses the pages show
 CONCLUDED = ("ok", "diverged", "noisy", "skipped")  # a result of the spec (or why none can be had): kept on resume
 RETRYABLE = ("failed", "timed_out")  # kept too, unless --retry-failed
@@ -99,7 +99,7 @@ class Env(msgspec.Struct):
 class Result(msgspec.Struct):
     """One run's result file (runs/NAME.json): what the worker, the harness or an executor wrote."""
 
-    status: Status
+    status: str  # one of STATUSES; any other is shown as a run that did not finish, never counted
     spec: dict[str, Any]  # checked field by field by RunSpec where it is used (an invalid one is a corrupt row)
     schema: int | None = None
     error: str | None = None

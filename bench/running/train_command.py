@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 
 from bench.cli import data_spec
 from bench.results.schema import failed_result
-from bench.results.store import write_result
+from bench.results.store import read_json, write_result
 from bench.running import worker
 from common.cache import check_writable
 from common.errors import BenchError
@@ -23,9 +22,10 @@ from common.spec import RunSpec
 
 def run_spec(args: argparse.Namespace) -> RunSpec:
     if args.spec:  # the harness passes whole specs as files
+        spec = read_json(Path(args.spec))  # the limited reader: a FIFO or a 1 GB file is one line, not a hang
         try:
-            return RunSpec.from_dict(json.loads(Path(args.spec).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
+            return RunSpec.from_dict(spec)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
             raise BenchError(f"cannot read run spec {args.spec}: {exc}") from None
     if not args.backend:
         raise BenchError("train needs --backend (or --spec FILE)")
