@@ -234,17 +234,19 @@ def run_files(folder: Path, meta: dict | None) -> tuple[list[Path], list[Path]]:
     return [p for p in found if p.name in own], [p for p in found if p.name not in own]
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Atomically: a reader (or a crash) never sees half a file."""
-    atomic_write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+def write_json(path: Path, value: Any, shape: type | None = None) -> None:
+    """Atomically: a reader (or a crash) never sees half a file. With `shape`, the text is checked
+    as a reader will see it first (a numpy scalar written as a plain number is a plain number)."""
+    text = json.dumps(value, indent=1) + "\n"
+    if shape is not None:
+        check(json.loads(text), shape, path)
+    atomic_write_bytes(path, text.encode())
 
 
 def write_result(path: Path, result: dict) -> None:
-    """A result record, checked against the schema first: the suite never writes what it would refuse to read."""
-    check(result, Result, path)
-    write_json(path, result)
+    """A result record, checked first: the suite never writes what it would refuse to read."""
+    write_json(path, result, Result)
 
 
 def write_meta(path: Path, meta: dict) -> None:
-    check(meta, Meta, path)
-    write_json(path, meta)
+    write_json(path, meta, Meta)
