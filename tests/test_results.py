@@ -207,7 +207,7 @@ def test_strays_are_listed_never_counted_or_pooled(folder, tmp_path, capsys):
     (folder / "runs" / "a fifo.json").unlink()
     for path in BEFORE.glob("runs/*.json"):
         (folder / "runs" / path.name).unlink()  # only the stray left: no results, and the error says why
-    one_line(capsys, ["report", folder], "no results in", "(1 files there are not this plan's runs)")
+    one_line(capsys, ["report", folder], "no results in", "(only 1 stray file(s), not this plan's runs)")
 
 
 def test_terminal_text_escapes_control_characters():

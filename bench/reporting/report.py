@@ -54,7 +54,7 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
     _mark_stale(meta, results)
     _name_by_settings(results)
     if not results and not list((folder / "microbench").glob("*.json")):
-        also = f" ({len(strays)} files there are not this plan's runs)" if strays else ""
+        also = f" (only {len(strays)} stray file(s), not this plan's runs)" if strays else ""
         raise BenchError(f"no results in {folder / 'runs'}{also}: run `python -m bench suite` first")
     return meta, results
 

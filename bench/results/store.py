@@ -25,6 +25,7 @@ from bench.results.schema import Meta, MicrobenchFile, Result
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.spec import spec_key
+from common.text import cap
 
 # What a results folder's JSON files may be: far above any record the suite writes (a result of
 # 5 epochs at batch size 512 is about 100 KiB, its nesting 3 deep), far below what hurts a reader.
@@ -124,6 +125,7 @@ def describe(exc: msgspec.ValidationError, value: object) -> str:
     message, where = (match.group(1), match.group(2) or "") if match else (text, "")
     got = re.search(r", got `(\w+)`", message)
     found, name = _find(value, where, _JSON_TYPE.get(got.group(1)) if got else None)
+    name = cap(name, 100)  # an object key from the file may be of any length
     message = re.sub(r", got `\w+`", "", message)
     message = message[:1].lower() + message[1:]
     if message.startswith("object missing"):
