@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.executing.folder import MAX_DEPTH, MAX_FILE_BYTES, write_meta
+from bench.executing.folder import write_meta
 from bench.executing.suite import load_suite_file
-from bench.running.train_command import failed_result, write_result
+from bench.results.schema import failed_result
+from bench.results.store import MAX_DEPTH, MAX_FILE_BYTES, write_result
 from common.spec import spec_key
 from tests.conftest import run_bench, write_text
 from tests.data.test_bad_input import assert_one_line_error
@@ -87,8 +88,9 @@ def test_two_runs_of_one_name_are_refused(folder, ptb_dir):
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("[1, 2]", "not a JSON object"),
-    ('{"plan": "runs"}', "no list of planned runs"),
+    ("[1, 2]", "the file is a list, expected `object`"),
+    ('{"plan": "runs"}', "plan is a string, expected `array | null`"),
+    ('{"created": "x"}', "no list of planned runs"),
     ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), f"nested more than {MAX_DEPTH} levels deep"),
     ("[" * 100_000 + "]" * 100_000, f"nested more than {MAX_DEPTH} levels deep"),  # past the parser's recursion
 ])

@@ -2,7 +2,9 @@
 a diverged run and a corrupt file), read as text and opened in headless Chromium."""
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
 import pytest
 
@@ -28,7 +30,13 @@ def suite_dir(tmp_path_factory, ptb_dir):
     small = {"embed": SMALL_STEPS["embed"]}
     plan = [planned(make_spec({"epochs": 1, "max_steps": 120, **small, **extra}, "fixture")) for extra in settings]
     run_plan(out, plan, ptb_dir, timeout=600)
+    meta = json.loads((out / "suite.json").read_text())  # a planned run whose result was cut short
+    never_run = planned(make_spec({"backend": "numpy", "epochs": 1, "max_steps": 120, **small, "seed": 99}, "fixture"))
+    meta["plan"].append({**never_run.to_dict(), "name": "broken"})
+    (out / "suite.json").write_text(json.dumps(meta))
     (out / "runs" / "broken.json").write_text('{"status": "ok", "spec": ')
+    first = next((out / "runs").glob(f"{plan[0].name}.json"))
+    shutil.copy(first, out / "runs" / f"{plan[0].name} (copy).json")  # a stray: not a run, not counted
     return out
 
 
@@ -47,6 +55,8 @@ def test_report_sections_and_numbers(page, suite_dir):
     assert "Does sparse_grad accelerate training?" in page and "torch on cpu: sparse gradients were" in page
     assert re.search(r"numpy dense cpu</td><td class='l'>torch dense cpu</td><td>120</td><td>\d\.\d\de-0[5-9]", page)
     assert "broken.json: unreadable result" in page and "diverged" in page and "lower --lr" in page
+    strays = page[page.index("<h2>Strays"):page.index("<h2>Micro-benchmarks")]
+    assert " (copy).json</td>" in strays and " (copy)" not in page.replace(strays, "")
     assert "x</td>" in page  # speed-up over the recipe loop
     assert re.search(r"torch dense cpu</td><td>1</td><td>\d\.\d{3} \(", page)  # worker / bare-loop rate
     assert "2.13.0" in page and "(test fixture)" in page

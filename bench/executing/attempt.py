@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from bench.executing import envs
-from bench.executing.folder import read_result
 from bench.executing.memory import oom_kills, out_of_memory
 from bench.executing.processes import die_with, end_group
 from bench.executing.suite import PlannedRun
-from bench.running.train_command import failed_result, write_result
+from bench.results.schema import failed_result
+from bench.results.store import FolderFileError, read_result, write_json
 from common.cache import write_error
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
@@ -53,7 +53,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
     scratch, data_dir = scratch.absolute(), data_dir.absolute()
     stem = scratch / f"{run.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}"
     spec_file, partial, log_path = (Path(f"{stem}.{suffix}") for suffix in ("spec.json", "result.json", "log"))
-    write_result(spec_file, run.spec.to_dict())
+    write_json(spec_file, run.spec.to_dict())
     cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(data_dir),
            "--out", str(partial), "--progress", "--no-download"]
     env = {**os.environ, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -82,7 +82,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             reader.join(timeout=5)
         except subprocess.TimeoutExpired:
             end_group(proc)
-            finished = read_result(partial, run.key)  # written, then hung on its way out (a framework's teardown)
+            finished = _read_partial(partial, run)  # written, then hung on its way out (a framework's teardown)
             if finished is not None:
                 finished["note"] = f"the worker hung after writing its result; ended at the --timeout ({timeout:.0f} s)"
                 return finished
@@ -90,7 +90,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
                                  status="timed_out")
         finally:  # a signal, any error, or a finished worker's leftover children: none outlives us
             end_group(proc)
-    finished = read_result(partial, run.key)
+    finished = _read_partial(partial, run)
     if finished is None:
         oom = out_of_memory(proc.returncode, kills_before, oom_kills())
         if oom is not None:
@@ -99,6 +99,15 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [how]
         return failed_result(run.spec, f"{how}: {tail[0]}")
     return finished
+
+
+def _read_partial(partial: Path, run: PlannedRun) -> dict | None:
+    """The worker's result, None if it wrote none of this spec; a record it wrote that is not of the
+    declared types (a worker of other code) is a failed run saying so, never an ok one."""
+    try:
+        return read_result(partial, run.key)
+    except FolderFileError as exc:
+        return failed_result(run.spec, f"its worker wrote an unusable result: {exc}")
 
 
 def exit_text(returncode: int) -> str:

@@ -30,7 +30,7 @@ from bench.executing.events import Finished, Started
 from bench.executing.gpus import gpus
 from bench.executing.memory import corpus_facts, fit_reason, machine_memory
 from bench.executing.suite import PlannedRun, skip_reason
-from bench.running.train_command import failed_result
+from bench.results.schema import failed_result
 from common.corpora import PTB
 from common.errors import BenchError
 from common.machine import TIMING_VARIABLES, git_commit

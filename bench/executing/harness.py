@@ -17,8 +17,9 @@ from typing import Iterator
 from bench.executing.events import Executor
 from bench.executing.folder import ResultsFolder
 from bench.executing.suite import PlannedRun
-from bench.running.train_command import failed_result
+from bench.results.schema import failed_result
 from common.machine import BUSY_FRACTION, wait_for_quiet
+from common.text import terminal
 
 
 class Interrupted(BaseException):
@@ -66,6 +67,11 @@ class Harness:
         todo = [run for run, _ in self.folder.todo(plan, retry_failed)]
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already finished", file=sys.stderr)
+        strays = self.folder.strays(plan)
+        if strays:  # a copy of a result is not another run
+            print(terminal(f"note: {len(strays)} files in {self.folder.runs} are not a planned run's own "
+                           f"(not counted): {', '.join(p.name for p in strays[:5])}"
+                           + (", ..." if len(strays) > 5 else "")), file=sys.stderr)
         for run in (r for r in todo if r.skip):  # planned skipped: recorded with the reason, never started
             self.folder.save(run, failed_result(run.spec, run.skip, status="skipped"))
             say(f"{run.name}: skipped, {run.skip}")
@@ -107,8 +113,9 @@ def _mark_noisy(result: dict, quiet_before: bool) -> None:
 
 
 def say(line: str) -> None:
-    """A progress line, flushed: a CI log or `> log` shows it as it happens."""
-    print(line, flush=True)
+    """A progress line, flushed: a CI log or `> log` shows it as it happens. It may quote a stored
+    plan or result (a skip reason, an error): control characters are escaped."""
+    print(terminal(line), flush=True)
 
 
 def _duration(seconds: float) -> str:

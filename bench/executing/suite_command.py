@@ -25,6 +25,7 @@ from common.errors import BenchError
 from common.corpora import PTB
 from common.ptb import find_ptb
 from common.spec import DataSpec
+from common.text import terminal
 
 DEVICES = ("cpu", "cuda")
 LARGE_PLAN = 200
@@ -102,7 +103,7 @@ def dry_run(plan: list[PlannedRun], folder: ResultsFolder, retry_failed: bool) -
     """Print what would run and what would be skipped, and why; write and start nothing."""
     todo = dict(folder.todo(plan, retry_failed)) if folder.path.exists() else {run: "not run yet" for run in plan}
     runnable = sum(run in todo and not run.skip for run in plan)
-    print(f"plan: {len(plan)} runs -> {folder.path} ({runnable} to run, {len(plan) - runnable} skipped)")
+    print(terminal(f"plan: {len(plan)} runs -> {folder.path} ({runnable} to run, {len(plan) - runnable} skipped)"))
     for run in plan:
         env = run.env or "harness"
         variable = naming_variable(env)
@@ -110,7 +111,9 @@ def dry_run(plan: list[PlannedRun], folder: ResultsFolder, retry_failed: bool) -
             else ("built" if (work_dir() / env).exists() or env == "harness" else "to be built by tox")
         why = f"run: {todo[run]}" if run in todo and not run.skip else f"skip: {run.skip}" if run.skip else \
             f"skip: finished ({folder.stored_result(run)['status']}) in {folder.result_path(run)}"
-        print(f"  {run.name}  env={env} ({where})  device={run.spec.device}  key={run.key}  {why}")
+        print(terminal(f"  {run.name}  env={env} ({where})  device={run.spec.device}  key={run.key}  {why}"))
+    for stray in folder.strays(plan) if folder.runs.is_dir() else []:
+        print(terminal(f"  stray: {stray} (not a planned run's file: not counted, not resumed from)"))
     return 0
 
 

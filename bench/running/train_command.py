@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -10,9 +9,11 @@ from typing import Callable
 
 import numpy as np
 
-from bench.running import worker
 from bench.options import data_spec
-from common.cache import atomic_write_bytes, check_writable
+from bench.results.schema import failed_result
+from bench.results.store import read_json, write_result
+from bench.running import worker
+from common.cache import check_writable
 from common.errors import BenchError
 from common.machine import exit_with_harness
 from common.evaluate import neighbours, read_word2vec
@@ -21,9 +22,10 @@ from common.spec import RunSpec
 
 def run_spec(args: argparse.Namespace) -> RunSpec:
     if args.spec:  # the harness passes whole specs as files
+        spec = read_json(Path(args.spec))  # the limited reader: a FIFO or a 1 GB file is one line, not a hang
         try:
-            return RunSpec.from_dict(json.loads(Path(args.spec).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
+            return RunSpec.from_dict(spec)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
             raise BenchError(f"cannot read run spec {args.spec}: {exc}") from None
     if not args.backend:
         raise BenchError("train needs --backend (or --spec FILE)")
@@ -44,16 +46,6 @@ def runner(spec: RunSpec) -> Callable[..., dict]:
         from bench.running import bare_loop
         return bare_loop.train
     return worker.train
-
-
-def write_result(path: Path, result: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(result, indent=1) + "\n").encode())
-
-
-def failed_result(spec: RunSpec, error: str, trace: str | None = None, status: str = "failed") -> dict:
-    """The record of a run that produced none of its own (crashed, or killed by the harness)."""
-    return {"schema": worker.SCHEMA, "status": status, "error": error, "traceback": trace,
-            "spec": spec.to_dict(), "losses": [], "epoch_losses": [], "epoch_seconds": []}
 
 
 def print_progress(done: int, total: int) -> None:
