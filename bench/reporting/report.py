@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.reporting.limit import LIMIT_BACKEND, limit_rates, share, share_text
+from bench.reporting.padding import padding_cost
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render as render_page, svg
 from bench.results import store
 from bench.results.schema import MEASURED, SKIPPED, measured, settings_key
@@ -223,8 +224,9 @@ def first_step_seconds(result: dict) -> float | None:
 
 
 def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
-    """One row a run, grouped by framework (backends in name order, then the baselines): label,
-    where it ran, loss, speed (median, IQR, against the recipe loop), quality, status."""
+    """One row a run, grouped by framework (backends in name order, then the baselines), each
+    group's fastest run first: label, where it ran, loss, speed (median, IQR, against the recipe
+    loop), quality, status."""
     recipe = [r for r in measured(results, "recipe-loop") if r.get("rate_median")]
     base = recipe[0]["rate_median"] if recipe else None
     limits = limit_rates(results)
@@ -246,6 +248,8 @@ def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
                                  ((ev.get("simlex999") or {}).get("spearman")),
                                  ((ev.get("analogy") or {}).get("accuracy"))],
                      "status": r["status"] + marks})
+    for rows in groups.values():  # each framework's best run first; unmeasured runs after the rest
+        rows.sort(key=lambda row: -(row["speed"] or 0))
     return list(groups.items())
 
 
@@ -340,7 +344,8 @@ def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
         ratio = pair["sparse"]["rate_median"] / pair["dense"]["rate_median"]
         if backend == LIMIT_BACKEND:
             limit_ratios.setdefault(f"{device}{size}", ratio)
-        how = " compiled" if pair["dense"]["spec"].get("compile") else ""  # plain and compiled: two answers
+        dense_spec = pair["dense"]["spec"]  # plain, compiled and packed: answers of their own
+        how = (" compiled" if dense_spec.get("compile") else "") + (" packed" if dense_spec.get("layout") == "packed" else "")
         rows.append({"backend": backend + how, "device": device, "size": size, "vocab": _vocab(pair), "ratio": ratio,
                      "verdict": "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "about as fast",
                      "loss": [p.get("final_loss") for p in (pair["dense"], pair["sparse"])],
@@ -441,7 +446,7 @@ def render(folder: Path) -> Path:
             finished=len(measured(results, None)), total=len(results), skips=[r for r in results if r["status"] == SKIPPED],
             summary=summary(results), warned=warned(results), loss_figure=loss_figures(results),
             throughput_figure=throughput_figure(results), batch_figure=batch_size_figure(results),
-            sparse=sparse, limit_ratios=limit_ratios, scale=scale_section(results), agreement=agreeing, agreement_figure=agreement_figure,
+            sparse=sparse, limit_ratios=limit_ratios, padding=padding_cost(results), scale=scale_section(results), agreement=agreeing, agreement_figure=agreement_figure,
             bare_loop=bool(measured(results, "bare-loop")), overhead=harness_overhead(results),
             neighbours=neighbours(results), failed=[r for r in results if r["status"] not in MEASURED + (SKIPPED,)],
             busy_fraction=BUSY_FRACTION, spread_ratio=SPREAD_RATIO, spread_segments=SPREAD_MIN_SEGMENTS)
