@@ -24,7 +24,7 @@ from bench.executing.memory import oom_kills, out_of_memory
 from bench.executing.processes import die_with, end_group
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result, write_result
-from common.cache import write_error
+from common.cache import open_in_place
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
 from common.machine import HARNESS_VARIABLE, process_identity
@@ -65,10 +65,9 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             env[name] = value
     if eval_data_dir():
         env["SKIPGRAM_EVAL_DATA"] = str(eval_data_dir())
-    try:
-        log = open(log_path, "w")
-    except OSError as exc:  # a full or read-only results disk: one line, the suite cannot go on
-        raise write_error(exc, log_path) from None
+    log_fd = open_in_place(log_path, "a run's log")  # a full or read-only disk, a planted link: one line
+    os.ftruncate(log_fd, 0)
+    log = os.fdopen(log_fd, "w")
     kills_before = oom_kills()
     with log:
         proc = subprocess.Popen(cmd, cwd=envs.ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,

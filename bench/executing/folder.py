@@ -19,6 +19,7 @@ from bench.executing.envs import ROOT
 from bench.executing.gpus import gpu_names
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import write_result
+from common.cache import open_in_place
 from common.errors import BenchError
 from common.machine import code_version, git_commit, machine_info
 from common.spec import spec_key
@@ -29,6 +30,9 @@ MAX_FILE_BYTES = 64 << 20
 MAX_DEPTH = 32
 FINISHED = ("ok", "diverged", "noisy", "skipped")  # a result of the spec (or why none can be had); kept on resume
 RETRYABLE = ("failed", "timed_out")      # kept too, unless --retry-failed
+# What a results folder holds before its suite.json is written (a start cut short between the
+# lock and the plan; a micro-benchmark's probe): anything else there is someone else's.
+_BEFORE_PLAN = frozenset({".lock", "runs", "logs", "microbench"})
 
 
 class ResultsFolder:
@@ -39,10 +43,33 @@ class ResultsFolder:
         self._lock: int | None = None
 
     # ownership
+    def check_ours(self) -> None:
+        """Refuse a folder this suite did not make: one holding anything but a results folder's
+        files (a docs folder, `--out .`) would have its index.html replaced. New, empty, or
+        holding a suite.json (whose plan check_plan then checks) is ours."""
+        try:
+            names = sorted(entry.name for entry in os.scandir(self.path))
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise BenchError(f"--out {self.path} is a file, not a folder: name a new or empty folder") from None
+        except OSError as exc:
+            raise BenchError(f"--out {self.path} cannot be listed ({os.strerror(exc.errno or 0).lower()}): "
+                             f"name a new or empty folder") from None
+        if "suite.json" in names:
+            return
+        theirs = [name for name in names if name not in _BEFORE_PLAN and not name.startswith(".tmp-")]
+        if theirs:
+            shown = ", ".join(repr(name) for name in theirs[:5]) + (f" and {len(theirs) - 5} more"
+                                                                   if len(theirs) > 5 else "")
+            raise BenchError(f"--out {self.path} is not a results folder of this suite (no suite.json; it holds "
+                             f"{shown}): nothing is written there; name a new or empty folder")
+
     def lock(self) -> None:
         """Become the folder's one owner, or refuse with the holder's pid."""
+        self.check_ours()
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = _open_plain(self.path / ".lock", os.O_RDWR | os.O_CREAT)
+        fd = open_in_place(self.path / ".lock", "a results folder's lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

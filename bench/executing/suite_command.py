@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         plan = plan_from_args(args)
         folder = ResultsFolder(Path(args.out) if args.out else new_results_dir())
+        folder.check_ours()  # before any work: a folder of someone else's is never written to
     if not args.dry_run:
         check_size(plan, args.yes, args.data_dir, not args.no_download)
     uses_ptb = any(run.spec.data.corpus == PTB for run in plan)
@@ -155,5 +156,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    print(report.render(Path(args.folder)).resolve())
+    folder = Path(args.folder)
+    if folder.is_dir() and not (folder / "suite.json").exists() and not (folder / "runs").is_dir():
+        raise BenchError(f"{folder} is not a results folder of this suite (no suite.json, no runs/): no page is "
+                         f"written there; name a folder that `python -m bench suite` wrote")
+    print(report.render(folder).resolve())
     return 0
