@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.cache import cache_dir, free_bytes
+from common.cache import atomic_write_bytes, cache_dir, free_bytes
 from common.errors import BenchError
-from common.ptb import check_text_file, find_ptb, sha256_file
+from common.ptb import TRAIN_SHA256, check_text_file, find_ptb, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,10 +65,14 @@ class Zipf:
 
 
 def parse_size(text: str, what: str, value: str) -> int:
-    """`100M`, `10k`, `1.5M` or `250000` as an integer; anything else names `value`'s form."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgG]?)", text.strip())
-    number = float(match.group(1)) * _SUFFIXES[match.group(2).lower()] if match else None
-    if number is None or number != int(number):
+    """`100M`, `10k`, `1.5M` or `250000` as an exact integer (never through a float: seeds above
+    2^53 must not alias their neighbours); anything else names `value`'s form."""
+    match = re.fullmatch(r"(\d{1,30})(?:\.(\d{1,30}))?([kKmMgG]?)", text.strip())
+    number = None
+    if match:
+        whole, fraction, scale = match.group(1), match.group(2) or "", _SUFFIXES[match.group(3).lower()]
+        number = Fraction(int(whole + fraction) * scale, 10 ** len(fraction))
+    if number is None or number.denominator != 1:
         raise BenchError(f"invalid corpus {value!r}: {what} must be a whole number such as 1M or 10k, got {text!r}")
     return int(number)
 
@@ -112,8 +117,6 @@ def _digest(path: Path, size: int, mtime_ns: int) -> str:
 
 def file_digest(path: Path) -> str:
     """A text file's SHA-256, after refusing what cannot be a corpus (missing, a folder, binary)."""
-    if path.is_dir():
-        raise BenchError(f"corpus {path} is a folder: name a text file (or ptb, or zipf:TOKENS:WORDS)")
     try:
         check_text_file(path)
         stat = path.stat()
@@ -131,7 +134,11 @@ def spec_fields(value: str | None) -> dict:
         return {"corpus": parse_zipf(value).name}
     if _DIGEST.fullmatch(value):
         raise BenchError(f"corpus {value} names a digest: give the file's path, its digest is taken from it")
-    path = Path(value).expanduser().resolve()
+    try:
+        path = Path(value).expanduser().resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python 3.11's "Symlink loop"
+        raise BenchError(f"corpus file {value} is a symbolic link loop (or a path that cannot be resolved): "
+                         f"name the text file itself") from None
     return {"corpus": f"sha256:{file_digest(path)}", "corpus_path": str(path)}
 
 
@@ -153,16 +160,28 @@ def corpus_file(corpus: str, path: str | None, data_dir: str | None = None, down
 
 def generated(zipf: Zipf) -> Path:
     """The Zipf corpus's file in the cache, written now (atomically) if it is not there yet."""
+    generated_digest(zipf)
+    return zipf.path
+
+
+def generated_digest(zipf: Zipf) -> str:
+    """The SHA-256 the Zipf corpus's cached file was written with, generating the file (and
+    recording its digest beside it) if either is missing: the digest a cached copy is checked by."""
     from common.zipf import write_zipf_corpus
 
-    if not zipf.path.exists():
-        folder = zipf.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        if free_bytes(folder) < zipf.text_bytes():
-            raise BenchError(f"corpus {zipf.name} needs up to {zipf.text_bytes() / 2 ** 30:.1f} GiB in {folder}, "
-                             f"which has {free_bytes(folder) / 2 ** 30:.1f} GiB free: free space or use fewer tokens")
-        write_zipf_corpus(zipf.path, zipf.tokens, zipf.words, zipf.seed)
-    return zipf.path
+    sidecar = zipf.path.with_name(zipf.path.name + ".sha256")
+    if zipf.path.exists() and sidecar.exists():
+        recorded = sidecar.read_text(encoding="ascii", errors="replace").strip()
+        if re.fullmatch(r"[0-9a-f]{64}", recorded):
+            return recorded
+    folder = zipf.path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if free_bytes(folder) < zipf.text_bytes():
+        raise BenchError(f"corpus {zipf.name} needs up to {zipf.text_bytes() / 2 ** 30:.1f} GiB in {folder}, "
+                         f"which has {free_bytes(folder) / 2 ** 30:.1f} GiB free: free space or use fewer tokens")
+    digest = write_zipf_corpus(zipf.path, zipf.tokens, zipf.words, zipf.seed)
+    atomic_write_bytes(sidecar, f"{digest}\n".encode())
+    return digest
 
 
 def expected_vocab(zipf: Zipf, min_freq: int) -> tuple[float, float]:
@@ -198,4 +217,8 @@ def load(corpus: str, corpus_path: str | None, data_dir: str | None = None, down
         raise BenchError(f"corpus file {corpus_path} is not on this machine ({socket.gethostname()}) and no corpus "
                          f"of its {corpus} was tokenised here: copy the file there (any path; it is found by its "
                          f"digest once tokenised)")
-    return load_corpus(corpus_file(corpus, corpus_path, data_dir, download))
+    path = corpus_file(corpus, corpus_path, data_dir, download)
+    # The digest the text is known by: what is tokenised (or found cached) must be of it.
+    expected = TRAIN_SHA256 if corpus == PTB else generated_digest(parse_zipf(corpus)) \
+        if corpus.startswith("zipf:") else corpus.removeprefix("sha256:")
+    return load_corpus(path, expected)

@@ -149,3 +149,29 @@ def test_dump_failure_leaves_no_file(tmp_path):
     out = tmp_path / "x.npz"
     result = run_bench("data", "--dump", str(out), "--data-dir", str(tmp_path))
     assert result.returncode != 0 and not out.exists() and not list(Path(tmp_path).glob(".tmp-*"))
+
+
+def _nul_late(tmp_path):
+    path = tmp_path / "late-nul.txt"
+    path.write_bytes(b"a b c\n" * 20_000 + b"d\0e\n")  # the NUL is past the first 64 KiB
+    return path
+
+
+def _loop(tmp_path):
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    return tmp_path / "loop-a"
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (_nul_late, "is binary, not text (a NUL byte at offset 120,001)"),
+    (_loop, "symbolic link loop"),
+    (lambda tmp_path: Path("/dev/zero"), "is not a plain file"),
+    (lambda tmp_path: tmp_path, "is a folder"),
+])
+@pytest.mark.parametrize("command", [("data", "--summary"), ("suite", "--dry-run", "--backends", "torch")])
+def test_a_corpus_path_that_is_no_text_file_is_one_line(tmp_path, make, fragment, command):
+    """Each kind of path that is not a text file: one line naming it, no traceback, in every command."""
+    result = run_bench(*command, "--corpus", str(make(tmp_path)), timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result, fragment)
