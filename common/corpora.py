@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from common.cache import atomic_write_bytes, cache_dir, free_bytes
 from common.errors import BenchError
@@ -33,6 +33,10 @@ MAX_TOKENS, MAX_WORDS = 2_000_000_000, 100_000_000
 _SUFFIXES = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 _ZIPF = re.compile(r"zipf:([^:]*):([^:]*)(?::([^:]*))?")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CHUNK = 1 << 20  # words per block when planning a generated corpus: its memory, not the corpus's
+# Up to this min_freq a word's chance to reach it is summed exactly (min_freq Poisson terms);
+# above, the Wilson-Hilferty approximation (one term, error < 2e-4 there): planning stays O(WORDS).
+_EXACT_MIN_FREQ = 32
 _FORMS = "ptb, zipf:TOKENS:WORDS[:SEED] (e.g. zipf:10M:100k) or the path of a text file"
 
 
@@ -57,11 +61,24 @@ class Zipf:
         """An upper bound on the generated file's size: every token as long as the longest word."""
         return self.tokens * (len(f"w{self.words - 1}") + 1)
 
-    def expected_counts(self) -> "np.ndarray":
-        """Each word's expected count (the generator's probabilities times the tokens)."""
+    def expected_counts(self, limit: int | None = None) -> Iterator["np.ndarray"]:
+        """Each word's expected count (the generator's probabilities times the tokens), in rank
+        order, a block of words at a time (bounded memory at any WORDS); the first `limit` words."""
         import numpy as np  # here: every command imports this module through the spec
-        weights = 1.0 / np.arange(1, self.words + 1, dtype=np.float64)
-        return weights * (self.tokens / weights.sum())
+
+        scale = self.tokens / harmonic(self.words)
+        end = self.words if limit is None else min(limit, self.words)
+        for start in range(0, end, _CHUNK):
+            yield scale / np.arange(start + 1, min(start + _CHUNK, end) + 1, dtype=np.float64)
+
+
+@lru_cache(maxsize=16)
+def harmonic(n: int) -> float:
+    """1 + 1/2 + ... + 1/n, summed a block at a time (the generator's weights' total)."""
+    import numpy as np
+
+    return math.fsum(float((1.0 / np.arange(start + 1, min(start + _CHUNK, n) + 1, dtype=np.float64)).sum())
+                     for start in range(0, n, _CHUNK))
 
 
 def parse_size(text: str, what: str, value: str) -> int:
@@ -187,17 +204,40 @@ def generated_digest(zipf: Zipf) -> str:
 def expected_vocab(zipf: Zipf, min_freq: int) -> tuple[float, float]:
     """Expected vocabulary size (<unk> included) and in-vocabulary tokens of a Zipf corpus at
     `min_freq`, without generating it: each word's count is about Poisson(expected count), so it
-    enters the vocabulary with probability P(X >= min_freq)."""
+    enters the vocabulary with probability P(X >= min_freq). O(WORDS) time, one block's memory."""
+    vocab, tokens = 1.0, 0.0
+    for counts in zipf.expected_counts():
+        inside = 1.0 - _poisson_below(counts, min_freq)
+        vocab += float(inside.sum())
+        tokens += float((inside * counts).sum())
+    return vocab, tokens
+
+
+def _poisson_below(lam: "np.ndarray", m: int) -> "np.ndarray":
+    """P(X < m) for X ~ Poisson(lam), elementwise: the sum of its m terms for small m, else the
+    Wilson-Hilferty normal approximation of P(chi2(2m) > 2 lam)."""
     import numpy as np
 
-    counts = zipf.expected_counts()
-    below = np.zeros_like(counts)  # P(X < min_freq), summed term by term in log space
-    with np.errstate(divide="ignore"):
-        log_counts = np.log(counts)
-    for k in range(min_freq):
-        below += np.exp(k * log_counts - counts - math.lgamma(k + 1))
-    inside = np.clip(1.0 - below, 0.0, 1.0)
-    return 1.0 + float(inside.sum()), float((inside * counts).sum())
+    if m <= _EXACT_MIN_FREQ:
+        term = np.exp(-lam)  # underflows to 0 past lam 745, where P(X < 32) is 0 anyway
+        below = term.copy()
+        for k in range(1, m):
+            term *= lam / k
+            below += term
+        return np.clip(below, 0.0, 1.0)
+    z = (np.cbrt(lam / m) - (1 - 1 / (9 * m))) * math.sqrt(9 * m)
+    return 0.5 * _erfc(z / math.sqrt(2))
+
+
+def _erfc(x: "np.ndarray") -> "np.ndarray":
+    """erfc, elementwise, to 1.5e-7 (Abramowitz and Stegun 7.1.26): numpy has none."""
+    import numpy as np
+
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    tail = poly * np.exp(-a * a)
+    return np.where(x >= 0, tail, 2.0 - tail)
 
 
 def describe(corpus: str, corpus_path: str | None) -> str:

@@ -103,3 +103,78 @@ def test_every_result_records_the_workers_peak_rss(tmp_path):
     assert result.returncode == 0, result.stderr
     peak = json.loads(out.read_text())["timings"]["peak_rss_bytes"]
     assert 50 * 2 ** 20 < peak < 4 * GIB  # an interpreter with numpy, and a small table
+
+
+# --- the process's own cgroup, v1 and v2
+
+def _cgroup_file(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_the_limit_and_oom_count_are_those_of_the_processs_own_cgroup(tmp_path, monkeypatch, version):
+    """Under a Slurm job's or systemd-run's limit (an ancestor of the process's cgroup, not the
+    root) the plan sees that limit, and the kill counter is the cgroup's own."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    monkeypatch.setattr(memory, "CGROUP", tmp_path / "fs")
+    own = "/system.slice/job-7.slice/run-1.scope"
+    if version == "v2":
+        (tmp_path / "self").write_text(f"0::{own}\n")
+        root, limit, usage, events = tmp_path / "fs", "memory.max", "memory.current", "memory.events"
+    else:
+        (tmp_path / "self").write_text(f"12:pids:/\n4:memory:{own}\n1:name=systemd:{own}\n0::/\n")
+        root, limit, usage, events = tmp_path / "fs" / "memory", "memory.limit_in_bytes", \
+            "memory.usage_in_bytes", "memory.oom_control"
+    monkeypatch.setattr(memory, "PROC_CGROUP", tmp_path / "self")
+    _cgroup_file(root / limit, "max\n" if version == "v2" else "9223372036854771712\n")  # the root: no limit
+    _cgroup_file(root / events, "oom_kill 40\n")  # other cgroups' kills: not ours
+    _cgroup_file(root / "system.slice" / "job-7.slice" / limit, f"{3 * GIB}\n")
+    _cgroup_file(root / "system.slice" / "job-7.slice" / usage, f"{GIB}\n")
+    _cgroup_file(root / own.lstrip("/") / limit, "max\n" if version == "v2" else "9223372036854771712\n")
+    _cgroup_file(root / own.lstrip("/") / events, "oom 1\noom_kill 2\n")
+    assert memory.machine_memory() == (2 * GIB, 3 * GIB)
+    assert memory.oom_kills() == 2
+    fits = fit_reason(RunSpec(backend="torch"), Facts(vocab=5_000_000, kept=1e6), memory.machine_memory())
+    assert fits is not None and "2.0 GiB available of 3.0 GiB" in fits
+
+
+def test_the_machines_own_cgroup_is_found():
+    """On this machine: at least the mount's root, and where /proc/self/cgroup names one, the process's own."""
+    folders = [folder for folder, _ in memory._own_cgroups()]
+    assert folders and all(folder == memory.CGROUP or memory.CGROUP in folder.parents for folder in folders)
+
+
+# --- planning a generated corpus is bounded
+
+def test_planning_a_generated_corpus_is_linear_in_its_words_whatever_min_freq(tmp_path):
+    """min_freq 10^9 was 10^9 passes over the words; now one (the plan is refused in one line)."""
+    out = tmp_path / "suite"
+    result = run_bench("suite", "--suite", str(_suite(tmp_path, 'corpus = "zipf:1M:10k"\nmin_freq = 1000000000')),
+                       "--out", str(out), "--dry-run", timeout=60)
+    assert_one_line_error(result, "no training example")
+
+
+@pytest.mark.parametrize("min_freq", [1, 10, 33, 200, 3000])
+def test_the_expected_vocabulary_matches_the_exact_poisson_sum(min_freq):
+    import math
+
+    import numpy as np
+
+    zipf = corpora.parse_zipf("zipf:2M:20k")
+    lam = np.concatenate(list(zipf.expected_counts()))
+    log_terms = [k * np.log(lam) - lam - math.lgamma(k + 1) for k in range(min_freq)]
+    inside = 1.0 - np.clip(np.exp(np.logaddexp.reduce(log_terms, axis=0)), 0.0, 1.0)
+    vocab, tokens = corpora.expected_vocab(zipf, min_freq)
+    assert vocab == pytest.approx(1.0 + inside.sum(), rel=1e-3, abs=0.5)
+    assert tokens == pytest.approx(float((inside * lam).sum()), rel=1e-3)
+
+
+def test_a_harness_without_memory_to_plan_says_so_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(memory.corpora, "load", lambda *a: (_ for _ in ()).throw(MemoryError()))
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("a b\n")
+    with pytest.raises(BenchError, match="the harness ran out of memory planning corpus .*big.txt"):
+        corpus_facts(DataSpec(corpus="sha256:" + "0" * 64, corpus_path=str(corpus)), None, False)

@@ -81,12 +81,26 @@ def kept_tokens(counts: np.ndarray, threshold: float) -> float:
     return float(np.minimum(c, np.sqrt(threshold * c.sum() * c)).sum())
 
 
+def zipf_kept_tokens(zipf: corpora.Zipf, min_freq: int, threshold: float) -> float:
+    """kept_tokens of a generated corpus's expected counts of at least `min_freq` (a prefix of
+    its ranks: counts fall with rank), a block at a time: two passes, one block's memory."""
+    prefix = min(zipf.words, int(zipf.tokens / corpora.harmonic(zipf.words) / min_freq))
+    total = math.fsum(float(c.sum()) for c in zipf.expected_counts(prefix))
+    return math.fsum(float(np.minimum(c, np.sqrt(threshold * total * c)).sum()) for c in zipf.expected_counts(prefix))
+
+
 def corpus_facts(data: DataSpec, data_dir: str | None, download: bool) -> Facts:
     """V and the expected epoch for a data spec: counted from the tokenised corpus (PTB, a file),
     or, for a generated corpus not made yet, from the generator's expected counts (planning
     a 100M-token corpus must not first take minutes generating it). A corpus that leaves no
-    word at this min_freq is an error now, before anything is made."""
-    return _facts(data.corpus, data.corpus_path, data.min_freq, data.subsample, data_dir, download)
+    word at this min_freq is an error now, before anything is made. A harness without the memory
+    to count a file corpus says so in one line."""
+    try:
+        return _facts(data.corpus, data.corpus_path, data.min_freq, data.subsample, data_dir, download)
+    except MemoryError:
+        raise BenchError(f"the harness ran out of memory planning corpus "
+                         f"{corpora.describe(data.corpus, data.corpus_path)} (its tokens are counted before any "
+                         f"run starts): give the harness more memory, or plan a smaller corpus") from None
 
 
 @lru_cache(maxsize=64)  # only these fields matter: a sweep over seeds or batch sizes counts once
@@ -97,8 +111,7 @@ def _facts(corpus: str, corpus_path: str | None, min_freq: int, subsample: float
     if corpus.startswith("zipf:"):
         zipf = corpora.parse_zipf(corpus)
         vocab, _ = corpora.expected_vocab(zipf, min_freq)
-        counts = zipf.expected_counts()
-        facts = Facts(round(vocab), kept_tokens(counts[counts >= min_freq], subsample))
+        facts = Facts(round(vocab), zipf_kept_tokens(zipf, min_freq, subsample))
     else:
         words, _ = build_vocab(corpora.load(corpus, corpus_path, data_dir, download), min_freq)
         facts = Facts(len(words), kept_tokens(words.counts[1:], subsample))
@@ -120,7 +133,11 @@ def for_memory(plan: list[PlannedRun], data_dir: str | None, download: bool = Tr
 # --- what the machine has ---------------------------------------------------------------------
 
 MEMINFO = Path("/proc/meminfo")
-CGROUP = Path("/sys/fs/cgroup")
+CGROUP = Path("/sys/fs/cgroup")  # where cgroup file systems are mounted
+PROC_CGROUP = Path("/proc/self/cgroup")  # which cgroup this process is in
+# Each version's files: (its folder under CGROUP, limit, usage, events, the events' kill counter).
+_V2 = ("", "memory.max", "memory.current", "memory.events")
+_V1 = ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.oom_control")
 
 
 def _meminfo() -> dict[str, int]:
@@ -139,20 +156,52 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _own_cgroups() -> list[tuple[Path, tuple[str, str, str, str]]]:
+    """This process's memory cgroup folders, its own first, then each ancestor up to the root
+    (a limit set on any of them binds it: a Slurm job's, `systemd-run -p MemoryMax=`'s), with
+    the version's file names. From /proc/self/cgroup: v2's `0::PATH`, v1's `N:...memory...:PATH`;
+    where that cannot be read, the mount's root alone (as inside a container's namespace)."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        lines = []
+    found = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        version = _V1 if "memory" in controllers.split(",") else _V2 if hierarchy == "0" and not controllers else None
+        if version is not None:
+            found.append((version, path))
+    found.sort(key=lambda item: item[0] is _V2)  # v1's memory controller first where both are named
+    if not found:
+        found = [(_V2, "/"), (_V1, "/")]
+    folders = []
+    for version, path in found:
+        base = CGROUP / version[0] if version[0] else CGROUP
+        own = base / path.lstrip("/")
+        for folder in (own, *own.parents):
+            if folder == base or base in folder.parents:
+                folders.append((folder, version))
+    return folders
+
+
 def machine_memory() -> tuple[int, int] | None:
     """(available, total) bytes for a new process here: the kernel's MemAvailable and MemTotal,
-    lowered to a cgroup memory limit (v2 memory.max, v1 limit_in_bytes) and its headroom; None
-    where /proc/meminfo cannot be read (not Linux), in which case nothing is skipped."""
+    lowered to the tightest memory limit of this process's own cgroup or any ancestor (v2
+    memory.max, v1 memory.limit_in_bytes) and that cgroup's headroom; None where /proc/meminfo
+    cannot be read (not Linux), in which case nothing is skipped. On a Dask node it is the
+    node's worker process that asks, so its own cgroup is the one read."""
     info = _meminfo()
     if "MemAvailable" not in info:
         return None
     available, total = info["MemAvailable"], info["MemTotal"]
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        limit, usage = _read_int(CGROUP / limit_file), _read_int(CGROUP / usage_file)
+    for folder, (_, limit_file, usage_file, _) in _own_cgroups():
+        limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
         if limit is not None and limit < total:
-            total, available = limit, min(available, limit - (usage or 0))
-    return available, total
+            total = limit
+        if limit is not None and limit < info["MemTotal"]:
+            available = min(available, limit - (usage or 0))
+    return max(available, 0), total
 
 
 def fit_reason(spec: RunSpec, facts: Facts, memory: tuple[int, int] | None) -> str | None:
@@ -174,13 +223,14 @@ def gib(n: float) -> str:
 # --- the OOM killer's evidence ----------------------------------------------------------------
 
 def oom_kills() -> int | None:
-    """How many processes the OOM killer has ended in this process's memory cgroup (v2
-    memory.events or v1 memory.oom_control `oom_kill`); None where no counter can be read."""
-    for path, field in ((CGROUP / "memory.events", "oom_kill"), (CGROUP / "memory" / "memory.oom_control", "oom_kill")):
+    """How many processes the OOM killer has ended in this process's own memory cgroup (v2
+    memory.events or v1 memory.oom_control `oom_kill`, counting its whole subtree, so a worker
+    it starts is counted whichever ancestor's limit was hit); None where no counter can be read."""
+    for folder, (_, _, _, events) in _own_cgroups():
         try:
-            for line in path.read_text().splitlines():
+            for line in (folder / events).read_text().splitlines():
                 name, _, value = line.partition(" ")
-                if name == field and value.strip().isdigit():
+                if name == "oom_kill" and value.strip().isdigit():
                     return int(value)
         except OSError:
             continue
