@@ -312,3 +312,58 @@ def test_dask_node_skips_what_its_memory_cannot_hold(tmp_path, monkeypatch, ptb_
     monkeypatch.setattr(dask_executor, "machine_memory", lambda: (2**20, 2**21))  # a 2 MiB node
     reason = dask_executor.node_skip_reason(run, ptb_dir)
     assert reason.startswith("needs about ") and "V 6,719" in reason and "0.0 GiB available of 0.0 GiB" in reason
+
+
+@pytest.mark.parametrize("address, fragment", [
+    ("tcp://", "missing port"),
+    ("tcp://host:notaport", "invalid literal"),
+    ("ucx://127.0.0.1:8786", "the ucx:// transport"),
+    ("foo://x:1", "the foo:// transport"),
+    ("tcp://127.0.0.1:99999", "port 99999 is not between 1 and 65535"),
+    ("127.0.0.1:8786", "Must include protocol"),
+    ("tcp://[::1", "ipv6 needs brackets"),
+    ("tcp://:8786", "no host"),
+])
+def test_dask_address_dask_would_reject_is_one_line_at_once(tmp_path, address, fragment):
+    """Each class of address Dask's parser rejects or this suite does not run over: one line, in
+    seconds (Dask's own Client ended these in a 20 s hang and a traceback, ucx:// a TypeError)."""
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = run_bench("suite", "--suite", suite(tmp_path, 3), "--out", str(out), "--executor", "dask",
+                       "--address", address, timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"--address {address!r} is not a Dask scheduler address", fragment,
+                          "tcp://HOST:PORT or tls://HOST:PORT")
+    assert time.monotonic() - started < 15 and not out.exists()
+
+
+def _garbage(path: Path) -> None:
+    write_text(path, "not a certificate\n")
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda p: p.mkdir(), "is a folder or device, not a PEM file"),
+    (_garbage, "is not a PEM"),
+    (lambda p: None, "not found"),
+])
+def test_dask_tls_file_that_is_no_pem_file_is_one_line_naming_it(tmp_path, which, spoil, fragment):
+    flags = list(tls_flags(tmp_path, "ours"))
+    bad = tmp_path / "bad"
+    spoil(bad)
+    flags[2 * which + 1] = str(bad)
+    if which in (1, 2) and fragment == "is not a PEM":
+        fragment = "are not a PEM certificate and its private key"
+    with pytest.raises(BenchError, match=fragment) as refused:
+        dask_executor.client_security("tls://127.0.0.1:8786", tuple(flags[1::2]))
+    assert str(bad) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_dask_world_readable_tls_key_is_warned_in_one_line(tmp_path, capsys):
+    flags = tls_flags(tmp_path, "ours")
+    dask_executor.client_security("tls://127.0.0.1:8786", flags[1::2])
+    assert capsys.readouterr().err == ""  # 0600: no warning
+    Path(flags[5]).chmod(0o644)
+    dask_executor.client_security("tls://127.0.0.1:8786", flags[1::2])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: --tls-key") and "can be read by every user" in line and "chmod 600" in line

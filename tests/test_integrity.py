@@ -377,3 +377,34 @@ def test_the_recipe_loops_dataloader_workers_end_with_it(tmp_path, ptb_dir):
         worker.wait()
         for pid in _children(worker.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_signal_is_named_once_in_a_failed_runs_error():
+    from bench.executing.attempt import exit_text
+
+    assert exit_text(-signal.SIGKILL) == "killed by SIGKILL (signal 9)"
+    assert exit_text(-40) == "killed by signal 40"  # a real-time signal: its number, once
+    assert exit_text(3) == "exit status 3"
+
+
+@pytest.mark.parametrize("filename, variable", [
+    ("/repo/backends/__pycache__/fused.train-40.py311.nbi", "NUMBA_CACHE_DIR"),
+    ("/tmp/torchinductor_me/fx/ab.py", "TORCHINDUCTOR_CACHE_DIR"),
+    ("/data/results/out.json", None),
+])
+def test_a_run_that_cannot_write_names_the_file_and_the_fix(filename, variable):
+    """A full or read-only place, however deeply a compiler wraps the error: the file, and for a
+    compiler's cache the variable that moves it."""
+    import errno
+
+    from bench.running.train_command import crash_message
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        except OSError as inner:
+            raise RuntimeError("compilation failed") from inner
+    except RuntimeError as exc:
+        message = crash_message("fused", exc)
+    assert f"cannot write {filename}: no space left on device" in message and "\n" not in message
+    assert (f"set {variable}" in message) if variable else "set " not in message

@@ -95,8 +95,8 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         if oom is not None:
             return failed_result(run.spec, oom)
         how = exit_text(proc.returncode)
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [how]
-        return failed_result(run.spec, f"{how}: {tail[0]}")
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]  # an empty log: the exit says all
+        return failed_result(run.spec, f"{how}: {tail[0]}" if tail else how)
     return finished
 
 
@@ -106,10 +106,9 @@ def exit_text(returncode: int) -> str:
     if returncode >= 0:
         return f"exit status {returncode}"
     try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    return f"killed by {name} (signal {-returncode})"
+        return f"killed by {signal.Signals(-returncode).name} (signal {-returncode})"
+    except ValueError:  # a real-time signal has no name: its number, once
+        return f"killed by signal {-returncode}"
 
 
 def _wait(proc: subprocess.Popen, timeout: float, stop: threading.Event | None) -> bool:

@@ -175,3 +175,33 @@ def test_a_corpus_path_that_is_no_text_file_is_one_line(tmp_path, make, fragment
     result = run_bench(*command, "--corpus", str(make(tmp_path)), timeout=60)
     assert result.returncode == 2
     assert_one_line_error(result, fragment)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("9" * 5000, "holds a number no setting can take"),      # past Python's own 4300-digit limit
+    ("9" * 100, "beyond any setting's range"),                 # parsed, but no setting is that large
+    ("-" + "9" * 60, "beyond any setting's range"),
+    ("[" * 100_000 + "]" * 100_000, "nests tables or lists more than"),  # the parser's recursion
+    ("[" * 20 + "1" + "]" * 20, "nests tables or lists more than"),
+    ("{a = " * 50 + "1" + "}" * 50, "nests tables or lists more than"),
+])
+def test_a_suite_file_too_deep_or_with_huge_integers_is_one_line(tmp_path, value, fragment):
+    suite = write_text(tmp_path / "s.toml", f'[[runs]]\nbackend = "torch"\nseed = {value}\n')
+    result = run_bench("suite", "--dry-run", "--suite", str(suite), timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"suite file {suite}", fragment)
+
+
+def test_a_huge_suite_file_is_refused_unread(tmp_path):
+    suite = tmp_path / "s.toml"
+    with open(suite, "wb") as f:
+        f.write(b'[[runs]]\nbackend = "torch"\n')
+        f.truncate(2 << 20)  # NULs: sparse, never parsed
+    assert_one_line_error(run_bench("suite", "--dry-run", "--suite", str(suite), timeout=60),
+                          f"suite file {suite} is over 1024 KiB")
+
+
+def test_a_seed_just_below_2_63_is_a_setting(tmp_path):
+    suite = write_text(tmp_path / "s.toml", f'[[runs]]\nbackend = "torch"\nseed = {2 ** 63 - 1}\n')
+    result = run_bench("suite", "--dry-run", "--suite", str(suite), timeout=60)
+    assert result.returncode == 0, result.stderr
