@@ -205,3 +205,25 @@ def test_a_seed_just_below_2_63_is_a_setting(tmp_path):
     suite = write_text(tmp_path / "s.toml", f'[[runs]]\nbackend = "torch"\nseed = {2 ** 63 - 1}\n')
     result = run_bench("suite", "--dry-run", "--suite", str(suite), timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def _float_settings() -> list[str]:
+    from dataclasses import fields
+
+    from common.spec import DataSpec, RunSpec
+
+    return sorted(f.name for cls in (RunSpec, DataSpec) for f in fields(cls) if f.type in ("float", float))
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", _float_settings())
+def test_every_float_setting_refuses_infinity_and_nan(name, value):
+    """The class, not only --lr: no rate, threshold or eps is infinite or NaN in a spec."""
+    from common.errors import BenchError
+    from common.spec import DataSpec, RunSpec
+
+    with pytest.raises(BenchError):
+        if name in DataSpec.__dataclass_fields__:
+            DataSpec(**{name: float(value)})
+        else:
+            RunSpec(backend="numpy", **{name: float(value)})
