@@ -178,3 +178,15 @@ def test_a_harness_without_memory_to_plan_says_so_in_one_line(monkeypatch, tmp_p
     corpus.write_text("a b\n")
     with pytest.raises(BenchError, match="the harness ran out of memory planning corpus .*big.txt"):
         corpus_facts(DataSpec(corpus="sha256:" + "0" * 64, corpus_path=str(corpus)), None, False)
+
+
+@pytest.mark.parametrize("corpus, min_freq", [("zipf:60:30", 8), ("zipf:60:30", 1), ("zipf:3k:100", 2)])
+def test_dry_run_judges_a_small_generated_corpus_as_the_run_does(tmp_path, corpus, min_freq):
+    """Planning uses expected counts; a tiny corpus's real ones can leave no example. The dry
+    run prepares such a corpus as the run does, so the two agree: both refuse, or both go."""
+    suite = _suite(tmp_path, f'corpus = "{corpus}"\nmin_freq = {min_freq}\nmax_steps = 2\nepochs = 1')
+    dry = run_bench("suite", "--suite", str(suite), "--out", str(tmp_path / "dry"), "--dry-run", timeout=120)
+    real = run_bench("suite", "--suite", str(suite), "--out", str(tmp_path / "real"), timeout=300)
+    assert (dry.returncode == 0) == (real.returncode == 0), (dry.stderr, real.stderr)
+    if real.returncode:
+        assert dry.stderr.strip().splitlines() == real.stderr.strip().splitlines()[-1:]
