@@ -166,8 +166,9 @@ def test_dask_killed_worker_takes_its_child_and_the_run_is_redone(tmp_path, clus
         child, worker = next(iter(children.items()))
         os.kill(worker, signal.SIGKILL)  # the worker process, under its nanny
         assert gone(child), "the killed worker's bench train child outlived it"
-        _, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
+    assert_counter_within_total(stdout)
     done = results(out)
     assert len(done) == 2
     # the scheduler reran it on a live worker; had every worker died, it would be failed, saying so
@@ -367,3 +368,37 @@ def test_dask_world_readable_tls_key_is_warned_in_one_line(tmp_path, capsys):
     dask_executor.client_security("tls://127.0.0.1:8786", flags[1::2])
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("warning: --tls-key") and "can be read by every user" in line and "chmod 600" in line
+
+
+def assert_counter_within_total(output: str) -> None:
+    """No `[5/4]`: each progress line's count is at most the plan's runs."""
+    import re
+
+    counts = [tuple(map(int, m)) for m in re.findall(r"^\[(\d+)/(\d+)\]", output, re.M)]
+    assert counts and all(n <= total for n, total in counts), output
+
+
+def test_a_run_a_cluster_restarts_keeps_its_place_in_the_count(tmp_path, capsys):
+    """A worker dies, the scheduler starts its run elsewhere: `started again` at the same
+    place, never a count past the total (it said [3/2])."""
+    from bench.executing.folder import ResultsFolder
+    from bench.executing.harness import Harness
+    from bench.running.train_command import failed_result
+
+    plan = load_suite_file(write_text(tmp_path / "s.toml", "[[runs]]\nbackend = 'numpy'\nseed = [1, 2]\n"), {})
+
+    class Restarting:
+        name = "dask"
+
+        def run(self, runs, started, finished):
+            for run in runs:
+                started(run)
+            started(runs[0])  # its worker died: rerun on another
+            for run in runs:
+                finished(run, failed_result(run.spec, "test"))
+
+    with ResultsFolder(tmp_path / "out") as folder:
+        Harness(folder, Restarting()).run(plan)
+    err = capsys.readouterr().out
+    assert_counter_within_total(err)
+    assert f"[1/2] {plan[0].name}: started again" in err and "[2/2]" in err
