@@ -227,3 +227,16 @@ def test_every_float_setting_refuses_infinity_and_nan(name, value):
             DataSpec(**{name: float(value)})
         else:
             RunSpec(backend="numpy", **{name: float(value)})
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-steps", "2000000000"], "is over 1,000,000,000: years of training"),
+    (["--max-steps", "100000", "--epochs", "1"], "beyond the about"),
+    (["--max-steps", "5", "--epochs", "1"], None),
+])
+def test_absurd_max_steps_are_warned_in_one_line(ptb_dir, args, fragment):
+    result = run_bench("suite", "--dry-run", "--backends", "torch", "--devices", "cpu", "--no-baselines",
+                       "--data-dir", str(ptb_dir), *args, timeout=120)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: max_steps")]
+    assert (len(warnings) == 1 and fragment in warnings[0]) if fragment else warnings == [], result.stderr
