@@ -249,6 +249,7 @@ def test_dask_slurm_example_runs_a_suite_through_sbatch(tmp_path, ptb_dir):
     script = next(tmp_path.glob("job.????")).read_text()
     assert "--nthreads 1" in script and "--resources slot=1" in script and "--cpus-per-task=1" in script
     assert "--tls-cert" in script and "tls://" in script  # the cluster's own certificate, made for it
+    assert "--no-dashboard" in script  # the workers' plain-HTTP dashboards are off
     assert not list(ROOT.glob(".slurm-tls-*")), "the certificate's folder outlived the script"
 
 
@@ -402,3 +403,16 @@ def test_a_run_a_cluster_restarts_keeps_its_place_in_the_count(tmp_path, capsys)
     err = capsys.readouterr().out
     assert_counter_within_total(err)
     assert f"[1/2] {plan[0].name}: started again" in err and "[2/2]" in err
+
+
+def test_the_readmes_tls_recipe_keeps_every_dashboard_off_the_network():
+    """TLS does not cover Dask's HTTP dashboards: every scheduler and worker the README starts
+    binds its dashboard to 127.0.0.1 or has none (the default is 0.0.0.0:8787)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    starts = [line for line in readme.splitlines() if re.search(r"\bdask (scheduler|worker)\b", line)
+              and line.startswith("    ")]
+    assert len(starts) >= 5
+    for line in starts:
+        assert "--no-dashboard" in line or "--dashboard-address 127.0.0.1:" in line, line
