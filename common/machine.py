@@ -72,7 +72,16 @@ def machine_info() -> dict:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory (getrusage's ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """This process's peak resident memory: Linux's VmHWM (/proc/self/status), the peak of this
+    program's own memory; else getrusage's ru_maxrss (KiB on Linux, bytes on macOS). Not
+    ru_maxrss on Linux: exec keeps the high-water mark of the memory it replaces, so a worker
+    spawned (vfork) by a large process (a Dask worker, a test runner) would record that one's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if platform.system() == "Darwin" else peak * 1024
 

@@ -12,6 +12,9 @@ E dimensions, batch size B, row length L, S steps per epoch (max_steps caps it) 
                                          by the backend, as int32/float32 tensors (4 + 12L)
     draw        kept x 24                the epoch's subsampled tokens: positions, shuffle keys, order
     row cache   S B (5 + 4 L)            pages of the memory-mapped row table the epoch reads
+    working     m 2 B L E 4              one step's working memory: the B x L gathered rows and their
+                                         gradients, times the framework's measured multiple m
+                                         (WORKING_MULTIPLE; torch dense 3.9: autograd keeps several)
     evaluation  5 V E 4                  at the end, with all the above still held: the center table
                                          copied out, then as float64 and normalised (common/evaluate);
                                          it also covers the start's peak, one table's float64 draws
@@ -41,9 +44,22 @@ from common.spec import DataSpec, RunSpec
 # The peak RSS of a 20-step PTB run of each backend (tables, optimiser and data under 60 MB there),
 # measured with /usr/bin/time on the 2-core VM at 4dc4ae5 (numpy 213, torch 519, mxnet 279,
 # tensorflow 738, jax 534, fused 321 MiB), rounded up to the next 100 MiB: what each process holds
-# besides the terms above. A runner not measured (gensim) is given the largest.
+# besides the terms above. A runner not measured (gensim) is given the largest. (It counts PTB's
+# own tables and batches twice, so it errs high: at batch 1024 the estimate is 1.2-2x the peak.)
 RUNTIME_BYTES = {"numpy": 300 << 20, "torch": 600 << 20, "mxnet": 300 << 20, "tensorflow": 800 << 20,
                  "jax": 600 << 20, "fused": 400 << 20}
+# One step's working memory in units of its gathered rows and their gradients (2 B L E 4 bytes:
+# autograd's saved activations, the framework's temporaries), per backend and sparse or not.
+# Measured (README "Memory"): peak RSS (the result's timings.peak_rss_bytes) of 20-step PTB runs
+# at batch sizes 1024, 4096, 16384 dense and 1024, 16384 sparse, each in its own env on the 2-core
+# VM (`python -m bench train --backend B [--sparse] --max-steps 20 --batch-size N`, from 675fcd7):
+# the slope of the peak in batch size between 1024 and 16384, less the slope of the terms above
+# that already grow with it, in those units, rounded up to 0.1. A negative one (the backend holds
+# less than those terms count: fused streams its batches) is 0, never planned lower.
+WORKING_MULTIPLE = {("numpy", False): 2.7, ("numpy", True): 1.7, ("torch", False): 3.9, ("torch", True): 1.8,
+                    ("mxnet", False): 1.0, ("mxnet", True): 0.0, ("tensorflow", False): 0.9,
+                    ("tensorflow", True): 0.0, ("jax", False): 0.8, ("jax", True): 0.0,
+                    ("fused", False): 0.0, ("fused", True): 0.0}
 _FLOAT = 4
 
 
@@ -68,6 +84,8 @@ def estimate(spec: RunSpec, facts: Facts) -> dict[str, int]:
         "batches": rows * (8 + 18 * d.row_length),
         "draw": int(facts.kept * 24),
         "row cache": rows * (5 + 4 * d.row_length),
+        "working": int(WORKING_MULTIPLE.get((spec.backend, spec.sparse), max(WORKING_MULTIPLE.values()))
+                       * 2 * d.batch_size * d.row_length * d.embed * _FLOAT),
         "evaluation": 5 * facts.vocab * d.embed * _FLOAT,
         "runtime": RUNTIME_BYTES.get(spec.backend if spec.runner != "gensim" else spec.runner, max(RUNTIME_BYTES.values())),
     }

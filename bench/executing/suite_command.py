@@ -164,15 +164,16 @@ def run(args: argparse.Namespace) -> int:
         folder.check_ours()  # before any work: a folder of someone else's is never written to
     if not args.dry_run:
         check_size(plan, args.yes, args.data_dir, not args.no_download)
-    warn_steps(plan, args.data_dir, not args.no_download, counted=getattr(args, "executor", "local") == "local")
     uses_ptb = any(run.spec.data.corpus == PTB for run in plan)
     ptb = find_ptb(args.data_dir, not args.no_download).parent if uses_ptb else Path(args.data_dir or ".").absolute()
     if args.dry_run:
         if folder.path.exists():
             folder.check_plan(plan)
         check_corpora(plan, ptb, dry_run=True)
+        warn_steps(plan, args.data_dir, not args.no_download, counted=getattr(args, "executor", "local") == "local")
         return dry_run(plan, folder, args.retry_failed)
     check_corpora(plan, ptb)
+    warn_steps(plan, args.data_dir, not args.no_download, counted=getattr(args, "executor", "local") == "local")
     executor = executor_from_args(args, ptb, folder.logs)  # a cluster that cannot be reached: before any folder
     check_writable(folder.path, "--out", folder=True)
     try:
