@@ -248,7 +248,7 @@ def describe(corpus: str, corpus_path: str | None) -> str:
 def load(corpus: str, corpus_path: str | None, data_dir: str | None = None, download: bool = True) -> "Corpus":
     """The spec's corpus as arrays. A file corpus that is not on this machine (a cluster node) is
     found by its digest among the corpora tokenised here; else the error names the file."""
-    from common.corpus import cached_corpus, load_corpus  # numpy's import: only for commands that read data
+    from common.corpus import CorpusChanged, cached_corpus, load_corpus  # numpy: only for commands that read data
 
     if _DIGEST.fullmatch(corpus) and not Path(corpus_path or "").is_file():
         found = cached_corpus(corpus.removeprefix("sha256:"))
@@ -258,7 +258,13 @@ def load(corpus: str, corpus_path: str | None, data_dir: str | None = None, down
                          f"of its {corpus} was tokenised here: copy the file there (any path; it is found by its "
                          f"digest once tokenised)")
     path = corpus_file(corpus, corpus_path, data_dir, download)
+    if corpus.startswith("zipf:"):  # its name is its identity: a cached copy edited since is made again
+        zipf = parse_zipf(corpus)
+        try:
+            return load_corpus(path, generated_digest(zipf))
+        except CorpusChanged:
+            for made in (zipf.path, zipf.path.with_name(zipf.path.name + ".sha256")):
+                made.unlink(missing_ok=True)
+            return load_corpus(generated(zipf), generated_digest(zipf))
     # The digest the text is known by: what is tokenised (or found cached) must be of it.
-    expected = TRAIN_SHA256 if corpus == PTB else generated_digest(parse_zipf(corpus)) \
-        if corpus.startswith("zipf:") else corpus.removeprefix("sha256:")
-    return load_corpus(path, expected)
+    return load_corpus(path, TRAIN_SHA256 if corpus == PTB else corpus.removeprefix("sha256:"))

@@ -27,6 +27,10 @@ _FILES = ("word_ids.npy", "line_lengths.npy", "words.txt")
 _MANIFEST = "manifest.json"  # the text's digest and each array file's: what makes a cache folder trusted
 
 
+class CorpusChanged(BenchError):
+    """The text read is not of the digest it is known by: edited while (or since) it was planned."""
+
+
 @dataclass(frozen=True)
 class Corpus:
     """Every token of a text file, as ids into `words` (distinct words, first-appearance order)."""
@@ -102,7 +106,7 @@ def load_corpus(path: Path, expected: str | None = None) -> Corpus:
         return found
     word_ids, lengths, words, actual = _tokenise(path)
     if actual != digest:
-        raise BenchError(f"corpus file {path} changed while it was read (sha256 {digest} before, {actual} as "
+        raise CorpusChanged(f"corpus file {path} changed while it was read (sha256 {digest} before, {actual} as "
                          f"read): nothing was cached; leave it unchanged while the suite runs, or plan again")
     with atomic_dir(_folder(actual)) as tmp:
         np.save(tmp / "word_ids.npy", word_ids)

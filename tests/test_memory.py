@@ -143,7 +143,7 @@ def test_the_limit_and_oom_count_are_those_of_the_processs_own_cgroup(tmp_path, 
 
 def test_the_machines_own_cgroup_is_found():
     """On this machine: at least the mount's root, and where /proc/self/cgroup names one, the process's own."""
-    folders = [folder for folder, _ in memory._own_cgroups()]
+    folders = [folder for folder, _ in memory.own_cgroups()]
     assert folders and all(folder == memory.CGROUP or memory.CGROUP in folder.parents for folder in folders)
 
 

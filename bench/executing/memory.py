@@ -174,7 +174,7 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _own_cgroups() -> list[tuple[Path, tuple[str, str, str, str]]]:
+def own_cgroups() -> list[tuple[Path, tuple[str, str, str, str]]]:
     """This process's memory cgroup folders, its own first, then each ancestor up to the root
     (a limit set on any of them binds it: a Slurm job's, `systemd-run -p MemoryMax=`'s), with
     the version's file names. From /proc/self/cgroup: v2's `0::PATH`, v1's `N:...memory...:PATH`;
@@ -213,7 +213,7 @@ def machine_memory() -> tuple[int, int] | None:
     if "MemAvailable" not in info:
         return None
     available, total = info["MemAvailable"], info["MemTotal"]
-    for folder, (_, limit_file, usage_file, _) in _own_cgroups():
+    for folder, (_, limit_file, usage_file, _) in own_cgroups():
         limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
         if limit is not None and limit < total:
             total = limit
@@ -244,7 +244,7 @@ def oom_kills() -> int | None:
     """How many processes the OOM killer has ended in this process's own memory cgroup (v2
     memory.events or v1 memory.oom_control `oom_kill`, counting its whole subtree, so a worker
     it starts is counted whichever ancestor's limit was hit); None where no counter can be read."""
-    for folder, (_, _, _, events) in _own_cgroups():
+    for folder, (_, _, _, events) in own_cgroups():
         try:
             for line in (folder / events).read_text().splitlines():
                 name, _, value = line.partition(" ")
