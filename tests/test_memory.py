@@ -248,3 +248,11 @@ def test_a_workers_peak_rss_is_its_own_not_its_spawners():
                           text=True, timeout=60)
     assert ballast.sum() > 0 and done.returncode == 0, done.stderr
     assert int(done.stdout) < 200 * 2 ** 20
+
+
+def test_a_harness_that_cannot_read_its_memory_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(memory, "MEMINFO", tmp_path / "no-meminfo")
+    plan = [planned(RunSpec(backend="torch", data=DataSpec(corpus="zipf:2k:1k", min_freq=1), max_steps=5))]
+    assert for_memory(plan, None)[0].skip is None
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: this machine's memory cannot be read") and "no-meminfo" in line

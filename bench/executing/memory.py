@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -144,6 +145,9 @@ def for_memory(plan: list[PlannedRun], data_dir: str | None, download: bool = Tr
     """The plan with each run that cannot fit this machine's memory marked skipped (estimate and
     machine's figures in the reason); runs already skipped keep their reason."""
     memory = machine_memory() if memory is None else memory
+    if memory is None and any(not run.skip for run in plan):  # not Linux: say so rather than plan blind
+        print(f"warning: this machine's memory cannot be read ({MEMINFO}): no run is checked against it",
+              file=sys.stderr)
     return [run if run.skip else replace(run, skip=fit_reason(run.spec, corpus_facts(run.spec.data, data_dir, download),
                                                               memory)) for run in plan]
 
