@@ -173,12 +173,13 @@ def run(args: argparse.Namespace) -> int:
         warn_steps(plan, args.data_dir, not args.no_download, counted=getattr(args, "executor", "local") == "local")
         return dry_run(plan, folder, args.retry_failed)
     check_corpora(plan, ptb)
-    warn_steps(plan, args.data_dir, not args.no_download, counted=getattr(args, "executor", "local") == "local")
     executor = executor_from_args(args, ptb, folder.logs)  # a cluster that cannot be reached: before any folder
     check_writable(folder.path, "--out", folder=True)
     try:
         with folder, stop_on_signals():
             folder.adopt(plan, ["python", "-m", "bench", *sys.argv[1:]])
+            # once the suite is surely starting: a refusal stays the one line on stderr
+            warn_steps(plan, args.data_dir, not args.no_download, counted=getattr(args, "executor", "local") == "local")
             say(f"suite: {len(plan)} runs -> {folder.path} (interrupted? resume with: {resume_command(folder.path)})")
             harness = Harness(folder, executor, require_quiet=args.require_quiet)
             harness.run(plan, retry_failed=args.retry_failed)
