@@ -163,7 +163,8 @@ def default_plan(backends: list[str], devices: list[str], base: dict, baselines:
 def read_suite_toml(path: Path) -> dict:
     """A suite file's TOML, read as input from anyone: at most SUITE_FILE_BYTES, nested at most
     SUITE_DEPTH deep, its integers under 40 digits (no setting comes near: a 5000-digit one is a
-    typo or an attack, not a sweep; smaller ones meet each setting's own range check). Each refusal is one line naming the file and the fix."""
+    typo or an attack, not a sweep; smaller ones meet each setting's own range check). Each
+    refusal is one line naming the file and the fix."""
     try:
         with open(path, "rb") as f:
             data = f.read(SUITE_FILE_BYTES + 1)
