@@ -3,8 +3,11 @@ a diverged run and a corrupt file), read as text and opened in headless Chromium
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -12,7 +15,7 @@ from bench.reporting import report
 from bench.executing.suite import make_spec, planned
 from common.errors import BenchError
 from tests.browser import assert_renders
-from tests.conftest import SMALL_STEPS, run_bench, run_plan
+from tests.conftest import ROOT, SMALL_STEPS, run_bench, run_plan
 from tests.data.test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.envs
@@ -123,3 +126,19 @@ def test_results_outside_the_plan_are_stale_but_keyless_plans_check_nothing():
     assert [r["status"] for r in results] == ["ok", "ok"]
     report._mark_stale({"plan": [{"key": RunSpec(backend="numpy").key}]}, results)
     assert [r["status"] for r in results] == ["ok", "stale"]
+
+
+def test_matplotlibs_warnings_stay_off_stderr():
+    """A label with glyphs no font has (text from someone's results), a log axis: the page is
+    drawn, and stderr stays for errors the user must act on."""
+    code = ("from bench.reporting.pages import headless_matplotlib, svg\n"
+            "headless_matplotlib()\n"
+            "import matplotlib.pyplot as plt\n"
+            "fig, ax = plt.subplots()\n"
+            "ax.set_title('\\u4e2d \\x07 \\U0001F600')\n"
+            "ax.plot([0, 1], [0, 1])\n"
+            "ax.set_yscale('log')\n"
+            "assert '<svg' in str(svg(fig))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -24,7 +24,7 @@ from bench.executing.processes import die_with, end_group
 from bench.executing.suite import PlannedRun
 from bench.results.schema import failed_result
 from bench.results.store import FolderFileError, read_result, write_json
-from common.cache import write_error
+from common.cache import open_in_place
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
 from common.machine import HARNESS_VARIABLE, process_identity
@@ -65,10 +65,9 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             env[name] = value
     if eval_data_dir():
         env["SKIPGRAM_EVAL_DATA"] = str(eval_data_dir())
-    try:
-        log = open(log_path, "w")
-    except OSError as exc:  # a full or read-only results disk: one line, the suite cannot go on
-        raise write_error(exc, log_path) from None
+    log_fd = open_in_place(log_path, "a run's log")  # a full or read-only disk, a planted link: one line
+    os.ftruncate(log_fd, 0)
+    log = os.fdopen(log_fd, "w")
     kills_before = oom_kills()
     with log:
         proc = subprocess.Popen(cmd, cwd=envs.ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -96,8 +95,8 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         if oom is not None:
             return failed_result(run.spec, oom)
         how = exit_text(proc.returncode)
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [how]
-        return failed_result(run.spec, f"{how}: {tail[0]}")
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]  # an empty log: the exit says all
+        return failed_result(run.spec, f"{how}: {tail[0]}" if tail else how)
     return finished
 
 
@@ -116,10 +115,9 @@ def exit_text(returncode: int) -> str:
     if returncode >= 0:
         return f"exit status {returncode}"
     try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    return f"killed by {name} (signal {-returncode})"
+        return f"killed by {signal.Signals(-returncode).name} (signal {-returncode})"
+    except ValueError:  # a real-time signal has no name: its number, once
+        return f"killed by signal {-returncode}"
 
 
 def _wait(proc: subprocess.Popen, timeout: float, stop: threading.Event | None) -> bool:

@@ -18,9 +18,14 @@ from bench.executing.gpus import gpu_names
 from bench.executing.suite import PlannedRun
 from bench.results import store
 from bench.results.schema import CONCLUDED, RETRYABLE
-from bench.results.store import FolderFileError, Refused, open_plain, read_result
+from bench.results.store import FolderFileError, Refused, read_result
+from common.cache import open_in_place
 from common.errors import BenchError
 from common.machine import code_version, git_commit, machine_info
+
+# What a results folder holds before its suite.json is written (a start cut short between the
+# lock and the plan; a micro-benchmark's probe): anything else there is someone else's.
+_BEFORE_PLAN = frozenset({".lock", "runs", "logs", "microbench"})
 
 
 class ResultsFolder:
@@ -31,10 +36,33 @@ class ResultsFolder:
         self._lock: int | None = None
 
     # ownership
+    def check_ours(self) -> None:
+        """Refuse a folder this suite did not make: one holding anything but a results folder's
+        files (a docs folder, `--out .`) would have its index.html replaced. New, empty, or
+        holding a suite.json (whose plan check_plan then checks) is ours."""
+        try:
+            names = sorted(entry.name for entry in os.scandir(self.path))
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise BenchError(f"--out {self.path} is a file, not a folder: name a new or empty folder") from None
+        except OSError as exc:
+            raise BenchError(f"--out {self.path} cannot be listed ({os.strerror(exc.errno or 0).lower()}): "
+                             f"name a new or empty folder") from None
+        if "suite.json" in names:
+            return
+        theirs = [name for name in names if name not in _BEFORE_PLAN and not name.startswith(".tmp-")]
+        if theirs:
+            shown = ", ".join(repr(name) for name in theirs[:5]) + (f" and {len(theirs) - 5} more"
+                                                                   if len(theirs) > 5 else "")
+            raise BenchError(f"--out {self.path} is not a results folder of this suite (no suite.json; it holds "
+                             f"{shown}): nothing is written there; name a new or empty folder")
+
     def lock(self) -> None:
         """Become the folder's one owner, or refuse with the holder's pid."""
+        self.check_ours()
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = open_plain(self.path / ".lock", os.O_RDWR | os.O_CREAT)
+        fd = open_in_place(self.path / ".lock", "a results folder's lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

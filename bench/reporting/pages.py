@@ -90,11 +90,20 @@ def plot_text(text: object) -> str:
 
 
 def headless_matplotlib() -> None:
-    """Draw without a display, and keep text as (escaped) text in the SVG: searchable, smaller."""
+    """Draw without a display, and keep text as (escaped) text in the SVG: searchable, smaller.
+    Matplotlib's warnings (a glyph a font lacks in a label from someone's results, a log axis
+    with nothing positive) and its logging stay off stderr: a page is made whatever the data,
+    and stderr is for the one line that says what the user must fix."""
+    import logging
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"
+    # warn_external attributes a warning to the first caller outside matplotlib: the pages' modules.
+    warnings.filterwarnings("ignore", module=r"(matplotlib|bench\.reporting)(\.|$)")
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
 
 
 def svg(fig, titles: dict[str, str] | None = None):

@@ -13,7 +13,7 @@ from bench.options import data_spec
 from bench.results.schema import failed_result
 from bench.results.store import read_json, write_result
 from bench.running import worker
-from common.cache import check_writable
+from common.cache import check_writable, is_write_failure, write_error
 from common.errors import BenchError
 from common.machine import exit_with_harness
 from common.evaluate import neighbours, read_word2vec
@@ -62,6 +62,30 @@ def check_outputs(out: Path | None, vectors: Path | None) -> None:
         check_writable(vectors, "--export-vectors")
 
 
+# Compilers' caches a run writes into, and the variable that moves each: a full or read-only one
+# is the user's to fix, so the error names the file and the variable.
+_COMPILER_CACHES = (("NUMBA_CACHE_DIR", ("__pycache__", "numba")), ("TORCHINDUCTOR_CACHE_DIR", ("torchinductor",)),
+                    ("TRITON_CACHE_DIR", ("triton",)), ("JAX_COMPILATION_CACHE_DIR", ("jax",)))
+
+
+def crash_message(backend: str, exc: BaseException) -> str:
+    """One line for a run that raised: a write that failed for want of space or permission (its
+    own, or one a compiler's cache made, however deeply wrapped) names the file and the fix; any
+    other error its type and first line."""
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OSError) and is_write_failure(cause) and cause.filename):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return f"{backend} run failed: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    assert isinstance(cause, OSError)
+    line = str(write_error(cause, Path(str(cause.filename))))
+    parts = Path(str(cause.filename)).parts
+    variable = next((name for name, marks in _COMPILER_CACHES if any(m in part for m in marks for part in parts)), None)
+    if variable:
+        line += f" (a compiler's cache: or set {variable} to a writable folder with space)"
+    return f"{backend} run failed: {line}"
+
+
 def run(args: argparse.Namespace) -> int:
     exit_with_harness()
     spec = run_spec(args)
@@ -75,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except BenchError:
         raise
     except Exception as exc:  # a crashing backend is a result, not a traceback on the user's screen
-        message = f"{spec.backend} run failed: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        message = crash_message(spec.backend, exc)
         if out:
             write_result(out, failed_result(spec, message, traceback.format_exc()))
         raise BenchError(message + (f" (details in {out})" if out else "")) from None
