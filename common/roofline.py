@@ -129,7 +129,7 @@ def roofline(vocab: int, embed: int, stats: BatchStats, update: str, layout: str
     record = {"bytes_per_step": cost.bytes, "flops_per_step": cost.flops, "bandwidth_bytes_per_s": bandwidth,
               "peak_flops_per_s": peak, "bound_examples_per_s": rate, "working_set_bytes": cost.working_set,
               "update": update, "layout": layout, "stats": stats.to_dict(),
-              "probe_method": probe.get("method")}
+              "probe": probe}
     if rate is None:
         record["unavailable"] = probe.get("error") or "the probe has no figures"
     else:

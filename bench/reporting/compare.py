@@ -18,7 +18,9 @@ from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.spec import RunSpec, spec_key
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render, signed, svg
+from bench.reporting.limit import share_text
 from bench.reporting.report import FINISHED, load_results, measurement_warnings
+from bench.reporting.roofline import median_bound
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -201,6 +203,7 @@ class Pair:
     quality: dict[str, dict] = field(default_factory=dict)
     environment: dict[str, list] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # why a side's rates may not be a quiet machine's
+    roofline: dict = field(default_factory=dict)  # each side's median bound and the share of it reached
 
     @property
     def verdict(self) -> str:
@@ -218,6 +221,7 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
                      for r in runs for _, note in measurement_warnings(r)]
     if not (ok_base and ok_new):
         return pair
+    pair.roofline = _roofline(ok_base, ok_new)
     pair.losses = loss_difference(ok_base[0]["losses"], ok_new[0]["losses"])
     for label, (section, metric) in QUALITY.items():
         b, n = _quality(ok_base, section, metric), _quality(ok_new, section, metric)
@@ -270,6 +274,29 @@ def compare(base: Folder, new: Folder, threshold: float) -> Comparison:
     return Comparison(str(base.path), str(new.path), threshold, folders, pairs, *one_side)
 
 
+def _roofline(ok_base: list[dict], ok_new: list[dict]) -> dict:
+    """Each side's median roofline bound and its median rate's share of it (None without a bound)."""
+    out: dict = {}
+    for side, runs in (("base", ok_base), ("new", ok_new)):
+        limit = median_bound(runs)
+        rates = [r["rate_median"] for r in runs if r.get("rate_median")]
+        out[f"{side}_bound"] = limit
+        out[f"{side}_share"] = float(np.median(rates)) / limit if limit and rates else None
+    return out
+
+
+def _bound_text(p: Pair) -> str:
+    limit = p.roofline.get("new_bound") or p.roofline.get("base_bound")
+    return number(limit, 0) if limit else "–"
+
+
+def _roof_share_text(p: Pair) -> str:
+    shares = [p.roofline.get("base_share"), p.roofline.get("new_share")]
+    if not any(shares):
+        return "–"
+    return " → ".join(share_text(x) for x in shares)
+
+
 def _ratio_text(p: Pair) -> str:
     if p.speed is None or "ratio" not in p.speed:
         return "–"
@@ -293,11 +320,11 @@ def _row(p: Pair) -> list[str]:
     status = "" if p.speed is not None else f" (base {'/'.join(p.base_status)}, new {'/'.join(p.new_status)})"
     return [p.name + (" !" if p.warnings else ""), number((p.speed or {}).get("base_median"), 0), number((p.speed or {}).get("new_median"), 0),
             _ratio_text(p), p.verdict + status, _loss_text(p), *(_delta(p, q) for q in QUALITY),
-            ", ".join(k for k in p.environment if k != "commit") or "–"]
+            _bound_text(p), _roof_share_text(p), ", ".join(k for k in p.environment if k != "commit") or "–"]
 
 
 HEADER = ["run", "base ex/s", "new ex/s", f"new/base [{CONFIDENCE:.0%} CI]", "verdict", "losses",
-          *(f"Δ {q}" for q in QUALITY), "env differs"]
+          *(f"Δ {q}" for q in QUALITY), "roofline bound", "share of roofline", "env differs"]
 
 
 def text_table(rows: list[list[str]]) -> str:

@@ -45,6 +45,10 @@ RATE = Number(finite=True)  # what a verdict and a plot are computed from
 QUALITY = Maybe({"spearman": Maybe(Number()), "accuracy": Maybe(Number())})
 ENV = {"device_name": SCALAR, "hostname": SCALAR, "cpu": SCALAR, "cpu_count": SCALAR, "python": SCALAR,
        "versions": MapOf(SCALAR)}
+ROOFLINE = Maybe({"bytes_per_step": Maybe(RATE), "flops_per_step": Maybe(RATE), "bandwidth_bytes_per_s": Maybe(RATE),
+                  "peak_flops_per_s": Maybe(RATE), "bound_examples_per_s": Maybe(RATE),
+                  "working_set_bytes": Maybe(RATE), "stats": Maybe({"examples": RATE}),
+                  "probe": Maybe({"method": SCALAR, "bandwidth": Maybe([RATE]), "peak_flops": Maybe(RATE)})})
 RESULT = {
     "status": str, "error": Maybe(str), "spec": dict,  # a spec checks its own fields (RunSpec) "data_hash": SCALAR,
     "losses": [Number()], "epoch_losses": [Number()], "final_loss": Maybe(Number()),
@@ -55,9 +59,10 @@ RESULT = {
     "neighbours": Maybe(MapOf([(str, Number())])), "env": Maybe(ENV), "executor": SCALAR, "host": SCALAR,
     "machine_load": Maybe({"other_cpu_fraction": Maybe(Number()), "loadavg_before": Maybe(Number()),
                            "loadavg_after": Maybe(Number())}),
+    "roofline": ROOFLINE,
 }
 META = {"created": SCALAR, "commit": SCALAR, "argv": [SCALAR], "plan": [{"key": SCALAR}], "warning": SCALAR,
-        "machine": Maybe({**ENV, "gpus": [SCALAR]})}
+        "machine": Maybe({**ENV, "gpus": [SCALAR], "probe": Maybe(dict)})}
 
 
 def _kind(value: object) -> str:
