@@ -13,6 +13,7 @@ from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
+from backends.registry import info
 from common.batches import Batch
 from common.errors import BenchError
 from common.spec import RunSpec
@@ -53,8 +54,6 @@ class Backend(ABC):
     @classmethod
     def capabilities(cls) -> Capabilities:
         """The registry's declared variants, and the devices this env can use now."""
-        from backends.registry import info  # the registry imports this module
-
         declared = info(cls.name)
         gpus = tuple(f"cuda:{i}" for i in range(cls.gpu_count()))
         return Capabilities(sparse=declared.sparse, compile=declared.compile, graph=declared.graph,

@@ -7,10 +7,12 @@ the devices the framework sees.
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from backends.base import Backend
 from common.errors import BenchError
+
+if TYPE_CHECKING:  # base.py reads the registry's declarations: a runtime import would be a cycle
+    from backends.base import Backend
 
 
 class BackendInfo(NamedTuple):
@@ -56,7 +58,7 @@ def tox_env(name: str, device: str = "cpu") -> str:
     return (entry.cuda_env or entry.env) if device.startswith("cuda") else entry.env
 
 
-def load(name: str) -> type[Backend]:
+def load(name: str) -> "type[Backend]":
     """The backend class, or a BenchError saying why its framework cannot be imported here."""
     entry = info(name)
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.executing import envs
 from bench.executing.attempt import attempt
-from bench.executing.executor import Finished, Started
+from bench.executing.events import Finished, Started
 from bench.executing.gpus import gpus
 from bench.executing.memory import corpus_facts, fit_reason, machine_memory
 from bench.executing.probing import machine_probe, probe_env

@@ -1,26 +1,15 @@
-"""Where runs execute, behind one interface: `local` (one after another on this machine, the
-default, no extra package) or `dask` (a Dask distributed cluster, bench/executing/dask_executor.py).
-The harness plans, writes results and reports; an executor only runs and hands results back."""
+"""Where runs execute, behind one interface (bench/executing/events.py): `local` (one after another
+on this machine, the default, no extra package) or `dask` (a Dask distributed cluster,
+bench/executing/dask_executor.py). The harness plans, writes results and reports; an executor
+only runs and hands results back."""
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
-from typing import Callable, Protocol
 
-from bench.executing.suite import PlannedRun
+from bench.executing.events import Executor
 from common.errors import BenchError
-
-Started = Callable[[PlannedRun], None]
-Finished = Callable[[PlannedRun, dict], None]
-
-
-class Executor(Protocol):
-    """Runs planned runs somewhere and hands back each result record as it finishes."""
-
-    name: str
-
-    def run(self, runs: list[PlannedRun], started: Started, finished: Finished) -> None: ...
 
 
 def executor_from_args(args: argparse.Namespace, ptb: Path, scratch: Path) -> Executor:

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from bench.executing.executor import Executor
+from bench.executing.events import Executor
 from bench.executing.folder import ResultsFolder
 from bench.executing.suite import PlannedRun
 from bench.running.train_command import failed_result

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bench.executing.attempt import attempt
-from bench.executing.executor import Finished, Started
+from bench.executing.events import Finished, Started
 from bench.executing.suite import PlannedRun
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from backends.registry import BACKENDS, info, tox_env
 from bench.executing.gpus import Gpu
+from bench.reporting.limit import LIMIT_BACKEND
 from common.corpora import spec_fields
 from common.errors import BenchError
 from common.spec import BASELINES, DataSpec, RunSpec
@@ -150,13 +151,23 @@ def _short(value: object) -> object:
 def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:
     """Every backend x {dense, sparse} x device, each also compiled where the backend has a
     compiler (torch.compile, XLA: a framework's best mode may be its compiled sparse step), dense
-    graphed on cuda where it can capture CUDA graphs, plus the recipe loop and gensim."""
+    graphed on cuda where it can capture CUDA graphs, plus the recipe loop and gensim. A backend
+    that trains packed runs these on the packed layout, and its dense step on the recipe's padded
+    rows too (what padding costs); the limit row runs packed only (it never computes padding)."""
     variants = [{"sparse": False}, {"sparse": True}, {"sparse": False, "compile": True},
                 {"sparse": True, "compile": True}, {"sparse": False, "graph": True}]
-    specs = [make_spec({**base, "backend": b, "device": d, **v}, "default suite")
+
+    def layouts(backend: str, variant: dict) -> list[str]:
+        if "packed" not in info(backend).layouts:
+            return ["padded"]
+        padded_too = backend != LIMIT_BACKEND and variant == {"sparse": False}
+        return ["padded", "packed"] if padded_too else ["packed"]
+
+    specs = [make_spec({**base, "backend": b, "device": d, **v, "layout": layout}, "default suite")
              for d in devices for b in backends for v in variants
              if (info(b).sparse or not v["sparse"]) and (info(b).compile or not v.get("compile"))
-             and (not v.get("graph") or (info(b).graph and d.startswith("cuda")))]
+             and (not v.get("graph") or (info(b).graph and d.startswith("cuda")))
+             for layout in layouts(b, v)]
     if baselines:
         specs.append(make_spec({**base, "backend": "torch", "runner": "recipe-loop"}, "default suite"))
         specs.append(make_spec({**base, "backend": "torch", "runner": "gensim",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cli import data_spec
+from bench.options import data_spec
 from common.batches import Dataset, StreamHash, load_dataset
 from common.cache import atomic_write_bytes, check_writable
 from common.rowcache import RowTable

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from bench.running import worker
-from bench.cli import data_spec
+from bench.options import data_spec
 from common.cache import atomic_write_bytes, check_writable
 from common.errors import BenchError
 from common.machine import exit_with_harness
