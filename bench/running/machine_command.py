@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from bench.cli import data_spec
+from bench.options import data_spec
 from common.batches import load_dataset
 from common.machine import cpu_model
 from common.probe import Probe, probe
