@@ -221,7 +221,6 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
                      for r in runs for _, note in measurement_warnings(r)]
     if not (ok_base and ok_new):
         return pair
-    pair.roofline = _roofline(ok_base, ok_new)
     pair.losses = loss_difference(ok_base[0]["losses"], ok_new[0]["losses"])
     for label, (section, metric) in QUALITY.items():
         b, n = _quality(ok_base, section, metric), _quality(ok_new, section, metric)
@@ -231,6 +230,7 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
     speed: dict = {"base_median": float(np.median(rates_b)) if rates_b else None,
                    "new_median": float(np.median(rates_n)) if rates_n else None,
                    "segments": [len(rates_b), len(rates_n)]}
+    pair.roofline = _roofline(ok_base, ok_new, speed)
     if min(len(rates_b), len(rates_n)) < MIN_SEGMENTS:
         pair.speed = {**speed, "verdict": f"too few segments (< {MIN_SEGMENTS})"}
         return pair
@@ -274,14 +274,13 @@ def compare(base: Folder, new: Folder, threshold: float) -> Comparison:
     return Comparison(str(base.path), str(new.path), threshold, folders, pairs, *one_side)
 
 
-def _roofline(ok_base: list[dict], ok_new: list[dict]) -> dict:
-    """Each side's median roofline bound and its median rate's share of it (None without a bound)."""
+def _roofline(ok_base: list[dict], ok_new: list[dict], speed: dict) -> dict:
+    """Each side's median roofline bound, and the share of it its median rate (the ex/s column) reached."""
     out: dict = {}
     for side, runs in (("base", ok_base), ("new", ok_new)):
-        limit = median_bound(runs)
-        rates = [r["rate_median"] for r in runs if r.get("rate_median")]
+        limit, rate = median_bound(runs), speed[f"{side}_median"]
         out[f"{side}_bound"] = limit
-        out[f"{side}_share"] = float(np.median(rates)) / limit if limit and rates else None
+        out[f"{side}_share"] = rate / limit if limit and rate else None
     return out
 
 
