@@ -7,5 +7,5 @@ def dense_shaped(vocab: int, ids_per_step: int) -> bool:
     (V, D) buffer, every row computed, only the used rows kept by a mask) than row by row (the
     unique rows gathered, stepped and scattered back): when the fixed rows slots, min(ids, V),
     would cover most of the table. Measured for 30,720 ids a step (PTB's context table): masked
-    faster at V = 6,719 and 30k, rows at 100k and 1M (PERFORMANCE.md, issue 18)."""
+    faster at V = 6,719 and 30k, rows at 100k and 1M (PERFORMANCE.md, "JAX at its best")."""
     return vocab <= 2 * ids_per_step

@@ -96,7 +96,7 @@ def outcome(losses: list[float]) -> tuple[str, str | None]:
 
 def record(spec: RunSpec, status: str, error: str | None, env: dict, data_hash: str | None, timeline: Timeline,
            epoch_losses: list[float], epoch_seconds: list[float], timings: dict, machine_load: dict | None) -> dict:
-    """The result file's content (DESIGN.md in the shared folder, "A result file"). `machine_load`
+    """The result file's content (docs/design.md, "The contract between the parts"). `machine_load`
     is MachineLoad.stop()'s record over the training clock: what else the machine was doing."""
     return {
         "schema": SCHEMA,

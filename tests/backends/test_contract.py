@@ -6,7 +6,7 @@ Tolerances, and why:
   table row's gradient sum at most B*L = 30k terms, so accumulated error stays near 1e-6.
 - trajectories (200 PTB steps): every step's loss within 1e-4 of the reference. float32
   rounding of the weights compounds through Adam's normalised steps; 1e-4 is 25x below the
-  3e-3 gap that putting eps on the wrong side of sqrt(v) opens (DESIGN.md in the shared folder).
+  3e-3 gap that putting eps on the wrong side of sqrt(v) opens (docs/design.md).
 The same tolerances hold on cuda (TF32 is off in every backend), and for every variant and
 layout a backend declares (compiled, CUDA-graphed, packed): each is the same function, launched
 or laid out differently, checked against the one padded float64 reference.
