@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from common.errors import BenchError
 from bench.options import add_data_args
 from common.spec import DataSpec
+from common.text import terminal
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = run(args)
         sys.stdout.flush()  # a pipe is block-buffered: a reader that left shows up here, not at print
         return status
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BenchError as exc:  # one line, whatever text from a file it names holds
+        print(f"error: {terminal(exc)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # e.g. `report` under a python without matplotlib
         print(f"error: this command needs the package {exc.name!r}, which {sys.executable} lacks: run it with "

@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -271,6 +272,31 @@ def atomic_file(path: Path, needed: int | None = None) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def open_in_place(path: Path, what: str) -> int:
+    """A read-write descriptor of `path` (created if missing) for a file the suite writes in place
+    (a lock): not through a symbolic link (O_NOFOLLOW) nor a hard link (one planted in a folder
+    from someone else would have us truncate or write into a file elsewhere). BenchError naming
+    `path` and the fix otherwise."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BenchError(f"{path} is a symbolic link; {what} is a plain file of its own: remove it "
+                             f"and start again") from None
+        if is_write_failure(exc):
+            raise write_error(exc, path) from None
+        raise BenchError(f"cannot open {path}: {os.strerror(exc.errno or 0).lower()}; remove it and start again") \
+            from None
+    info = os.fstat(fd)
+    problem = None if stat.S_ISREG(info.st_mode) else "is not a plain file (a FIFO, device or folder)"
+    if problem is None and info.st_nlink != 1:
+        problem = f"is a hard link ({info.st_nlink} names for one file): writing it would change a file elsewhere"
+    if problem:
+        os.close(fd)
+        raise BenchError(f"{path} {problem}; {what} is a plain file of its own: remove it and start again")
+    return fd
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

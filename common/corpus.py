@@ -6,18 +6,29 @@ file's SHA-256. Vocabularies for any min_freq are then cheap array operations.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import os
+import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from common.cache import atomic_dir, cache_dir
 from common.errors import BenchError
-from common.ptb import check_text_file, sha256_file
+from common.ptb import check_text_file, sha256_file, text_blocks
 
 UNK = "<unk>"
 _BLOCK = 1 << 24  # bytes read per tokenising step: bounds memory on large corpora
+_FILES = ("word_ids.npy", "line_lengths.npy", "words.txt")
+_MANIFEST = "manifest.json"  # the text's digest and each array file's: what makes a cache folder trusted
+
+
+class CorpusChanged(BenchError):
+    """The text read is not of the digest it is known by: edited while (or since) it was planned."""
 
 
 @dataclass(frozen=True)
@@ -46,61 +57,111 @@ class Vocab:
         return {token: i for i, token in enumerate(self.tokens)}
 
 
-def _tokenise(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Whitespace tokens per line, the recipe's `[line.split() for line in text.split('\\n')]`."""
+def _tokenise(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Whitespace tokens per line, the recipe's `[line.split() for line in text.split('\\n')]`,
+    and the SHA-256 of exactly the bytes tokenised (one read: a file changed meanwhile cannot
+    give arrays of one content under the digest of another)."""
     index: dict[str, int] = {}
     id_chunks: list[np.ndarray] = []
     length_chunks: list[np.ndarray] = []
+    digest = hashlib.sha256()
     tail = b""
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_BLOCK)
-            data = tail + block
-            if block:
-                cut = data.rfind(b"\n") + 1
-                data, tail = data[:cut], data[cut:]
-                if not data:
-                    continue
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BenchError(f"corpus file {path} is not UTF-8 text: replace it with the real file") from None
-            lines = [line.split() for line in (text[:-1] if block else text).split("\n")]
-            length_chunks.append(np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)))
-            flat = itertools.chain.from_iterable(lines)
-            count = int(length_chunks[-1].sum())
-            id_chunks.append(np.fromiter((index.setdefault(t, len(index)) for t in flat),
-                                         dtype=np.int32, count=count))
-            if not block:
-                break
+    blocks = text_blocks(path, _BLOCK)
+    while True:
+        block = next(blocks, b"")
+        digest.update(block)
+        data = tail + block
+        if block:
+            cut = data.rfind(b"\n") + 1
+            data, tail = data[:cut], data[cut:]
+            if not data:
+                continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BenchError(f"corpus file {path} is not UTF-8 text: replace it with the real file") from None
+        lines = [line.split() for line in (text[:-1] if block else text).split("\n")]
+        length_chunks.append(np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)))
+        flat = itertools.chain.from_iterable(lines)
+        count = int(length_chunks[-1].sum())
+        id_chunks.append(np.fromiter((index.setdefault(t, len(index)) for t in flat),
+                                     dtype=np.int32, count=count))
+        if not block:
+            break
     word_ids = np.concatenate(id_chunks)
     if word_ids.size == 0:
         raise BenchError(f"corpus file {path} holds no tokens: replace it with the real file")
-    return word_ids, np.concatenate(length_chunks), list(index)
+    return word_ids, np.concatenate(length_chunks), list(index), digest.hexdigest()
 
 
-def load_corpus(path: Path) -> Corpus:
-    """Tokenise `path` once and cache the arrays; later calls memory-map them."""
+def load_corpus(path: Path, expected: str | None = None) -> Corpus:
+    """`path` as arrays, tokenised once and cached under the SHA-256 of the bytes tokenised.
+    `expected` is the digest the caller knows the text by (a spec's, PTB's); without it, the
+    file's digest now. Text read that is not of that digest (the file was edited meanwhile) is
+    refused, never cached or used."""
     check_text_file(path)
-    digest = sha256_file(path)
-    folder = _folder(digest)
-    if not (folder / "words.txt").exists():
-        word_ids, lengths, words = _tokenise(path)
-        with atomic_dir(folder) as tmp:
-            np.save(tmp / "word_ids.npy", word_ids)
-            np.save(tmp / "line_lengths.npy", lengths)
-            (tmp / "words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    return _mapped(folder, digest)
+    digest = expected or sha256_file(path)
+    found = cached_corpus(digest)
+    if found is not None:
+        return found
+    word_ids, lengths, words, actual = _tokenise(path)
+    if actual != digest:
+        raise CorpusChanged(f"corpus file {path} changed while it was read (sha256 {digest} before, {actual} as "
+                         f"read): nothing was cached; leave it unchanged while the suite runs, or plan again")
+    with atomic_dir(_folder(actual)) as tmp:
+        np.save(tmp / "word_ids.npy", word_ids)
+        np.save(tmp / "line_lengths.npy", lengths)
+        (tmp / "words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+        manifest = {"sha256": actual, "files": {name: _file_sha256(tmp / name) for name in _FILES}}
+        (tmp / _MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    found = cached_corpus(actual)
+    if found is None:
+        raise BenchError(f"the corpus cache {_folder(actual)} changed while it was written: "
+                         f"check nothing else writes into {cache_dir()}, then run again")
+    return found
 
 
 def _folder(digest: str) -> Path:
     return cache_dir() / f"corpus-{digest[:24]}"
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=64)
+def _verified(folder: Path, digest: str, stamp: tuple) -> bool:
+    """Whether `folder` holds the arrays of the text whose SHA-256 is `digest`, whole and
+    unchanged since they were written (the manifest's own digests; `stamp`: sizes and mtimes, so
+    one process checks a folder once)."""
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
+        return manifest["sha256"] == digest and all(
+            manifest["files"][name] == _file_sha256(folder / name) for name in _FILES)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def cached_corpus(digest: str) -> Corpus | None:
-    """A text tokenised here before, found by its SHA-256 alone (the file itself may be gone)."""
+    """A text tokenised here before, found by its SHA-256 alone (the file itself may be gone),
+    after checking the cache holds exactly what was written for that digest; a folder that does
+    not (cut short, edited, or written by code before the check) is removed and None returned."""
     folder = _folder(digest)
-    return _mapped(folder, digest) if (folder / "words.txt").exists() else None
+    if not folder.exists():
+        return None
+    try:
+        stamp = tuple((info.st_size, info.st_mtime_ns) for info in
+                      (os.stat(folder / name) for name in (*_FILES, _MANIFEST)))
+    except OSError:
+        stamp = None
+    if stamp is not None and _verified(folder, digest, stamp):
+        return _mapped(folder, digest)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _mapped(folder: Path, digest: str) -> Corpus:

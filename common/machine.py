@@ -5,6 +5,7 @@ import hashlib
 import os
 import platform
 import resource
+import signal
 import subprocess
 import threading
 import time
@@ -71,7 +72,16 @@ def machine_info() -> dict:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory (getrusage's ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """This process's peak resident memory: Linux's VmHWM (/proc/self/status), the peak of this
+    program's own memory; else getrusage's ru_maxrss (KiB on Linux, bytes on macOS). Not
+    ru_maxrss on Linux: exec keeps the high-water mark of the memory it replaces, so a worker
+    spawned (vfork) by a large process (a Dask worker, a test runner) would record that one's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if platform.system() == "Darwin" else peak * 1024
 
@@ -234,8 +244,8 @@ def process_identity(pid: int) -> str | None:
 
 
 def exit_with_harness(interval: float = 1.0) -> None:
-    """End this process (exit 137) within `interval` of the harness named in HARNESS_VARIABLE
-    ending. PR_SET_PDEATHSIG covers a worker the harness started directly; this also covers one
+    """End this process (exit 137) and its process group within `interval` of the harness named
+    in HARNESS_VARIABLE ending. PR_SET_PDEATHSIG covers a worker the harness started directly; this also covers one
     started through a wrapper that does not exec python (a shell script named by
     SKIPGRAM_PYTHON_*, a container runner), whose parent is the wrapper."""
     harness = os.environ.get(HARNESS_VARIABLE)
@@ -243,12 +253,25 @@ def exit_with_harness(interval: float = 1.0) -> None:
         return  # not started by a harness, or no /proc to watch it through
     pid = int(harness.split(":")[0])
     if process_identity(pid) != harness:
-        os._exit(137)  # it died while this process was starting
+        end_own_group()  # it died while this process was starting
 
     def watch() -> None:
         while process_identity(pid) == harness:
             time.sleep(interval)
-        os._exit(137)
+        end_own_group()
 
     threading.Thread(target=watch, name="harness-watch", daemon=True).start()
+
+
+def end_own_group() -> None:
+    """Exit 137 and take this process's group with it (a wrapper script's other children, a
+    DataLoader's workers), where the group is one a harness made for its worker (a session of
+    its own, as start_new_session makes): never a group shared with a user's shell."""
+    try:
+        own_session = os.getpgrp() == os.getsid(0)
+        if own_session:
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # this process included
+    except OSError:
+        pass
+    os._exit(137)
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import errno
 import os
+import stat
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 from common.cache import atomic_dir, cache_dir
 from common.errors import BenchError
@@ -22,23 +25,48 @@ DEFAULT_URL = "http://d2l-data.s3-accelerate.amazonaws.com/ptb.zip"
 
 
 def sha256_file(path: Path) -> str:
+    """The file's SHA-256; a NUL byte anywhere refuses it as binary (a corpus is text)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for block in text_blocks(path):
+        digest.update(block)
     return digest.hexdigest()
 
 
+def text_blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of text file `path`, block by block, in one read: a NUL anywhere (not only in
+    the first block) means it is binary, one line."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise BenchError(f"corpus file {path} cannot be read ({os.strerror(exc.errno or 0).lower()}): "
+                         f"fix its permissions or name another file") from None
+    with f:
+        while block := f.read(size):
+            nul = block.find(b"\0")
+            if nul >= 0:
+                raise BenchError(f"corpus file {path} is binary, not text (a NUL byte at offset "
+                                 f"{f.tell() - len(block) + nul:,}): replace it with the real file")
+            yield block
+
+
 def check_text_file(path: Path) -> None:
-    """Reject what cannot be a corpus: missing, empty or binary files."""
-    if not path.is_file():
-        raise BenchError(f"corpus file {path} not found")
-    if path.stat().st_size == 0:
+    """Reject what cannot be a corpus before reading it: missing, no plain file (a device such as
+    /dev/zero, a FIFO, a folder), a symbolic link loop, empty, or binary in its first block."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise BenchError(f"corpus file {path} not found: check the path") from None
+    except OSError as exc:
+        reason = "is a symbolic link loop" if exc.errno == errno.ELOOP else \
+            f"cannot be read ({os.strerror(exc.errno or 0).lower()})"
+        raise BenchError(f"corpus file {path} {reason}: name the text file itself") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise BenchError(f"corpus {path} is a folder: name a text file (or ptb, or zipf:TOKENS:WORDS)")
+    if not stat.S_ISREG(info.st_mode):
+        raise BenchError(f"corpus file {path} is not a plain file (a device, FIFO or socket): name a text file")
+    if info.st_size == 0:
         raise BenchError(f"corpus file {path} is empty: replace it with the real file")
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    if b"\0" in head:
-        raise BenchError(f"corpus file {path} is binary, not text: replace it with the real file")
+    next(text_blocks(path, 1 << 16), None)
 
 
 def verify_ptb(directory: Path, origin: str) -> Path:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 
@@ -64,7 +65,8 @@ class DataSpec:
             (self.min_freq >= 1, f"min_freq must be >= 1, got {self.min_freq}"),
             (self.embed >= 1, f"embedding size must be >= 1, got {self.embed}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.subsample > 0, f"subsample threshold must be > 0, got {self.subsample}"),
+            (self.subsample > 0 and math.isfinite(self.subsample),
+             f"subsample threshold must be > 0 and finite, got {self.subsample}"),
             (0 <= self.seed < SEED_LIMIT, f"seed must be >= 0 and < 2^63, got {self.seed}"),
             (self.sampling in SAMPLING_MODES,
              f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.sampling!r}"),
@@ -131,9 +133,9 @@ class RunSpec:
         checks = [
             (self.optimizer in OPTIMIZERS,
              f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
-            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0 and finite, got {self.lr}"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must lie in [0, 1)"),
-            (self.eps > 0, f"eps must be > 0, got {self.eps}"),
+            (self.eps > 0 and math.isfinite(self.eps), f"eps must be > 0 and finite, got {self.eps}"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
             (self.repeat >= 0, f"repeat must be >= 0, got {self.repeat}"),
             (self.layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}"),

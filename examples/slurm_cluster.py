@@ -88,7 +88,10 @@ def make_cluster(args: argparse.Namespace, tls: list[str]):
         cores=1, processes=1, job_cpu=args.cpus, memory=args.memory, walltime=args.walltime,
         queue=args.partition, account=args.account, interface=args.interface,
         job_extra_directives=["--gres=gpu:1"] if args.gpu else [],
-        worker_extra_args=["--resources", "GPU=1" if args.gpu else "slot=1"],
+        # Dask's dashboards are plain HTTP whatever the protocol: the scheduler's on this machine
+        # only (ssh -L to read it), the workers' off.
+        worker_extra_args=["--resources", "GPU=1" if args.gpu else "slot=1", "--no-dashboard"],
+        scheduler_options={"dashboard_address": "127.0.0.1:8787"},
         job_script_prologue=[f"cd {ROOT}", f"export PYTHONPATH={ROOT}"],
         protocol="tls://", security=security,
     )

@@ -123,7 +123,8 @@ def test_only_one_side_and_failed_runs_are_listed_not_timed(folders, tmp_path, p
     other = tmp_path / "other"
     plan = [numpy_run(), numpy_run(seed=1, max_steps=3), numpy_run(optimizer="sgd", lr=1e300, max_steps=5)]
     dense = run_plan(other, plan, ptb_dir, timeout=600)[0]
-    next((other / "runs").glob(f"{plan[0].name}*.json")).write_text(json.dumps({**dense, "status": "failed"}))
+    failed = {**dense, "status": "failed", "error": "planted"}  # a failed record says why (bench/results/schema.py)
+    next((other / "runs").glob(f"{plan[0].name}*.json")).write_text(json.dumps(failed))
     result, record = compare(folders[0], other, tmp_path)
     assert result.returncode == 0, result.stderr
     (pair,) = record["pairs"]

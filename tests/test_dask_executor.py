@@ -170,8 +170,9 @@ def test_dask_killed_worker_takes_its_child_and_the_run_is_redone(tmp_path, clus
         child, worker = next(iter(children.items()))
         os.kill(worker, signal.SIGKILL)  # the worker process, under its nanny
         assert gone(child), "the killed worker's bench train child outlived it"
-        _, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
+    assert_counter_within_total(stdout)
     done = results(out)
     assert len(done) == 2
     # the scheduler reran it on a live worker; had every worker died, it would be failed, saying so
@@ -252,6 +253,7 @@ def test_dask_slurm_example_runs_a_suite_through_sbatch(tmp_path, ptb_dir):
     script = next(tmp_path.glob("job.????")).read_text()
     assert "--nthreads 1" in script and "--resources slot=1" in script and "--cpus-per-task=1" in script
     assert "--tls-cert" in script and "tls://" in script  # the cluster's own certificate, made for it
+    assert "--no-dashboard" in script  # the workers' plain-HTTP dashboards are off
     assert not list(ROOT.glob(".slurm-tls-*")), "the certificate's folder outlived the script"
 
 
@@ -316,3 +318,105 @@ def test_dask_node_skips_what_its_memory_cannot_hold(tmp_path, monkeypatch, ptb_
     monkeypatch.setattr(dask_executor, "machine_memory", lambda: (2**20, 2**21))  # a 2 MiB node
     reason = dask_executor.node_skip_reason(run, ptb_dir)
     assert reason.startswith("needs about ") and "V 6,719" in reason and "0.0 GiB available of 0.0 GiB" in reason
+
+
+@pytest.mark.parametrize("address, fragment", [
+    ("tcp://", "missing port"),
+    ("tcp://host:notaport", "invalid literal"),
+    ("ucx://127.0.0.1:8786", "the ucx:// transport"),
+    ("foo://x:1", "the foo:// transport"),
+    ("tcp://127.0.0.1:99999", "port 99999 is not between 1 and 65535"),
+    ("127.0.0.1:8786", "Must include protocol"),
+    ("tcp://[::1", "ipv6 needs brackets"),
+    ("tcp://:8786", "no host"),
+])
+def test_dask_address_dask_would_reject_is_one_line_at_once(tmp_path, address, fragment):
+    """Each class of address Dask's parser rejects or this suite does not run over: one line, in
+    seconds (Dask's own Client ended these in a 20 s hang and a traceback, ucx:// a TypeError)."""
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = run_bench("suite", "--suite", suite(tmp_path, 3), "--out", str(out), "--executor", "dask",
+                       "--address", address, timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"--address {address!r} is not a Dask scheduler address", fragment,
+                          "tcp://HOST:PORT or tls://HOST:PORT")
+    assert time.monotonic() - started < 15 and not out.exists()
+
+
+def _garbage(path: Path) -> None:
+    write_text(path, "not a certificate\n")
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda p: p.mkdir(), "is a folder or device, not a PEM file"),
+    (_garbage, "is not a PEM"),
+    (lambda p: None, "not found"),
+])
+def test_dask_tls_file_that_is_no_pem_file_is_one_line_naming_it(tmp_path, which, spoil, fragment):
+    flags = list(tls_flags(tmp_path, "ours"))
+    bad = tmp_path / "bad"
+    spoil(bad)
+    flags[2 * which + 1] = str(bad)
+    if which in (1, 2) and fragment == "is not a PEM":
+        fragment = "are not a PEM certificate and its private key"
+    with pytest.raises(BenchError, match=fragment) as refused:
+        dask_executor.client_security("tls://127.0.0.1:8786", tuple(flags[1::2]))
+    assert str(bad) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_dask_world_readable_tls_key_is_warned_in_one_line(tmp_path, capsys):
+    flags = tls_flags(tmp_path, "ours")
+    dask_executor.client_security("tls://127.0.0.1:8786", flags[1::2])
+    assert capsys.readouterr().err == ""  # 0600: no warning
+    Path(flags[5]).chmod(0o644)
+    dask_executor.client_security("tls://127.0.0.1:8786", flags[1::2])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: --tls-key") and "can be read by every user" in line and "chmod 600" in line
+
+
+def assert_counter_within_total(output: str) -> None:
+    """No `[5/4]`: each progress line's count is at most the plan's runs."""
+    import re
+
+    counts = [tuple(map(int, m)) for m in re.findall(r"^\[(\d+)/(\d+)\]", output, re.M)]
+    assert counts and all(n <= total for n, total in counts), output
+
+
+def test_a_run_a_cluster_restarts_keeps_its_place_in_the_count(tmp_path, capsys):
+    """A worker dies, the scheduler starts its run elsewhere: `started again` at the same
+    place, never a count past the total (it said [3/2])."""
+    from bench.executing.folder import ResultsFolder
+    from bench.executing.harness import Harness
+    from bench.running.train_command import failed_result
+
+    plan = load_suite_file(write_text(tmp_path / "s.toml", "[[runs]]\nbackend = 'numpy'\nseed = [1, 2]\n"), {})
+
+    class Restarting:
+        name = "dask"
+
+        def run(self, runs, started, finished):
+            for run in runs:
+                started(run)
+            started(runs[0])  # its worker died: rerun on another
+            for run in runs:
+                finished(run, failed_result(run.spec, "test"))
+
+    with ResultsFolder(tmp_path / "out") as folder:
+        Harness(folder, Restarting()).run(plan)
+    err = capsys.readouterr().out
+    assert_counter_within_total(err)
+    assert f"[1/2] {plan[0].name}: started again" in err and "[2/2]" in err
+
+
+def test_the_readmes_tls_recipe_keeps_every_dashboard_off_the_network():
+    """TLS does not cover Dask's HTTP dashboards: every scheduler and worker the README starts
+    binds its dashboard to 127.0.0.1 or has none (the default is 0.0.0.0:8787)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    starts = [line for line in readme.splitlines() if re.search(r"\bdask (scheduler|worker)\b", line)
+              and line.startswith("    ")]
+    assert len(starts) >= 5
+    for line in starts:
+        assert "--no-dashboard" in line or "--dashboard-address 127.0.0.1:" in line, line

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.executing.folder import MAX_DEPTH, MAX_FILE_BYTES, write_meta
+from bench.executing.folder import write_meta
 from bench.executing.suite import load_suite_file
-from bench.running.train_command import failed_result, write_result
+from bench.results.schema import failed_result
+from bench.results.store import MAX_DEPTH, MAX_FILE_BYTES, write_result
 from common.spec import spec_key
 from tests.conftest import run_bench, write_text
 from tests.data.test_bad_input import assert_one_line_error
@@ -87,8 +88,9 @@ def test_two_runs_of_one_name_are_refused(folder, ptb_dir):
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("[1, 2]", "not a JSON object"),
-    ('{"plan": "runs"}', "no list of planned runs"),
+    ("[1, 2]", "the file is a list, expected `object`"),
+    ('{"plan": "runs"}', "plan is a string, expected `array | null`"),
+    ('{"created": "x"}', "no list of planned runs"),
     ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), f"nested more than {MAX_DEPTH} levels deep"),
     ("[" * 100_000 + "]" * 100_000, f"nested more than {MAX_DEPTH} levels deep"),  # past the parser's recursion
 ])
@@ -151,3 +153,61 @@ def test_report_writes_its_page_into_the_folder_not_through_a_symlink(folder):
     assert page.returncode == 0, page.stderr
     assert not (folder / "index.html").is_symlink() and "planted" in (folder / "index.html").read_text()
     assert (folder.parent / "victim.json").read_text() == PRECIOUS
+
+
+# --- a folder that is not ours is never written to
+
+def _suite_into(out: Path, tmp_path: Path, *extra: str):
+    suite = write_text(tmp_path / "s.toml", PLAN)
+    return run_bench("suite", "--suite", str(suite), "--out", str(out), "--executor", "local", *extra, timeout=120)
+
+
+@pytest.mark.parametrize("theirs", ["index.html", "notes.md", "sub/"])
+@pytest.mark.parametrize("dry", [False, True])
+def test_out_onto_a_folder_of_someone_elses_is_refused_and_untouched(tmp_path, ptb_dir, theirs, dry):
+    out = tmp_path / "docs"
+    (out / "sub").mkdir(parents=True) if theirs == "sub/" else write_text(out.mkdir() or out / theirs, PRECIOUS)
+    before = sorted((p.relative_to(out), p.is_dir() or p.read_text()) for p in out.rglob("*"))
+    result = _suite_into(out, tmp_path, "--data-dir", str(ptb_dir), *(["--dry-run"] if dry else []))
+    assert result.returncode == 2
+    assert_one_line_error(result, f"--out {out} is not a results folder", repr(theirs.rstrip("/")), "new or empty")
+    assert sorted((p.relative_to(out), p.is_dir() or p.read_text()) for p in out.rglob("*")) == before
+
+
+def test_report_refuses_a_folder_that_is_no_results_folder(tmp_path):
+    write_text(tmp_path / "index.html", PRECIOUS)
+    result = run_bench("report", str(tmp_path), timeout=60)
+    assert_one_line_error(result, str(tmp_path), "is not a results folder")
+    assert (tmp_path / "index.html").read_text() == PRECIOUS
+
+
+def test_out_into_an_empty_folder_or_a_start_cut_short_is_taken(tmp_path, ptb_dir):
+    for out, leftovers in ((tmp_path / "empty", ()), (tmp_path / "cut", (".lock", "runs", "logs"))):
+        out.mkdir()
+        for name in leftovers:
+            (out / name).mkdir() if name != ".lock" else write_text(out / name, "")
+        result = _suite_into(out, tmp_path, "--data-dir", str(ptb_dir))
+        assert result.returncode == 0, result.stderr
+        assert (out / "suite.json").exists() and (out / "index.html").exists()
+
+
+def test_a_hard_linked_lock_is_refused_and_its_target_kept(folder, ptb_dir):
+    os.link(folder.parent / "victim.json", folder / ".lock")
+    result = resume(folder, ptb_dir)
+    assert result.returncode == 2
+    assert_one_line_error(result, str(folder / ".lock"), "is a hard link", "remove it")
+    assert_untouched(folder)
+
+
+@pytest.mark.parametrize("link", [os.link, lambda target, path: os.symlink(target, path)])
+def test_files_written_in_place_are_never_written_through_a_link(tmp_path, link):
+    """The class, not only the lock: open_in_place (the lock, each run's log) refuses both kinds of link."""
+    from common.cache import open_in_place
+    from common.errors import BenchError
+
+    victim = write_text(tmp_path / "victim.json", PRECIOUS)
+    link(victim, tmp_path / "planted")
+    with pytest.raises(BenchError, match="link"):
+        open_in_place(tmp_path / "planted", "a lock")
+    assert victim.read_text() == PRECIOUS
+    os.close(open_in_place(tmp_path / "own", "a lock"))  # a new plain file is fine

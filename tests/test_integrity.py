@@ -310,3 +310,101 @@ def test_a_killed_worker_is_named_by_its_signal(tmp_path, ptb_dir):
         suite.kill()
     (result,) = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
     assert result["status"] == "failed" and result["error"].startswith("killed by SIGKILL (signal 9)"), result["error"]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_wrappers_own_child_ends_with_the_harness(tmp_path, ptb_dir):
+    """The worker's watcher ends its whole process group, not only itself: what a wrapper named
+    by SKIPGRAM_PYTHON_* starts beside python (here a `sleep`) goes too."""
+    pid_file = tmp_path / "sleep.pid"
+    wrapper = write_text(tmp_path / "python-wrapper",
+                         f'#!/bin/sh\nsleep 300 &\necho $! > "{pid_file}"\n"{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "suite", "--suite", str(suite_file(tmp_path, SLOW)),
+                             "--out", str(out), "--data-dir", str(ptb_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "SKIPGRAM_PYTHON_TESTS": str(wrapper)})
+    wait_for_worker(proc)
+    sleeper = int(pid_file.read_text())
+    try:
+        proc.kill()
+        proc.wait()
+        assert gone(sleeper, within=10)
+    finally:
+        if not gone(sleeper, within=0):
+            os.kill(sleeper, signal.SIGKILL)
+
+
+def test_a_process_that_is_no_session_of_its_own_does_not_end_its_group():
+    """A worker run by hand (its group is the user's shell job) exits alone: the watcher never
+    kills a group the harness did not make."""
+    code = ("import os, sys; from common.machine import end_own_group\n"
+            "if os.fork() == 0:\n    end_own_group()\nos.wait(); print('alive')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "alive", done.stderr
+
+
+def test_the_recipe_loops_dataloader_workers_end_with_it(tmp_path, ptb_dir):
+    """SIGKILL the recipe loop (as the harness's end_group or the OOM killer would): its
+    DataLoader workers end at once (their parent-death signal), not at torch's 5 s watchdog."""
+    torch_python = Path(os.environ.get("SKIPGRAM_TOX_WORKDIR") or ROOT / ".tox") / "torch" / "bin" / "python"
+    if not torch_python.exists():
+        pytest.skip(f"no torch env at {torch_python} (the recipe loop needs torch)")
+    worker = subprocess.Popen([str(torch_python), "-m", "bench", "train", "--runner", "recipe-loop", "--backend",
+                               "torch", "--data-dir", str(ptb_dir), "--no-download", "--epochs", "5"], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(_children(worker.pid)) < 4:
+            time.sleep(0.2)
+        loaders = _children(worker.pid)
+        assert len(loaders) >= 4, "the recipe loop never started its DataLoader workers"
+        time.sleep(1)  # past worker_init_fn
+        worker.kill()
+        worker.wait()
+        assert all(gone(pid, within=2) for pid in loaders)
+    finally:
+        worker.kill()
+        worker.wait()
+        for pid in _children(worker.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_signal_is_named_once_in_a_failed_runs_error():
+    from bench.executing.attempt import exit_text
+
+    assert exit_text(-signal.SIGKILL) == "killed by SIGKILL (signal 9)"
+    assert exit_text(-40) == "killed by signal 40"  # a real-time signal: its number, once
+    assert exit_text(3) == "exit status 3"
+
+
+@pytest.mark.parametrize("filename, variable", [
+    ("/repo/backends/__pycache__/fused.train-40.py311.nbi", "NUMBA_CACHE_DIR"),
+    ("/tmp/torchinductor_me/fx/ab.py", "TORCHINDUCTOR_CACHE_DIR"),
+    ("/data/results/out.json", None),
+])
+def test_a_run_that_cannot_write_names_the_file_and_the_fix(filename, variable):
+    """A full or read-only place, however deeply a compiler wraps the error: the file, and for a
+    compiler's cache the variable that moves it."""
+    import errno
+
+    from bench.running.train_command import crash_message
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        except OSError as inner:
+            raise RuntimeError("compilation failed") from inner
+    except RuntimeError as exc:
+        message = crash_message("fused", exc)
+    assert f"cannot write {filename}: no space left on device" in message and "\n" not in message
+    assert (f"set {variable}" in message) if variable else "set " not in message

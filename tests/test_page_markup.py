@@ -16,6 +16,7 @@ import pytest
 from markupsafe import escape
 
 from bench.executing.suite import make_spec, planned
+from bench.reporting.pages import headless_matplotlib, plot_text, svg
 from common.spec import OPTIMIZERS, RUNNERS, SAMPLING_MODES, spec_key
 from tests.browser import assert_renders
 from tests.conftest import run_bench, run_plan
@@ -53,16 +54,18 @@ def marked(value: object, keep: set[str]) -> object:
 
 def mark_folder(source: Path, target: Path, keep: set[str]) -> Path:
     """A copy of `source` with every JSON file's strings marked; each plan entry's key is its
-    marked spec's (as an editor who changed a spec would), and one result is also stored under a
-    file name of markup, so that two runs share a label and are named by their files."""
+    marked spec's (as an editor who changed a spec would) and its name is kept (a name is its
+    result's file name: a marked one would name no file, and every result would be a stray). One
+    result is also copied under a file name of markup: a stray, listed by its name."""
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock"))
     files = sorted(target.rglob("*.json"))
     assert len(files) >= 5  # suite.json and the four results
+    names = [entry["name"] for entry in json.loads((target / "suite.json").read_text())["plan"]]
     for path in files:
         path.write_text(json.dumps(marked(json.loads(path.read_text()), keep)))
     meta = json.loads((target / "suite.json").read_text())
-    for entry in meta["plan"]:
-        entry["key"] = spec_key(entry["spec"])
+    for entry, name in zip(meta["plan"], names):
+        entry["key"], entry["name"] = spec_key(entry["spec"]), name
     (target / "suite.json").write_text(json.dumps(meta))
     first = sorted((target / "runs").glob("*.json"))[0]
     shutil.copy(first, first.with_name("<img src=x onerror=alert(1)>.json"))
@@ -118,7 +121,7 @@ def test_status_backend_and_file_names_are_shown_as_text(marked_pages, request):
     assert f"<td class='l'>numpy{escape(MARK)}</td>" in section(report, "Sparse vs dense gradients")  # spec.backend
     agreement = section(report, "Cross-backend agreement")
     assert "fused" in agreement and str(escape(MARK)) in agreement
-    assert str(escape("<img src=x onerror=alert(1)>")) + "</td>" in section(report, "Summary")  # a file name as label
+    assert str(escape("<img src=x onerror=alert(1)>")) + ".json</td>" in section(report, "Strays")  # a file name
 
 
 def test_marked_pages_render_in_headless_chromium(marked_pages, tmp_path):
@@ -127,9 +130,9 @@ def test_marked_pages_render_in_headless_chromium(marked_pages, tmp_path):
 
 
 @pytest.mark.parametrize("edit, expected", [
-    (lambda r: r.update(rate_median="fast"), "rate_median is a string, not a finite number"),
-    (lambda r: r.update(segment_rates=[float("nan")] * 3), "segment_rates[0] is nan, not a finite number"),
-    (lambda r: r.update(neighbours={"chip": "chips"}), "neighbours.chip is a string, not a list"),
+    (lambda r: r.update(rate_median="fast"), "rate_median is a string, expected `float | null`"),
+    (lambda r: r.update(segment_rates=[float("nan")] * 3), "segment_rates[0] is nan, expected `float` > 0.0"),
+    (lambda r: r.update(neighbours={"chip": "chips"}), "neighbours.chip is a string, expected `array`"),
 ], ids=["a string for a rate", "NaN rates", "a string for neighbours"])
 def test_a_mistyped_result_is_one_line_naming_the_file(real_folder, tmp_path, edit, expected):
     folder = shutil.copytree(real_folder, tmp_path / "edited", ignore=shutil.ignore_patterns(".lock"))
@@ -140,7 +143,7 @@ def test_a_mistyped_result_is_one_line_naming_the_file(real_folder, tmp_path, ed
     for args in (["report", str(folder)], ["compare", str(real_folder), str(folder), "--json", str(tmp_path / "c.json")],
                  ["history", str(folder), "--out", str(tmp_path / "h.html")]):
         result = run_bench(*args)
-        assert_one_line_error(result, f"{path}: {expected}")
+        assert_one_line_error(result, f"{path} is not a file the suite writes ({expected}")
         assert result.returncode == 2
     assert not (folder / "index.html").exists() and not (tmp_path / "h.html").exists()
 
@@ -149,14 +152,22 @@ def test_a_suite_json_that_is_a_list_is_one_line(real_folder, tmp_path):
     folder = shutil.copytree(real_folder, tmp_path / "edited", ignore=shutil.ignore_patterns(".lock"))
     (folder / "suite.json").write_text("[1, 2]")
     for args in (["report", str(folder)], ["history", str(folder), "--out", str(tmp_path / "h.html")]):
-        assert_one_line_error(run_bench(*args), f"{folder / 'suite.json'}: the file is a list, not an object")
+        assert_one_line_error(run_bench(*args), f"{folder / 'suite.json'} is not a file the suite writes (the file "
+                                                f"is a list, expected `object`)")
 
 
 def test_a_dollar_in_a_label_is_a_dollar(real_folder, tmp_path):
     """matplotlib reads text between two `$` as TeX (and fails on most of it): a label is literal.
-    Two files of one spec share a label, so each is named by its file."""
+    A copy of a result under a name of TeX is a stray, listed by its name; a plot label of it is drawn as written."""
     folder = shutil.copytree(real_folder, tmp_path / "dollars", ignore=shutil.ignore_patterns(".lock"))
     first = sorted((folder / "runs").glob("*.json"))[0]
     shutil.copy(first, first.with_name("$\\frac{x}{$.json"))
     assert run_bench("report", str(folder)).returncode == 0
-    assert "$\\frac{x}{$</td>" in (folder / "index.html").read_text()
+    assert "$\\frac{x}{$.json</td>" in (folder / "index.html").read_text()
+    import matplotlib.pyplot as plt
+
+    headless_matplotlib()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [1, 2], label=plot_text("$\\frac{x}{$"))
+    ax.legend()
+    assert "$\\frac{x}{$" in svg(fig)

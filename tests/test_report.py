@@ -3,7 +3,11 @@ a diverged run and a corrupt file), read as text and opened in headless Chromium
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +15,7 @@ from bench.reporting import report
 from bench.executing.suite import make_spec, planned
 from common.errors import BenchError
 from tests.browser import assert_renders
-from tests.conftest import SMALL_STEPS, run_bench, run_plan
+from tests.conftest import ROOT, SMALL_STEPS, run_bench, run_plan
 from tests.data.test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.envs
@@ -29,7 +33,13 @@ def suite_dir(tmp_path_factory, ptb_dir):
     small = {"embed": SMALL_STEPS["embed"]}
     plan = [planned(make_spec({"epochs": 1, "max_steps": 120, **small, **extra}, "fixture")) for extra in settings]
     run_plan(out, plan, ptb_dir, timeout=600)
+    meta = json.loads((out / "suite.json").read_text())  # a planned run whose result was cut short
+    never_run = planned(make_spec({"backend": "numpy", "epochs": 1, "max_steps": 120, **small, "seed": 99}, "fixture"))
+    meta["plan"].append({**never_run.to_dict(), "name": "broken"})
+    (out / "suite.json").write_text(json.dumps(meta))
     (out / "runs" / "broken.json").write_text('{"status": "ok", "spec": ')
+    first = next((out / "runs").glob(f"{plan[0].name}.json"))
+    shutil.copy(first, out / "runs" / f"{plan[0].name} (copy).json")  # a stray: not a run, not counted
     return out
 
 
@@ -48,6 +58,8 @@ def test_report_sections_and_numbers(page, suite_dir):
     assert "Does sparse_grad accelerate training?" in page and "torch on cpu: sparse gradients were" in page
     assert re.search(r"numpy dense cpu</td><td class='l'>torch dense cpu</td><td>120</td><td>\d\.\d\de-0[5-9]", page)
     assert "broken.json: unreadable result" in page and "diverged" in page and "lower --lr" in page
+    strays = page[page.index("<h2>Strays"):page.index("<h2>Micro-benchmarks")]
+    assert " (copy).json</td>" in strays and " (copy)" not in page.replace(strays, "")
     assert "x</td>" in page  # speed-up over the recipe loop
     assert re.search(r"torch dense cpu</td><td>1</td><td>\d\.\d{3} \(", page)  # worker / bare-loop rate
     assert "2.13.0" in page and "(test fixture)" in page
@@ -129,3 +141,19 @@ def test_results_outside_the_plan_are_stale_but_keyless_plans_check_nothing():
     assert [r["status"] for r in results] == ["ok", "ok"]
     report._mark_stale({"plan": [{"key": RunSpec(backend="numpy").key}]}, results)
     assert [r["status"] for r in results] == ["ok", "stale"]
+
+
+def test_matplotlibs_warnings_stay_off_stderr():
+    """A label with glyphs no font has (text from someone's results), a log axis: the page is
+    drawn, and stderr stays for errors the user must act on."""
+    code = ("from bench.reporting.pages import headless_matplotlib, svg\n"
+            "headless_matplotlib()\n"
+            "import matplotlib.pyplot as plt\n"
+            "fig, ax = plt.subplots()\n"
+            "ax.set_title('\\u4e2d \\x07 \\U0001F600')\n"
+            "ax.plot([0, 1], [0, 1])\n"
+            "ax.set_yscale('log')\n"
+            "assert '<svg' in str(svg(fig))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

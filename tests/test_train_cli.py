@@ -61,6 +61,8 @@ def test_diverging_run_is_recorded_and_exits_non_zero(ptb_dir, tmp_path):
     (["--backend", "numpy", "--device", "cuda"], ["'cuda' is not available", "available: cpu"]),
     (["--backend", "numpy", "--compile"], ["no compiled variant"]),
     (["--backend", "numpy", "--lr", "-1"], ["learning rate must be > 0"]),
+    (["--backend", "numpy", "--lr", "inf"], ["learning rate must be > 0 and finite, got inf"]),
+    (["--backend", "numpy", "--lr", "nan"], ["learning rate must be > 0 and finite, got nan"]),
     (["--backend", "numpy", "--max-steps", "0"], ["max steps must be >= 1"]),
 ])
 def test_bad_train_settings(ptb_dir, args, fragments):

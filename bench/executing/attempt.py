@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Callable
 
 from bench.executing import envs
-from bench.executing.folder import read_result
 from bench.executing.memory import oom_kills, out_of_memory
 from bench.executing.processes import die_with, end_group
 from bench.executing.suite import PlannedRun
-from bench.running.train_command import failed_result, write_result
-from common.cache import write_error
+from bench.results.schema import failed_result
+from bench.results.store import FolderFileError, read_result, write_json
+from common.cache import open_in_place
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
 from common.machine import HARNESS_VARIABLE, process_identity
@@ -53,7 +53,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
     scratch, data_dir = scratch.absolute(), data_dir.absolute()
     stem = scratch / f"{run.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}"
     spec_file, partial, log_path = (Path(f"{stem}.{suffix}") for suffix in ("spec.json", "result.json", "log"))
-    write_result(spec_file, run.spec.to_dict())
+    write_json(spec_file, run.spec.to_dict())
     cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(data_dir),
            "--out", str(partial), "--progress", "--no-download"]
     env = {**os.environ, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -65,10 +65,9 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             env[name] = value
     if eval_data_dir():
         env["SKIPGRAM_EVAL_DATA"] = str(eval_data_dir())
-    try:
-        log = open(log_path, "w")
-    except OSError as exc:  # a full or read-only results disk: one line, the suite cannot go on
-        raise write_error(exc, log_path) from None
+    log_fd = open_in_place(log_path, "a run's log")  # a full or read-only disk, a planted link: one line
+    os.ftruncate(log_fd, 0)
+    log = os.fdopen(log_fd, "w")
     kills_before = oom_kills()
     with log:
         proc = subprocess.Popen(cmd, cwd=envs.ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -82,7 +81,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             reader.join(timeout=5)
         except subprocess.TimeoutExpired:
             end_group(proc)
-            finished = read_result(partial, run.key)  # written, then hung on its way out (a framework's teardown)
+            finished = _read_partial(partial, run)  # written, then hung on its way out (a framework's teardown)
             if finished is not None:
                 finished["note"] = f"the worker hung after writing its result; ended at the --timeout ({timeout:.0f} s)"
                 return finished
@@ -90,15 +89,24 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
                                  status="timed_out")
         finally:  # a signal, any error, or a finished worker's leftover children: none outlives us
             end_group(proc)
-    finished = read_result(partial, run.key)
+    finished = _read_partial(partial, run)
     if finished is None:
         oom = out_of_memory(proc.returncode, kills_before, oom_kills())
         if oom is not None:
             return failed_result(run.spec, oom)
         how = exit_text(proc.returncode)
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [how]
-        return failed_result(run.spec, f"{how}: {tail[0]}")
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]  # an empty log: the exit says all
+        return failed_result(run.spec, f"{how}: {tail[0]}" if tail else how)
     return finished
+
+
+def _read_partial(partial: Path, run: PlannedRun) -> dict | None:
+    """The worker's result, None if it wrote none of this spec; a record it wrote that is not of the
+    declared types (a worker of other code) is a failed run saying so, never an ok one."""
+    try:
+        return read_result(partial, run.key)
+    except FolderFileError as exc:
+        return failed_result(run.spec, f"its worker wrote an unusable result: {exc}")
 
 
 def exit_text(returncode: int) -> str:
@@ -107,10 +115,9 @@ def exit_text(returncode: int) -> str:
     if returncode >= 0:
         return f"exit status {returncode}"
     try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    return f"killed by {name} (signal {-returncode})"
+        return f"killed by {signal.Signals(-returncode).name} (signal {-returncode})"
+    except ValueError:  # a real-time signal has no name: its number, once
+        return f"killed by signal {-returncode}"
 
 
 def _wait(proc: subprocess.Popen, timeout: float, stop: threading.Event | None) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -31,7 +32,7 @@ from bench.executing.gpus import gpus
 from bench.executing.memory import corpus_facts, fit_reason, machine_memory
 from bench.executing.probing import machine_probe, probe_env
 from bench.executing.suite import PlannedRun, skip_reason
-from bench.running.train_command import failed_result
+from bench.results.schema import failed_result
 from common.corpora import PTB
 from common.errors import BenchError
 from common.machine import TIMING_VARIABLES, git_commit
@@ -45,6 +46,29 @@ WORKER_WAIT_SECONDS = 60
 TLS_FLAGS = ("--tls-ca-file", "--tls-cert", "--tls-key")  # the names `dask scheduler` and `dask worker` use
 Tls = tuple["str | None", "str | None", "str | None"]  # their values: CA file, certificate, key
 _INSTALL_HINT = "pip install 'skipgram-bench[dask]' (tox's bench and tests envs have it)"
+
+
+def check_address(address: str) -> None:
+    """Refuse, in one line and at once, an address Dask would reject or could not reach: one its
+    parser refuses (Dask's Client then hangs 20 s in its close and ends in a traceback), a scheme
+    other than the two this suite's README sets up (ucx:// needs a package and a transport it does
+    not check), a missing host, a port out of range."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    form = f"write tcp://HOST:PORT or tls://HOST:PORT (the address `dask scheduler` prints), in --address or " \
+           f"{ADDRESS_VARIABLE}"
+    try:
+        scheme, location = parse_address(address, strict=True)
+        if scheme not in ("tcp", "tls"):
+            raise ValueError(f"the {scheme}:// transport is not one this suite runs over")
+        host, port = parse_host_port(location)
+        if not host:
+            raise ValueError("no host")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port {port} is not between 1 and 65535")
+    except (ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise BenchError(f"--address {address!r} is not a Dask scheduler address ({reason}); {form}") from None
 
 
 def client_security(address: str, tls: Tls) -> object | None:
@@ -67,11 +91,38 @@ def client_security(address: str, tls: Tls) -> object | None:
     if missing:
         raise BenchError(f"--address {address} is a TLS scheduler: give {', '.join(missing)} (the CA file, "
                          f"certificate and key the scheduler and workers were started with; README)")
-    for flag, value in flags.items():
-        if not os.access(value, os.R_OK):
-            raise BenchError(f"{flag} {value}: {'cannot be read' if os.path.exists(value) else 'not found'}")
+    check_tls_files(*tls)
     ca, cert, key = tls
     return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
+def check_tls_files(ca: str, cert: str, key: str) -> None:
+    """Each TLS file is a readable plain file of PEM that ssl loads (a folder or garbage is one
+    line naming the flag and file, not an error deep in Dask); a key every user may read is
+    warned about (one line: the run goes on, but the cluster's secret is not one)."""
+    import ssl
+
+    for flag, value in zip(TLS_FLAGS, (ca, cert, key)):
+        if not os.path.exists(value):
+            raise BenchError(f"{flag} {value}: not found; give the file the scheduler was started with")
+        if not os.path.isfile(value):
+            raise BenchError(f"{flag} {value} is a folder or device, not a PEM file; name the file itself")
+        if not os.access(value, os.R_OK):
+            raise BenchError(f"{flag} {value} cannot be read by this user; fix its permissions")
+    try:
+        ssl.create_default_context(cafile=ca)
+    except (ssl.SSLError, ValueError) as exc:
+        raise BenchError(f"--tls-ca-file {ca} is not a PEM CA certificate ({exc.__class__.__name__}: {exc}); "
+                         f"give the CA file the scheduler was started with") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise BenchError(f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and its private key "
+                         f"({exc.__class__.__name__}: {exc}); give the pair the workers were started with") from None
+    mode = os.stat(key).st_mode
+    if mode & stat.S_IROTH:
+        print(f"warning: --tls-key {key} can be read by every user of this machine (mode {mode & 0o777:o}); "
+              f"chmod 600 {key}", file=sys.stderr)
 
 
 def run_resources(run: PlannedRun) -> dict[str, float]:
@@ -110,6 +161,7 @@ class DaskExecutor:
             from distributed import Client
         except ImportError:
             raise BenchError(f"--executor dask needs the `distributed` package: {_INSTALL_HINT}") from None
+        check_address(address)
         security = client_security(address, tls)
         # Its client logs a traceback when the scheduler goes away; run() says that in one line.
         for name in ("distributed", "distributed.client"):  # dask's config sets the client's level apart

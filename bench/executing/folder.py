@@ -1,4 +1,5 @@
 """A results folder: one plan (suite.json), the results of that plan's keys (runs/), one owner.
+Its files are read and written through bench.results (the record's one home).
 
 The owner holds an OS lock on `.lock` (fcntl.flock): it dies with the process, so a killed
 harness never leaves a folder locked, and a second harness on the same folder is refused
@@ -7,28 +8,24 @@ ended, and carries exactly the spec of the planned run (its key).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
-import json
 import os
-import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.executing.envs import ROOT
 from bench.executing.gpus import gpu_names
 from bench.executing.suite import PlannedRun
-from bench.running.train_command import write_result
+from bench.results import store
+from bench.results.schema import CONCLUDED, RETRYABLE
+from bench.results.store import FolderFileError, Refused, read_result
+from common.cache import open_in_place
 from common.errors import BenchError
 from common.machine import code_version, git_commit, machine_info
-from common.spec import spec_key
 
-# What a results folder's JSON files may be: far above any record the suite writes (a result of
-# 5 epochs at batch size 512 is about 100 KiB, its nesting 3 deep), far below what hurts a reader.
-MAX_FILE_BYTES = 64 << 20
-MAX_DEPTH = 32
-FINISHED = ("ok", "diverged", "noisy", "skipped")  # a result of the spec (or why none can be had); kept on resume
-RETRYABLE = ("failed", "timed_out")      # kept too, unless --retry-failed
+# What a results folder holds before its suite.json is written (a start cut short between the
+# lock and the plan; a micro-benchmark's probe): anything else there is someone else's.
+_BEFORE_PLAN = frozenset({".lock", "runs", "logs", "microbench"})
 
 
 class ResultsFolder:
@@ -39,10 +36,33 @@ class ResultsFolder:
         self._lock: int | None = None
 
     # ownership
+    def check_ours(self) -> None:
+        """Refuse a folder this suite did not make: one holding anything but a results folder's
+        files (a docs folder, `--out .`) would have its index.html replaced. New, empty, or
+        holding a suite.json (whose plan check_plan then checks) is ours."""
+        try:
+            names = sorted(entry.name for entry in os.scandir(self.path))
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise BenchError(f"--out {self.path} is a file, not a folder: name a new or empty folder") from None
+        except OSError as exc:
+            raise BenchError(f"--out {self.path} cannot be listed ({os.strerror(exc.errno or 0).lower()}): "
+                             f"name a new or empty folder") from None
+        if "suite.json" in names:
+            return
+        theirs = [name for name in names if name not in _BEFORE_PLAN and not name.startswith(".tmp-")]
+        if theirs:
+            shown = ", ".join(repr(name) for name in theirs[:5]) + (f" and {len(theirs) - 5} more"
+                                                                   if len(theirs) > 5 else "")
+            raise BenchError(f"--out {self.path} is not a results folder of this suite (no suite.json; it holds "
+                             f"{shown}): nothing is written there; name a new or empty folder")
+
     def lock(self) -> None:
         """Become the folder's one owner, or refuse with the holder's pid."""
+        self.check_ours()
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = _open_plain(self.path / ".lock", os.O_RDWR | os.O_CREAT)
+        fd = open_in_place(self.path / ".lock", "a results folder's lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,16 +112,10 @@ class ResultsFolder:
         return plan
 
     def _meta(self) -> dict | None:
-        path = self.path / "suite.json"
-        if not path.exists() and not path.is_symlink():
-            return None
         try:
-            meta = read_json(path)
-        except Unreadable as exc:
+            return store.load_meta(self.path / "suite.json")
+        except FolderFileError as exc:
             raise self._corrupt(exc.reason) from None
-        if not isinstance(meta, dict):
-            raise self._corrupt("is corrupt: not a JSON object")
-        return meta
 
     def _corrupt(self, reason: str) -> BenchError:
         return BenchError(f"{self.path / 'suite.json'} {reason}; its results cannot be matched to a plan: "
@@ -142,7 +156,7 @@ class ResultsFolder:
         meta = self._meta()
         if meta is not None and isinstance(meta.get("machine"), dict):
             meta["machine"]["probe"] = probe
-            write_result(self.path / "suite.json", meta)
+            store.write_meta(self.path / "suite.json", meta)
 
     # results
     def result_path(self, run: PlannedRun) -> Path:
@@ -151,7 +165,7 @@ class ResultsFolder:
     def stored_result(self, run: PlannedRun) -> dict | None:
         """The run's result if it is a whole, readable record of exactly this spec that says how it ended."""
         result = read_result(self.result_path(run), run.key)
-        return result if result is not None and result.get("status") in FINISHED + RETRYABLE else None
+        return result if result is not None and result["status"] in CONCLUDED + RETRYABLE else None
 
     def todo(self, plan: list[PlannedRun], retry_failed: bool) -> list[tuple[PlannedRun, str]]:
         """The runs to do, each with why: no result, an unusable one, or (when asked) a failed one."""
@@ -165,96 +179,13 @@ class ResultsFolder:
                 todo.append((run, f"{result['status']} before (--retry-failed)"))
         return todo
 
+    def strays(self, plan: list[PlannedRun]) -> list[Path]:
+        """Files in runs/ that are not a planned run's own: never counted, never resumed from."""
+        own = {self.result_path(run).name for run in plan}
+        return sorted(p for p in self.runs.glob("*.json") if p.name not in own)
+
     def save(self, run: PlannedRun, result: dict) -> None:
-        write_result(self.result_path(run), result)
-
-
-class FolderFileError(BenchError):
-    """A results folder's file that cannot be used: `str()` is one line naming it and why."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path, self.reason = path, reason
-        super().__init__(f"{path} {reason}")
-
-
-class Unreadable(FolderFileError):
-    """Missing, cut short or not JSON: what a crash or a partial copy leaves."""
-
-
-class Refused(FolderFileError):
-    """A file the suite never writes (too large, nested too deep, not a plain file): an edited
-    or hostile folder, refused rather than read."""
-
-
-def _open_plain(path: Path, flags: int) -> int:
-    """A descriptor of `path` if it is a plain file, opened without following a symlink (one
-    planted in a folder from someone else would make us read or write wherever it points)."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except FileNotFoundError:
-        raise Unreadable(path, "is missing") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise Refused(path, "is a symbolic link; a results folder holds plain files: replace it with "
-                                "the file it points to") from None
-        raise Unreadable(path, f"cannot be opened ({os.strerror(exc.errno or 0).lower()})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise Refused(path, "is not a plain file (a FIFO, device or folder); a results folder holds plain files")
-    return fd
-
-
-def read_json(path: Path) -> object:
-    """The JSON value in `path`, read as data from someone else: a plain file (a symlink, FIFO or
-    device is Refused: it could point anywhere or never end), at most MAX_FILE_BYTES, nested at
-    most MAX_DEPTH deep. Raises Unreadable or Refused, each one line naming the file. The one
-    reader of a results folder's suite.json and result files (the harness, report, compare, history)."""
-    with os.fdopen(_open_plain(path, os.O_RDONLY), "rb") as f:
-        try:
-            data = f.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise Unreadable(path, f"cannot be read ({os.strerror(exc.errno or 0).lower()})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise Refused(path, f"is over {MAX_FILE_BYTES >> 20} MiB, larger than any file the suite writes: not read")
-    too_deep = Refused(path, f"is nested more than {MAX_DEPTH} levels deep, deeper than any file the suite "
-                             f"writes: not read")
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except RecursionError:  # deeper than the parser's own limit
-        raise too_deep from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Unreadable(path, f"is corrupt: not JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
-    if _depth(value) > MAX_DEPTH:
-        raise too_deep
-    return value
-
-
-def _depth(value: object) -> int:
-    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion limit)."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, depth = todo.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH:
-            return deepest
-        todo.extend((child, depth + 1) for child in children)
-    return deepest
-
-
-def read_result(path: Path, key: str) -> dict | None:
-    """The result record at `path` if it parses and carries the spec whose key is `key`; None if
-    it is missing, cut short or of another spec (the run is redone); Refused if it is no file
-    the suite writes."""
-    try:
-        result = read_json(path)
-    except Unreadable:
-        return None
-    if not isinstance(result, dict) or not isinstance(result.get("spec"), dict):
-        return None
-    return result if spec_key(result["spec"]) == key else None
+        store.write_result(self.result_path(run), result)
 
 
 def write_meta(folder: Path, argv: list[str], plan: list[dict]) -> None:
@@ -263,4 +194,4 @@ def write_meta(folder: Path, argv: list[str], plan: list[dict]) -> None:
             "code": code_version(ROOT),
             "argv": argv, "machine": {**machine_info(), "gpus": gpu_names()}, "plan": plan}
     folder.mkdir(parents=True, exist_ok=True)
-    write_result(folder / "suite.json", meta)
+    store.write_meta(folder / "suite.json", meta)

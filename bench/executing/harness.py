@@ -17,8 +17,9 @@ from typing import Iterator
 from bench.executing.events import Executor
 from bench.executing.folder import ResultsFolder
 from bench.executing.suite import PlannedRun
-from bench.running.train_command import failed_result
+from bench.results.schema import failed_result
 from common.machine import BUSY_FRACTION, wait_for_quiet
+from common.text import terminal
 
 
 class Interrupted(BaseException):
@@ -57,8 +58,8 @@ class Harness:
     def __init__(self, folder: ResultsFolder, executor: Executor, require_quiet: bool = False) -> None:
         self.folder, self.executor, self.require_quiet = folder, executor, require_quiet
         self._quiet_before: dict[str, bool] = {}
-        self._done = 0
-        self._begun = 0
+        self._done: set[str] = set()   # keys: a run a cluster reruns (its worker died) counts once
+        self._begun: dict[str, int] = {}  # key -> its place in the order runs began
         self._total = 0
         self._started = time.monotonic()
 
@@ -66,6 +67,11 @@ class Harness:
         todo = [run for run, _ in self.folder.todo(plan, retry_failed)]
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already finished", file=sys.stderr)
+        strays = self.folder.strays(plan)
+        if strays:  # a copy of a result is not another run
+            print(terminal(f"note: {len(strays)} files in {self.folder.runs} are not a planned run's own "
+                           f"(not counted): {', '.join(p.name for p in strays[:5])}"
+                           + (", ..." if len(strays) > 5 else "")), file=sys.stderr)
         for run in (r for r in todo if r.skip):  # planned skipped: recorded with the reason, never started
             self.folder.save(run, failed_result(run.spec, run.skip, status="skipped"))
             say(f"{run.name}: skipped, {run.skip}")
@@ -77,22 +83,25 @@ class Harness:
     def _on_start(self, run: PlannedRun) -> None:
         if self.require_quiet:
             self._quiet_before[run.key] = wait_for_quiet(QUIET_WAIT_SECONDS, BUSY_FRACTION)
-        self._begun += 1  # not done + 1: a cluster runs several at once
-        say(f"[{self._begun}/{self._total}] {run.name}: started ({run.env or 'harness'} env, {run.spec.device})")
+        again = run.key in self._begun  # a cluster restarting it elsewhere: the same place, said so
+        place = self._begun.setdefault(run.key, len(self._begun) + 1)  # not done + 1: a cluster runs several at once
+        say(f"[{place}/{self._total}] {run.name}: {'started again' if again else 'started'} "
+            f"({run.env or 'harness'} env, {run.spec.device})")
 
     def _on_finish(self, run: PlannedRun, result: dict) -> None:
         result.setdefault("executor", self.executor.name)
         if self.require_quiet and result["status"] == "ok":
             _mark_noisy(result, self._quiet_before.get(run.key, True))
         self.folder.save(run, result)
-        self._done += 1
+        self._done.add(run.key)
+        done = len(self._done)
         rate = result.get("examples_per_sec")
         note = f"{rate:,.0f} examples/s" if result["status"] == "ok" and rate else result.get("error") or ""
         elapsed = time.monotonic() - self._started
-        left = elapsed / self._done * (self._total - self._done)
+        left = elapsed / done * (self._total - done)
         where = f" on {result['host']} ({result['worker']})" if result.get("worker") else ""  # a cluster's run
-        say(f"[{self._done}/{self._total}] {run.name}: {result['status']}{where}, {note}"
-            + (f"; about {_duration(left)} left" if self._done < self._total else ""))
+        say(f"[{done}/{self._total}] {run.name}: {result['status']}{where}, {note}"
+            + (f"; about {_duration(left)} left" if done < self._total else ""))
 
 
 def _mark_noisy(result: dict, quiet_before: bool) -> None:
@@ -107,8 +116,9 @@ def _mark_noisy(result: dict, quiet_before: bool) -> None:
 
 
 def say(line: str) -> None:
-    """A progress line, flushed: a CI log or `> log` shows it as it happens."""
-    print(line, flush=True)
+    """A progress line, flushed: a CI log or `> log` shows it as it happens. It may quote a stored
+    plan or result (a skip reason, an error): control characters are escaped."""
+    print(terminal(line), flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     names = parse_names(args.backends, tuple(BACKENDS), "backend")
     out = Path(args.out) if args.out else new_results_dir("microbench-")
     folder = out / "microbench"
+    ResultsFolder(out).check_ours()
     check_writable(folder, "--out", folder=True)
     with ResultsFolder(out):  # one owner: not beside a suite or another microbench writing there
         if not (out / "suite.json").exists():  # a folder of its own; inside a suite's folder, keep the suite's

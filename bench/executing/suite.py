@@ -3,6 +3,7 @@ baselines), `--quick`, or a TOML file of sweeps over any setting (the book's exe
 from __future__ import annotations
 
 import itertools
+import os
 import tomllib
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
@@ -20,6 +21,12 @@ FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax", "fused")
 QUICK = {"epochs": 1, "max_steps": 150}
 MAX_READABLE = 120  # a run name's readable part: with the key and a log's suffixes, well under 255 bytes
 MAX_NAME_BYTES = MAX_READABLE + 9  # the readable part, "_" and 8 digits of the key
+# What a suite file may be: far above any real one (the shipped ones are under 2 KiB, nested 4
+# deep: file, [[runs]], a table, a list of values), far below what a parser's recursion survives.
+SUITE_FILE_BYTES = 1 << 20
+SUITE_DEPTH = 8
+# Integers this large are refused as such (below it each setting's own check names its range).
+SUITE_INTEGER_BOUND = 10 ** 40
 _RUN_FIELDS = {f.name for f in fields(RunSpec)} - {"data"}
 _DATA_FIELDS = {f.name for f in fields(DataSpec)} - {"corpus_path"}  # a file's path comes with its `corpus`
 
@@ -175,16 +182,50 @@ def default_plan(backends: list[str], devices: list[str], base: dict, baselines:
     return [planned(s) for s in specs]
 
 
+def read_suite_toml(path: Path) -> dict:
+    """A suite file's TOML, read as input from anyone: at most SUITE_FILE_BYTES, nested at most
+    SUITE_DEPTH deep, its integers under 40 digits (no setting comes near: a 5000-digit one is a
+    typo or an attack, not a sweep; smaller ones meet each setting's own range check). Each
+    refusal is one line naming the file and the fix."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(SUITE_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise BenchError(f"suite file {path} not found") from None
+    except OSError as exc:
+        raise BenchError(f"suite file {path} cannot be read ({os.strerror(exc.errno or 0).lower()})") from None
+    if len(data) > SUITE_FILE_BYTES:
+        raise BenchError(f"suite file {path} is over {SUITE_FILE_BYTES >> 10} KiB; a suite is a few settings and "
+                         f"sweeps: name the right file")
+    too_deep = BenchError(f"suite file {path} nests tables or lists more than {SUITE_DEPTH} deep; a suite is "
+                          f"[base] and [[runs]] tables of settings and lists of values: flatten it")
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise too_deep from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BenchError(f"suite file {path} is not valid TOML ({exc})") from None
+    except ValueError as exc:  # an integer past Python's 4300-digit limit
+        raise BenchError(f"suite file {path} holds a number no setting can take ({str(exc).split(';')[0]}): "
+                         f"use values below 2^63") from None
+    todo: list[tuple[object, int]] = [(doc, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > SUITE_DEPTH:
+            raise too_deep
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= SUITE_INTEGER_BOUND:
+            raise BenchError(f"suite file {path} holds the integer {str(value)[:20]}... ({len(str(abs(value)))} "
+                             f"digits), beyond any setting's range: use values below 2^63")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        todo.extend((child, depth + 1) for child in children)
+    return doc
+
+
 def load_suite_file(path: Path, overrides: dict) -> list[PlannedRun]:
     """[base] holds settings for every run; each [[runs]] table is a sweep whose lists are crossed.
     `overrides` (the command line's --quick, --epochs, --max-steps) win over the file: a user who
     types `--epochs 1` means every run, not only those the file leaves unset."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BenchError(f"suite file {path} not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BenchError(f"suite file {path} is not valid TOML ({exc})") from None
+    doc = read_suite_toml(path)
     unknown = set(doc) - {"base", "runs"}
     if unknown or not isinstance(doc.get("runs"), list) or not doc["runs"] or not isinstance(doc.get("base", {}), dict):
         raise BenchError(f"suite file {path}: expected an optional [base] table and one or more [[runs]] tables"

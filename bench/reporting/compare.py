@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.reporting.pages import headless_matplotlib, number, plot_text, render, signed, svg
+from bench.reporting.report import load_results, measurement_warnings
+from bench.results import store
+from bench.results.schema import MEASURED
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.spec import RunSpec, spec_key
-from bench.reporting.pages import headless_matplotlib, number, plot_text, render, signed, svg
 from bench.reporting.limit import share_text
-from bench.reporting.report import FINISHED, load_results, measurement_warnings
 from bench.reporting.roofline import median_bound
+from common.text import terminal as terminal_text
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -52,6 +55,7 @@ class Folder:
     path: Path
     meta: dict
     results: list[dict]
+    strays: list[str] = field(default_factory=list)  # files in runs/ that are no planned run's: never pooled
 
     @property
     def created(self) -> str:
@@ -79,7 +83,7 @@ def load_side(value: str) -> Folder:
         return first
     meta = {**first.meta, "created": min(f.created for f in folders),
             "commit": ",".join(sorted({f.commit for f in folders})), "folders": [str(f.path) for f in folders]}
-    return Folder(first.path, meta, [r for f in folders for r in f.results])
+    return Folder(first.path, meta, [r for f in folders for r in f.results], [s for f in folders for s in f.strays])
 
 
 def load_folder(path: Path) -> Folder:
@@ -92,7 +96,7 @@ def load_folder(path: Path) -> Folder:
             raise BenchError(f"corrupt result in {path / 'runs'}: {r['error']}")
     if not results:
         raise BenchError(f"no run results in {path / 'runs'}")
-    return Folder(path, meta, results)
+    return Folder(path, meta, results, [str(p) for p in store.run_files(path, meta)[1]])
 
 
 def settings_key(spec: dict) -> str:
@@ -216,7 +220,7 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
                  threshold: float) -> Pair:
     pair = Pair(name, key, [r["status"] for r in base_runs], [r["status"] for r in new_runs])
     pair.environment = differing([_env(base, base_runs[0]), _env(new, new_runs[0])])
-    ok_base, ok_new = ([r for r in runs if r["status"] in FINISHED] for runs in (base_runs, new_runs))
+    ok_base, ok_new = ([r for r in runs if r["status"] in MEASURED] for runs in (base_runs, new_runs))
     pair.warnings = [f"{side} repeat {r['spec']['repeat']}: {note}" for side, runs in (("base", ok_base), ("new", ok_new))
                      for r in runs for _, note in measurement_warnings(r)]
     if not (ok_base and ok_new):
@@ -249,6 +253,7 @@ class Comparison:
     pairs: list[Pair]
     only_base: list[dict]
     only_new: list[dict]
+    strays: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def regressed(self) -> list[Pair]:
@@ -271,7 +276,8 @@ def compare(base: Folder, new: Folder, threshold: float) -> Comparison:
     folders = {side: {"path": ",".join(f.meta.get("folders") or [str(f.path)]), "created": f.created,
                       "commit": f.commit}
                for side, f in (("base", base), ("new", new))}
-    return Comparison(str(base.path), str(new.path), threshold, folders, pairs, *one_side)
+    return Comparison(str(base.path), str(new.path), threshold, folders, pairs, *one_side,
+                      strays={"base": base.strays, "new": new.strays})
 
 
 def _roofline(ok_base: list[dict], ok_new: list[dict], speed: dict) -> dict:
@@ -327,6 +333,8 @@ HEADER = ["run", "base ex/s", "new ex/s", f"new/base [{CONFIDENCE:.0%} CI]", "ve
 
 
 def text_table(rows: list[list[str]]) -> str:
+    """Aligned columns for a terminal; each cell's control characters escaped (text from a folder)."""
+    rows = [[terminal_text(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in rows]
@@ -343,12 +351,16 @@ def environment_changes(c: Comparison) -> dict[str, list]:
 
 
 def terminal(c: Comparison) -> str:
-    lines = [f"base: {c.base} ({c.folders['base']['created']}, commit {c.folders['base']['commit']})",
-             f"new:  {c.new} ({c.folders['new']['created']}, commit {c.folders['new']['commit']})", "",
-             text_table([HEADER, *(_row(p) for p in c.pairs)])]
+    """The verdicts as a terminal shows them: the text from the folders with its control characters escaped."""
+    head = [f"base: {c.base} ({c.folders['base']['created']}, commit {c.folders['base']['commit']})",
+            f"new:  {c.new} ({c.folders['new']['created']}, commit {c.folders['new']['commit']})", ""]
+    lines = []
     for side, runs in (("base", c.only_base), ("new", c.only_new)):
         for r in runs:
             lines.append(f"only in {side}: {r['name']} ({'/'.join(r['status'])})")
+    for side, strays in c.strays.items():
+        for stray in strays:
+            lines.append(f"stray in {side}: {stray} (not a planned run's file: not compared)")
     warned = [f"  {p.name}, {w}" for p in c.pairs for w in p.warnings]
     if warned:
         lines += ["", "! measurement warnings; read these rates with care:", *warned]
@@ -358,7 +370,8 @@ def terminal(c: Comparison) -> str:
     counts = {v: sum(p.verdict == v for p in c.pairs) for v in ("slower", "faster", "unchanged")}
     lines += ["", f"{counts['slower']} slower, {counts['faster']} faster, {counts['unchanged']} unchanged "
                   f"of {len(c.pairs)} pairs (threshold {c.threshold:.0%})"]
-    return "\n".join(lines)
+    table = text_table([HEADER, *(_row(p) for p in c.pairs)])
+    return "\n".join([*map(terminal_text, head), table, *map(terminal_text, lines)])
 
 
 def ratio_figure(c: Comparison) -> str:
@@ -392,7 +405,8 @@ def html_page(c: Comparison) -> str:
                   figure=ratio_figure(c), method=METHOD_TEXT,
                   one_side=[("", [r["name"], side, "/".join(r["status"])])
                             for side, runs in (("base", c.only_base), ("new", c.only_new)) for r in runs],
-                  warned=[("", [p.name, w]) for p in c.pairs for w in p.warnings])
+                  warned=[("", [p.name, w]) for p in c.pairs for w in p.warnings],
+                  strays=[("warn", [stray, side]) for side, strays in c.strays.items() for stray in strays])
 
 
 def write_file(path: Path, text: str) -> None:

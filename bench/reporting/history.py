@@ -16,8 +16,8 @@ import numpy as np
 from bench.reporting.compare import Folder, group, load_folder, names, write_file
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render, svg
 from bench.reporting.limit import share_text
-from bench.reporting.report import FINISHED
 from bench.reporting.roofline import median_bound
+from bench.results.schema import MEASURED
 
 
 @dataclass
@@ -38,7 +38,7 @@ def collect(folders: list[Folder]) -> tuple[dict[str, str], dict[str, list[Point
     specs: dict[str, dict] = {}
     for x, folder in enumerate(folders):
         for key, runs in group(folder.results).items():
-            ok = [r for r in runs if r["status"] in FINISHED]
+            ok = [r for r in runs if r["status"] in MEASURED]
             if not ok:
                 continue
             rates = [v for r in ok for v in r.get("segment_rates") or []]
@@ -119,7 +119,7 @@ def folder_rows(folders: list[Folder]) -> list[tuple[str, list[str]]]:
         versions: dict[str, str] = {}
         for r in f.results:
             versions.update((r.get("env") or {}).get("versions") or {})
-        ok = sum(r["status"] in FINISHED for r in f.results)
+        ok = sum(r["status"] in MEASURED for r in f.results)
         rows.append(("", [f.created, f.commit, str(f.path),
                           ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–", f"{ok} of {len(f.results)}"]))
     return rows

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from bench.results.schema import settings_key
+
 LIMIT_BACKEND = "fused"
 _EXECUTION = ("backend", "compile", "graph", "layout", "runner", "repeat")  # how a run executes, not what it computes
 
 
 def _computes(spec: dict) -> str:
     """The spec without the fields that only say how a run is executed."""
-    from bench.reporting.report import _settings_key  # report imports this module
-
-    return _settings_key(spec, *_EXECUTION)
+    return settings_key(spec, *_EXECUTION)
 
 
 def limit_rates(results: list[dict]) -> dict[str, float]:

@@ -3,7 +3,9 @@ Environment, numbers formatted by its filters, figures inlined as SVG.
 
 A results folder travels (a colleague's, a CI artefact): every string in it is text, never markup.
 Autoescaping makes that the default rather than a call each f-string had to remember; matplotlib
-escapes what it writes into the SVG, and `plot_text` keeps it from reading a `$` as mathtext.
+escapes what it writes into the SVG, and `plot_text` keeps it from reading a `$` as mathtext. Every
+value a template prints, plot label and tooltip is capped (common.text.cap): a 60 MB string in a
+result is a line with an ellipsis on the page, whole in the JSON.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import math
 from functools import cache
 from numbers import Real
 from pathlib import Path
+
+from common.text import cap
 
 DASH = "–"  # what a page shows for a number that is missing or not finite
 
@@ -57,9 +61,21 @@ def environment():
     from bench.reporting.limit import share_text
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             finalize=_capped)
     env.filters.update(num=number, times=times, sci=scientific, signed=signed, percent=percent, share=share_text)
     return env
+
+
+def _capped(value: object) -> object:
+    """What a template prints of one value: text capped; markup (our own figures) as it is."""
+    from markupsafe import Markup
+
+    if isinstance(value, Markup):
+        return value
+    if isinstance(value, str):
+        return cap(value)
+    return cap(str(value)) if isinstance(value, (list, tuple, dict)) else value
 
 
 def render(template: str, **context: object) -> str:
@@ -70,15 +86,24 @@ def render(template: str, **context: object) -> str:
 def plot_text(text: object) -> str:
     """Text from a results folder as matplotlib must get it: a `$` is a literal dollar sign, not
     the start of mathtext (which would parse the rest as TeX and fail on most of it)."""
-    return str(text).replace("$", r"\$")
+    return cap(str(text)).replace("$", r"\$")
 
 
 def headless_matplotlib() -> None:
-    """Draw without a display, and keep text as (escaped) text in the SVG: searchable, smaller."""
+    """Draw without a display, and keep text as (escaped) text in the SVG: searchable, smaller.
+    Matplotlib's warnings (a glyph a font lacks in a label from someone's results, a log axis
+    with nothing positive) and its logging stay off stderr: a page is made whatever the data,
+    and stderr is for the one line that says what the user must fix."""
+    import logging
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"
+    # warn_external attributes a warning to the first caller outside matplotlib: the pages' modules.
+    warnings.filterwarnings("ignore", module=r"(matplotlib|bench\.reporting)(\.|$)")
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
 
 
 def svg(fig, titles: dict[str, str] | None = None):
@@ -96,5 +121,5 @@ def svg(fig, titles: dict[str, str] | None = None):
         opening = f'<g id="{gid}">'
         if opening not in text:
             raise RuntimeError(f"matplotlib wrote no group {opening}: the points' titles would be lost")
-        text = text.replace(opening, f"{opening}<title>{escape(title)}</title>", 1)
+        text = text.replace(opening, f"{opening}<title>{escape(cap(title))}</title>", 1)
     return Markup(text)  # noqa: S704 (matplotlib's own output; the text in it is escaped by its writer)

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.executing.folder import Unreadable, read_json
-from bench.reporting import fields
 from bench.reporting import roofline
 from bench.reporting.limit import LIMIT_BACKEND, limit_rates, share, share_text
+from bench.reporting.padding import padding_cost
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render as render_page, svg
+from bench.results import store
+from bench.results.schema import MEASURED, SKIPPED, measured, settings_key
+from bench.results.store import Unreadable
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.machine import BUSY_FRACTION
@@ -24,39 +26,38 @@ from common.spec import BASELINES, DataSpec, RunSpec, spec_key
 
 
 def load_results(folder: Path) -> tuple[dict, list[dict]]:
-    """Suite metadata and every result; a file cut short or not JSON becomes a row marked corrupt.
-    A file that is no plain file, too large or too deep, or whose fields are not of the types the
-    suite writes, is refused: one line naming it (BenchError)."""
+    """Suite metadata and the result of every planned run (bench.results reads and checks each
+    file); a file cut short or not JSON, or of a spec the planner would not make, becomes a row
+    marked corrupt. A file that is no plain file, too large or too deep, or whose fields are not of
+    the types the suite writes, is refused: one line naming it (BenchError). Strays (files in runs/
+    that are not a planned run's own) are not results: see store.run_files."""
     if not folder.is_dir():
         raise BenchError(f"results folder {folder} not found")
-    meta: dict = {}
-    if (folder / "suite.json").exists():
-        try:
-            meta = read_json(folder / "suite.json")
-        except Unreadable:
-            meta = {"warning": f"{folder / 'suite.json'} is corrupt: the plan, date and command are unknown"}
-        fields.check(meta, fields.META, folder / "suite.json")
+    try:
+        meta = store.load_meta(folder / "suite.json") or {}
+    except Unreadable:
+        meta = {"warning": f"{folder / 'suite.json'} is corrupt: the plan, date and command are unknown"}
     results = []
-    for path in sorted((folder / "runs").glob("*.json")):
+    files, strays = store.run_files(folder, meta)
+    for path in files:
         try:
-            result = read_json(path)  # Refused (a symlink, a FIFO, too large or deep) is one line, exit 2
+            result = store.load_result(path)  # Refused (a symlink, a FIFO, too large or deep, mistyped): one line, exit 2
         except Unreadable as exc:
             result = _corrupt(path, exc.reason)
         else:
-            fields.check(result, fields.RESULT, path)
             try:
                 RunSpec.from_dict(result["spec"])
-                result["status"]  # noqa: B018 (a result must say how it ended)
             except BenchError as exc:  # a spec the planner would not make
                 result = _corrupt(path, str(exc))
-            except (KeyError, TypeError) as exc:
+            except TypeError as exc:  # data that is not an object
                 result = _corrupt(path, exc.__class__.__name__)
         result["_name"] = path.stem
         results.append(result)
     _mark_stale(meta, results)
     _name_by_settings(results)
     if not results and not list((folder / "microbench").glob("*.json")):
-        raise BenchError(f"no results in {folder / 'runs'}: run `python -m bench suite` first")
+        also = f" (only {len(strays)} stray file(s), not this plan's runs)" if strays else ""
+        raise BenchError(f"no results in {folder / 'runs'}{also}: run `python -m bench suite` first")
     return meta, results
 
 
@@ -100,13 +101,14 @@ def _name_by_settings(results: list[dict]) -> None:
 
 
 def load_microbench(folder: Path) -> list[dict]:
-    """pytest-benchmark entries of every env's JSON file in folder/microbench (corrupt files skipped loudly)."""
+    """pytest-benchmark entries of every env's JSON file in folder/microbench, each file checked
+    (bench.results): one cut short is skipped loudly, one of other types refused in one line."""
     entries = []
     for path in sorted((folder / "microbench").glob("*.json")):
         try:
-            entries += read_json(path)["benchmarks"]
-        except (Unreadable, KeyError, TypeError) as exc:
-            entries.append({"corrupt": f"{path.name}: unreadable ({exc.__class__.__name__})"})
+            entries += store.load_microbench(path)
+        except Unreadable as exc:
+            entries.append({"corrupt": f"{path.name}: unreadable ({exc.reason})"})
     return entries
 
 
@@ -163,10 +165,9 @@ def _label(r: dict) -> str:
     return r["_name"]
 
 
-# A finished run: `noisy` (suite --require-quiet found no quiet machine) trained like an ok run,
-# so it is in every figure, and flagged in the summary and under "Measurement warnings".
-FINISHED = ("ok", "noisy")
-SKIPPED = "skipped"  # planned, never started: the machine cannot serve it (the reason is its error)
+# A finished run (schema.MEASURED): `noisy` (suite --require-quiet found no quiet machine) trained
+# like an ok run, so it is in every figure, and flagged in the summary and under "Measurement warnings".
+# A skipped run was planned, never started: the machine cannot serve it (the reason is its error).
 # Segment rates' interquartile range over their median above which a run's rate is marked
 # unsteady. pyperf warns at a standard deviation over 10 % of the mean (an IQR of 0.135 of the
 # median for normal data); segments are not normal (an epoch's last segment is short, sparse
@@ -177,14 +178,10 @@ SPREAD_RATIO = 0.20
 SPREAD_MIN_SEGMENTS = 4
 
 
-def _ok(results: list[dict], runner: str | None = "backend") -> list[dict]:
-    return [r for r in results if r["status"] in FINISHED and (runner is None or r["spec"]["runner"] == runner)]
-
-
 def measurement_warnings(r: dict) -> list[tuple[str, str]]:
     """Why a finished run's rate may not mean what a quiet machine's would: (short mark for the
     summary's status, the reason in full) for each."""
-    if r["status"] not in FINISHED:
+    if r["status"] not in MEASURED:
         return []
     notes = []
     if r["status"] == "noisy":
@@ -212,15 +209,6 @@ def warned(results: list[dict]) -> list[tuple[str, list[str]]]:
     return [(_label(r), [reason for _, reason in notes]) for r in results if (notes := measurement_warnings(r))]
 
 
-def _settings_key(spec: dict, *ignore: str) -> str:
-    """A spec as a comparable string without the `ignore`d fields (data fields as "data.NAME"):
-    runs with equal keys differ only in those fields."""
-    data_ignored = {name.removeprefix("data.") for name in ignore if name.startswith("data.")}
-    kept = {k: v for k, v in spec.items() if k not in ignore}
-    kept["data"] = {k: v for k, v in spec["data"].items() if k not in data_ignored}
-    return json.dumps(kept, sort_keys=True)
-
-
 def framework(r: dict) -> str:
     """The summary's group of a run: its backend, the baselines together, unreadable files last."""
     if not r["spec"]:
@@ -237,9 +225,10 @@ def first_step_seconds(result: dict) -> float | None:
 
 
 def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
-    """One row a run, grouped by framework (backends in name order, then the baselines): label,
-    where it ran, loss, speed (median, IQR, against the recipe loop), quality, status."""
-    recipe = [r for r in _ok(results, "recipe-loop") if r.get("rate_median")]
+    """One row a run, grouped by framework (backends in name order, then the baselines), each
+    group's fastest run first: label, where it ran, loss, speed (median, IQR, against the recipe
+    loop), quality, status."""
+    recipe = [r for r in measured(results, "recipe-loop") if r.get("rate_median")]
     base = recipe[0]["rate_median"] if recipe else None
     limits = limit_rates(results)
     last = ("baselines", "unreadable")
@@ -249,7 +238,7 @@ def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
         spec, ev = r["spec"] or {}, r.get("evaluation") or {}
         speed = r.get("rate_median")
         notes = measurement_warnings(r)
-        cls = "" if r["status"] == SKIPPED else "bad" if r["status"] not in FINISHED else "warn" if notes else ""
+        cls = "" if r["status"] == SKIPPED else "bad" if r["status"] not in MEASURED else "warn" if notes else ""
         marks = "".join(f"; {mark}" for mark, _ in notes if mark != r["status"])  # reasons: "Measurement warnings"
         groups[framework(r)].append({"cls": cls, "label": _label(r), "runner": spec.get("runner", ""),
                      "device": (r.get("env") or {}).get("device_name", spec.get("device", "")),
@@ -261,13 +250,15 @@ def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
                                  ((ev.get("simlex999") or {}).get("spearman")),
                                  ((ev.get("analogy") or {}).get("accuracy"))],
                      "status": r["status"] + marks})
+    for rows in groups.values():  # each framework's best run first; unmeasured runs after the rest
+        rows.sort(key=lambda row: -(row["speed"] or 0))
     return list(groups.items())
 
 
 def loss_figures(results: list[dict]):
     import matplotlib.pyplot as plt
 
-    runs = [r for r in _ok(results, None) if r["losses"]]
+    runs = [r for r in measured(results, None) if r["losses"]]
     if not runs:
         return None
     fig, (per_step, per_epoch) = plt.subplots(1, 2, figsize=(12, 4))
@@ -291,7 +282,7 @@ def throughput_figure(results: list[dict]):
     flatten their bars into one another."""
     import matplotlib.pyplot as plt
 
-    runs = [r for r in _ok(results, None) if r.get("rate_median")]
+    runs = [r for r in measured(results, None) if r.get("rate_median")]
     if not runs:
         return None
     limits = limit_rates(results)
@@ -302,8 +293,9 @@ def throughput_figure(results: list[dict]):
                              gridspec_kw={"height_ratios": [len(chosen) + 1 for _, chosen in panels]})
     for ax, (title, chosen) in zip(axes[:, 0], panels):
         medians = [r["rate_median"] for r in chosen]
-        low = [m - r["rate_iqr"][0] for m, r in zip(medians, chosen)]
-        high = [r["rate_iqr"][1] - m for m, r in zip(medians, chosen)]
+        iqrs = [r.get("rate_iqr") or (m, m) for m, r in zip(medians, chosen)]
+        low = [max(m - q[0], 0) for m, q in zip(medians, iqrs)]
+        high = [max(q[1] - m, 0) for m, q in zip(medians, iqrs)]
         bars = ax.barh([plot_text(_label(r)) for r in chosen], medians, xerr=[low, high], color="#4a7ab5", capsize=3)
         for bar, r in zip(bars, chosen):  # each run's share of its fused limit row, where there is one
             if (value := share(r, limits)) is not None:
@@ -320,9 +312,9 @@ def batch_size_figure(results: list[dict]):
     import matplotlib.pyplot as plt
 
     groups: dict[str, list[dict]] = {}
-    for r in _ok(results):
+    for r in measured(results):
         if r.get("rate_median"):
-            groups.setdefault(_settings_key(r["spec"], "data.batch_size"), []).append(r)
+            groups.setdefault(settings_key(r["spec"], "data.batch_size"), []).append(r)
     curves = [sorted(runs, key=lambda r: r["spec"]["data"]["batch_size"]) for runs in groups.values() if len(runs) > 1]
     if not curves:
         return None
@@ -341,12 +333,12 @@ def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
     dense and a sparse run of the same settings; and per device, the fused kernel's sparse/dense
     ratio: the same lazy-Adam math without a framework's sparse machinery."""
     pairs = {}
-    for r in _ok(results):
+    for r in measured(results):
         s = r["spec"]
-        key = (s["backend"], s["device"], _settings_key(s, "sparse"))
+        key = (s["backend"], s["device"], settings_key(s, "sparse"))
         pairs.setdefault(key, {})["sparse" if s["sparse"] else "dense"] = r
     rows, limit_ratios = [], {}
-    sizes = len({r.get("vocab_size") for r in _ok(results)})  # several: each sentence names its V
+    sizes = len({r.get("vocab_size") for r in measured(results)})  # several: each sentence names its V
     for (backend, device, _), pair in sorted(pairs.items(), key=lambda item: (*item[0][:2], _vocab(item[1]))):
         size = f" at V {_vocab(pair):,}" if _vocab(pair) and sizes > 1 else ""
         if len(pair) < 2 or not (pair["dense"].get("rate_median") and pair["sparse"].get("rate_median")):
@@ -354,7 +346,8 @@ def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
         ratio = pair["sparse"]["rate_median"] / pair["dense"]["rate_median"]
         if backend == LIMIT_BACKEND:
             limit_ratios.setdefault(f"{device}{size}", ratio)
-        how = " compiled" if pair["dense"]["spec"].get("compile") else ""  # plain and compiled: two answers
+        dense_spec = pair["dense"]["spec"]  # plain, compiled and packed: answers of their own
+        how = (" compiled" if dense_spec.get("compile") else "") + (" packed" if dense_spec.get("layout") == "packed" else "")
         rows.append({"backend": backend + how, "device": device, "size": size, "vocab": _vocab(pair), "ratio": ratio,
                      "verdict": "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "about as fast",
                      "loss": [p.get("final_loss") for p in (pair["dense"], pair["sparse"])],
@@ -372,8 +365,8 @@ def agreement(results: list[dict]) -> tuple[list[dict], object]:
     import matplotlib.pyplot as plt
 
     groups: dict[tuple, list[dict]] = {}
-    for r in _ok(results):
-        groups.setdefault((r["data_hash"], _settings_key(r["spec"], "backend", "device", "compile")), []).append(r)
+    for r in measured(results):
+        groups.setdefault((r["data_hash"], settings_key(r["spec"], "backend", "device", "compile")), []).append(r)
     rows, fig, ax = [], None, None
     for (_, settings), runs in groups.items():
         if len(runs) < 2:
@@ -399,11 +392,11 @@ def agreement(results: list[dict]) -> tuple[list[dict], object]:
 
 def harness_overhead(results: list[dict]) -> list[dict]:
     """Worker vs bare loop on the same spec (suites/overhead.toml): what the measuring costs."""
-    workers = {_settings_key(r["spec"], "runner"): r for r in _ok(results)}
+    workers = {settings_key(r["spec"], "runner"): r for r in measured(results)}
     pairs: dict[str, list[tuple[float, float, float]]] = {}
-    for bare in _ok(results, "bare-loop"):
-        worker = workers.get(_settings_key(bare["spec"], "runner"))
-        if worker and worker.get("examples_per_sec") and bare.get("examples_per_sec"):
+    for bare in measured(results, "bare-loop"):
+        worker = workers.get(settings_key(bare["spec"], "runner"))
+        if worker and all(r.get(k) for r in (worker, bare) for k in ("examples_per_sec", "wall_seconds")):
             name = RunSpec.from_dict(worker["spec"]).label
             pairs.setdefault(name, []).append((worker["examples_per_sec"] / bare["examples_per_sec"],
                                                worker["wall_seconds"] / bare["wall_seconds"],
@@ -418,7 +411,7 @@ def harness_overhead(results: list[dict]) -> list[dict]:
 
 def neighbours(results: list[dict]) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """The words asked about (chip first), and each run's nearest words for each."""
-    runs = [r for r in _ok(results, None) if r.get("neighbours")]
+    runs = [r for r in measured(results, None) if r.get("neighbours")]
     words = sorted({w for r in runs for w in r["neighbours"]}, key=lambda w: (w != "chip", w))
     return words, [(_label(r), [", ".join(n for n, _ in r["neighbours"].get(w, [])) for w in words]) for r in runs]
 
@@ -444,6 +437,7 @@ def render(folder: Path) -> Path:
     headless_matplotlib()
     meta, results = load_results(folder)
     context: dict = {"meta": metadata(meta, results), "results": bool(results),
+                     "strays": [path.name for path in store.run_files(folder, meta)[1]],
                      "microbench": microbench(load_microbench(folder))}
     if results:
         agreeing, agreement_figure = agreement(results)
@@ -451,13 +445,13 @@ def render(folder: Path) -> Path:
         from bench.reporting.scale import section as scale_section  # it draws with this module's helpers
 
         context.update(
-            finished=len(_ok(results, None)), total=len(results), skips=[r for r in results if r["status"] == SKIPPED],
+            finished=len(measured(results, None)), total=len(results), skips=[r for r in results if r["status"] == SKIPPED],
             summary=summary(results), warned=warned(results), loss_figure=loss_figures(results),
-            throughput_figure=throughput_figure(results), roofline_figure=roofline.figure(_ok(results, None), _label),
-            batch_figure=batch_size_figure(results),
-            sparse=sparse, limit_ratios=limit_ratios, scale=scale_section(results), agreement=agreeing, agreement_figure=agreement_figure,
-            bare_loop=bool(_ok(results, "bare-loop")), overhead=harness_overhead(results),
-            neighbours=neighbours(results), failed=[r for r in results if r["status"] not in FINISHED + (SKIPPED,)],
+            throughput_figure=throughput_figure(results),
+            roofline_figure=roofline.figure(measured(results, None), _label), batch_figure=batch_size_figure(results),
+            sparse=sparse, limit_ratios=limit_ratios, padding=padding_cost(results), scale=scale_section(results), agreement=agreeing, agreement_figure=agreement_figure,
+            bare_loop=bool(measured(results, "bare-loop")), overhead=harness_overhead(results),
+            neighbours=neighbours(results), failed=[r for r in results if r["status"] not in MEASURED + (SKIPPED,)],
             busy_fraction=BUSY_FRACTION, spread_ratio=SPREAD_RATIO, spread_segments=SPREAD_MIN_SEGMENTS)
     out = folder / "index.html"
     atomic_write_bytes(out, render_page("report.html", title="skip-gram bench report", heading="skip-gram bench",

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bench.reporting.pages import number as _fmt, plot_text, svg as _svg
-from bench.reporting.report import _ok
+from bench.results.schema import measured
 from common.spec import RunSpec
 
 TIE = 0.05  # the sparse answer's "about as fast" band (report.sparse_answer), and the VM's +-5 % drift within a suite
@@ -31,15 +31,16 @@ class Point(NamedTuple):
 def points(results: list[dict]) -> dict[tuple[str, str, str], list[Point]]:
     """(backend, device, variant) -> its points by ascending vocabulary size."""
     runs: dict[tuple[str, str, str, int], list[dict]] = {}
-    for r in _ok(results):
+    for r in measured(results):
         if r.get("vocab_size") and not (r["spec"].get("compile") or r["spec"].get("graph")):
             s = r["spec"]
             runs.setdefault((s["backend"], s["device"], RunSpec.from_dict(s).variant, r["vocab_size"]), []).append(r)
     found: dict[tuple[str, str, str], list[Point]] = {}
     for (backend, device, variant, vocab), group in sorted(runs.items()):
         rates = [r["rate_median"] for r in group if r.get("rate_median")]
-        rss = [r["timings"].get("peak_rss_bytes") for r in group if r["timings"].get("peak_rss_bytes")]
-        dev = [r["timings"].get("peak_memory_bytes") for r in group if r["timings"].get("peak_memory_bytes")]
+        timings = [r.get("timings") or {} for r in group]
+        rss = [t["peak_rss_bytes"] for t in timings if t.get("peak_rss_bytes")]
+        dev = [t["peak_memory_bytes"] for t in timings if t.get("peak_memory_bytes")]
         found.setdefault((backend, device, variant), []).append(Point(
             vocab, group[0]["spec"]["data"].get("corpus", "ptb"), float(np.median(rates)) if rates else None,
             rates, max(rss) if rss else None, max(dev) if dev else None))
@@ -121,8 +122,8 @@ def figure(found: dict[tuple[str, str, str], list[Point]]) -> str:
                      label=plot_text(f"{backend} {variant} {device}"))
         rated = [p for p in line if p.rate]
         rate_ax.plot([p.vocab for p in rated], [p.rate for p in rated], **style)
-        measured = [p for p in line if p.rss]
-        memory_ax.plot([p.vocab for p in measured], [p.rss / 2 ** 20 for p in measured], **style)
+        sized = [p for p in line if p.rss]
+        memory_ax.plot([p.vocab for p in sized], [p.rss / 2 ** 20 for p in sized], **style)
     rate_ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel="examples/s (median of repeats)",
                 title="speed (solid dense, dashed sparse)")
     memory_ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel="peak RSS of the worker (MiB)",

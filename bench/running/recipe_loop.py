@@ -8,14 +8,17 @@ are not comparable step by step, its speed is the point). Runs in the torch env.
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from bench.executing.processes import die_with
 from bench.running.worker import Progress, Timeline, check_vectors, finish, outcome, record
 from common.batches import load_dataset
 from common.init import initial_weights
@@ -62,6 +65,12 @@ def examples(spec: RunSpec, data_dir: str | None, download: bool):
     return dataset, data
 
 
+def _dies_with(parent: int) -> Callable[[int], None]:
+    """A DataLoader worker_init_fn: the worker is SIGKILLed when `parent` dies."""
+    arm = die_with(parent)  # prctl looked up here, before the workers fork
+    return lambda worker_id: arm()
+
+
 def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
           export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
     t0 = time.perf_counter()
@@ -69,8 +78,9 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     torch.manual_seed(spec.data.seed)
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # the book's 4 on any machine
+    # Its workers die with this process (PR_SET_PDEATHSIG), not seconds later by torch's own watchdog.
     loader = torch.utils.data.DataLoader(data, spec.data.batch_size, shuffle=True, collate_fn=batchify,
-                                         num_workers=WORKERS)
+                                         num_workers=WORKERS, worker_init_fn=_dies_with(os.getpid()))
     net = nn.Sequential(nn.Embedding(len(dataset.vocab), spec.data.embed),
                         nn.Embedding(len(dataset.vocab), spec.data.embed))
     for layer, init in zip(net, initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed)):

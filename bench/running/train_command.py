@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -10,9 +9,11 @@ from typing import Callable
 
 import numpy as np
 
-from bench.running import worker
 from bench.options import data_spec
-from common.cache import atomic_write_bytes, check_writable
+from bench.results.schema import failed_result
+from bench.results.store import read_json, write_result
+from bench.running import worker
+from common.cache import check_writable, is_write_failure, write_error
 from common.errors import BenchError
 from common.machine import exit_with_harness
 from common.evaluate import neighbours, read_word2vec
@@ -21,9 +22,10 @@ from common.spec import RunSpec
 
 def run_spec(args: argparse.Namespace) -> RunSpec:
     if args.spec:  # the harness passes whole specs as files
+        spec = read_json(Path(args.spec))  # the limited reader: a FIFO or a 1 GB file is one line, not a hang
         try:
-            return RunSpec.from_dict(json.loads(Path(args.spec).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
+            return RunSpec.from_dict(spec)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
             raise BenchError(f"cannot read run spec {args.spec}: {exc}") from None
     if not args.backend:
         raise BenchError("train needs --backend (or --spec FILE)")
@@ -46,16 +48,6 @@ def runner(spec: RunSpec) -> Callable[..., dict]:
     return worker.train
 
 
-def write_result(path: Path, result: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(result, indent=1) + "\n").encode())
-
-
-def failed_result(spec: RunSpec, error: str, trace: str | None = None, status: str = "failed") -> dict:
-    """The record of a run that produced none of its own (crashed, or killed by the harness)."""
-    return {"schema": worker.SCHEMA, "status": status, "error": error, "traceback": trace,
-            "spec": spec.to_dict(), "losses": [], "epoch_losses": [], "epoch_seconds": []}
-
-
 def print_progress(done: int, total: int) -> None:
     """The line the harness reads to move a run's progress bar."""
     print(f"progress {done} {total}", flush=True)
@@ -68,6 +60,30 @@ def check_outputs(out: Path | None, vectors: Path | None) -> None:
         check_writable(out, "--out")
     if vectors:
         check_writable(vectors, "--export-vectors")
+
+
+# Compilers' caches a run writes into, and the variable that moves each: a full or read-only one
+# is the user's to fix, so the error names the file and the variable.
+_COMPILER_CACHES = (("NUMBA_CACHE_DIR", ("__pycache__", "numba")), ("TORCHINDUCTOR_CACHE_DIR", ("torchinductor",)),
+                    ("TRITON_CACHE_DIR", ("triton",)), ("JAX_COMPILATION_CACHE_DIR", ("jax",)))
+
+
+def crash_message(backend: str, exc: BaseException) -> str:
+    """One line for a run that raised: a write that failed for want of space or permission (its
+    own, or one a compiler's cache made, however deeply wrapped) names the file and the fix; any
+    other error its type and first line."""
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OSError) and is_write_failure(cause) and cause.filename):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return f"{backend} run failed: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    assert isinstance(cause, OSError)
+    line = str(write_error(cause, Path(str(cause.filename))))
+    parts = Path(str(cause.filename)).parts
+    variable = next((name for name, marks in _COMPILER_CACHES if any(m in part for m in marks for part in parts)), None)
+    if variable:
+        line += f" (a compiler's cache: or set {variable} to a writable folder with space)"
+    return f"{backend} run failed: {line}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except BenchError:
         raise
     except Exception as exc:  # a crashing backend is a result, not a traceback on the user's screen
-        message = f"{spec.backend} run failed: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        message = crash_message(spec.backend, exc)
         if out:
             write_result(out, failed_result(spec, message, traceback.format_exc()))
         raise BenchError(message + (f" (details in {out})" if out else "")) from None

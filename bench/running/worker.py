@@ -23,10 +23,10 @@ from common.cache import check_writable
 from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
 from common.machine import MachineLoad, machine_info, peak_rss_bytes
+from bench.results.schema import SCHEMA
 from common.roofline import BatchStats, for_run, measure
 from common.spec import RunSpec
 
-SCHEMA = 1
 SEGMENT = 100
 # A model that knows nothing (every logit 0) scores ln 2 on this objective, and the recipe's runs
 # (lr 0.002 and 0.01) stay below that after their first steps. Ten times it means predictions

@@ -149,3 +149,94 @@ def test_dump_failure_leaves_no_file(tmp_path):
     out = tmp_path / "x.npz"
     result = run_bench("data", "--dump", str(out), "--data-dir", str(tmp_path))
     assert result.returncode != 0 and not out.exists() and not list(Path(tmp_path).glob(".tmp-*"))
+
+
+def _nul_late(tmp_path):
+    path = tmp_path / "late-nul.txt"
+    path.write_bytes(b"a b c\n" * 20_000 + b"d\0e\n")  # the NUL is past the first 64 KiB
+    return path
+
+
+def _loop(tmp_path):
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    return tmp_path / "loop-a"
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (_nul_late, "is binary, not text (a NUL byte at offset 120,001)"),
+    (_loop, "symbolic link loop"),
+    (lambda tmp_path: Path("/dev/zero"), "is not a plain file"),
+    (lambda tmp_path: tmp_path, "is a folder"),
+])
+@pytest.mark.parametrize("command", [("data", "--summary"), ("suite", "--dry-run", "--backends", "torch")])
+def test_a_corpus_path_that_is_no_text_file_is_one_line(tmp_path, make, fragment, command):
+    """Each kind of path that is not a text file: one line naming it, no traceback, in every command."""
+    result = run_bench(*command, "--corpus", str(make(tmp_path)), timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result, fragment)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("9" * 5000, "holds a number no setting can take"),      # past Python's own 4300-digit limit
+    ("9" * 100, "beyond any setting's range"),                 # parsed, but no setting is that large
+    ("-" + "9" * 60, "beyond any setting's range"),
+    ("[" * 100_000 + "]" * 100_000, "nests tables or lists more than"),  # the parser's recursion
+    ("[" * 20 + "1" + "]" * 20, "nests tables or lists more than"),
+    ("{a = " * 50 + "1" + "}" * 50, "nests tables or lists more than"),
+])
+def test_a_suite_file_too_deep_or_with_huge_integers_is_one_line(tmp_path, value, fragment):
+    suite = write_text(tmp_path / "s.toml", f'[[runs]]\nbackend = "torch"\nseed = {value}\n')
+    result = run_bench("suite", "--dry-run", "--suite", str(suite), timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"suite file {suite}", fragment)
+
+
+def test_a_huge_suite_file_is_refused_unread(tmp_path):
+    suite = tmp_path / "s.toml"
+    with open(suite, "wb") as f:
+        f.write(b'[[runs]]\nbackend = "torch"\n')
+        f.truncate(2 << 20)  # NULs: sparse, never parsed
+    assert_one_line_error(run_bench("suite", "--dry-run", "--suite", str(suite), timeout=60),
+                          f"suite file {suite} is over 1024 KiB")
+
+
+def test_a_seed_just_below_2_63_is_a_setting(tmp_path):
+    suite = write_text(tmp_path / "s.toml", f'[[runs]]\nbackend = "torch"\nseed = {2 ** 63 - 1}\n')
+    result = run_bench("suite", "--dry-run", "--suite", str(suite), timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def _float_settings() -> list[str]:
+    from dataclasses import fields
+
+    from common.spec import DataSpec, RunSpec
+
+    return sorted(f.name for cls in (RunSpec, DataSpec) for f in fields(cls) if f.type in ("float", float))
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", _float_settings())
+def test_every_float_setting_refuses_infinity_and_nan(name, value):
+    """The class, not only --lr: no rate, threshold or eps is infinite or NaN in a spec."""
+    from common.errors import BenchError
+    from common.spec import DataSpec, RunSpec
+
+    with pytest.raises(BenchError):
+        if name in DataSpec.__dataclass_fields__:
+            DataSpec(**{name: float(value)})
+        else:
+            RunSpec(backend="numpy", **{name: float(value)})
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-steps", "2000000000"], "is over 1,000,000,000: years of training"),
+    (["--max-steps", "100000", "--epochs", "1"], "beyond the about"),
+    (["--max-steps", "5", "--epochs", "1"], None),
+])
+def test_absurd_max_steps_are_warned_in_one_line(ptb_dir, args, fragment):
+    result = run_bench("suite", "--dry-run", "--backends", "torch", "--devices", "cpu", "--no-baselines",
+                       "--data-dir", str(ptb_dir), *args, timeout=120)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: max_steps")]
+    assert (len(warnings) == 1 and fragment in warnings[0]) if fragment else warnings == [], result.stderr

@@ -112,8 +112,8 @@ def test_report_names_runs_by_corpus():
 
 
 def test_a_stored_result_of_a_file_corpus_matches_its_key(tmp_path):
-    from bench.executing.folder import read_result
-    from bench.running.train_command import failed_result, write_result
+    from bench.results.schema import failed_result
+    from bench.results.store import read_result, write_result
 
     spec = RunSpec("torch", file_spec(write_text(tmp_path / "a.txt", "the cat sat\n")))
     write_result(tmp_path / "r.json", failed_result(spec, "x"))

@@ -1,0 +1,28 @@
+"""Text from someone else's files, made safe to show: on a terminal and on a page.
+
+A results folder travels; its strings (a host name, a version, a commit, a plan's skip reason) are
+whatever its author wrote. Printed raw, an escape sequence retitles the window or clears the
+screen; shown whole, a 60 MB string makes a page of hundreds of megabytes.
+"""
+from __future__ import annotations
+
+import re
+
+# C0 and C1 controls and DEL, and the bidirectional overrides that reorder what a reader sees.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What a page shows of one field: longer than any line the suite writes itself (a command line,
+# an error naming a log file); the whole value stays in the JSON file.
+PAGE_FIELD_CHARS = 500
+
+
+def terminal(text: object) -> str:
+    """`text` with every control character written as its escape (ESC as \\x1b, a newline as \\n):
+    one field, one line, nothing the terminal acts on."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def cap(text: str, limit: int = PAGE_FIELD_CHARS) -> str:
+    """At most `limit` characters of `text`, and an ellipsis saying how long it is when cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters in all; the whole value is in the JSON file)"
