@@ -129,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--out", metavar="FILE.html", help="the page (default: NEWEST_FOLDER/history.html)")
     hist.set_defaults(run="bench.reporting.history:run")
 
+    machine = commands.add_parser("machine", help="probe this machine: memory bandwidth by working set, peak "
+                                  "float32 FLOP rate (about two seconds)")
+    machine.add_argument("--json", action="store_true", help="print the probe's JSON record")
+    machine.set_defaults(run="bench.running.machine_command:run")
+
+    roof = commands.add_parser("roofline", help="the cost model of a step on a corpus: bytes, FLOPs and bounds, "
+                               "on this machine and on published GPUs")
+    roof.add_argument("--vocab", type=int, help="also model the step at this vocabulary size (same touched rows)")
+    roof.add_argument("--no-probe", action="store_true", help="skip this machine (published GPUs only)")
+    add_data_args(roof, epochs=1)
+    roof.set_defaults(run="bench.running.machine_command:run_roofline")
+
     micro = commands.add_parser("microbench", help="pytest-benchmark step and data benchmarks in every env")
     micro.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
     micro.add_argument("--out", help="folder (default reports/microbench-<UTC time>)")

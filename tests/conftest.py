@@ -68,8 +68,11 @@ def run_plan(out: Path, plan: list, data_dir: Path, timeout: float = 120) -> lis
     from bench.executing.folder import ResultsFolder
     from bench.executing.harness import Harness
     from bench.executing.local_executor import LocalExecutor
+    from bench.executing.probing import machine_probe, probe_env
 
     with ResultsFolder(out) as folder:
         folder.adopt(plan, ["python", "-m", "bench", "suite", "(test fixture)"])
-        Harness(folder, LocalExecutor(data_dir, timeout, folder.logs)).run(plan)
+        executor = LocalExecutor(data_dir, timeout, folder.logs)
+        executor.run_env = probe_env(machine_probe())  # one probe a test session, as the suite has one a suite
+        Harness(folder, executor).run(plan)
         return [folder.stored_result(run) for run in plan]

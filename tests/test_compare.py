@@ -85,6 +85,8 @@ def test_a_planted_30_percent_slowdown_is_flagged(folders, tmp_path):
     meta = json.loads((slow / "suite.json").read_text())
     (slow / "suite.json").write_text(json.dumps({**meta, "commit": "planted"}))
     result, record = compare(folders[0], slow, tmp_path, "--out", str(tmp_path / "c.html"))
+    roof = {p["name"]: p["roofline"] for p in record["pairs"]}["numpy dense cpu"]  # same runs: same bound
+    assert roof["base_bound"] == roof["new_bound"] and roof["new_share"] == pytest.approx(0.7 * roof["base_share"])
     assert result.returncode == 1, result.stderr
     pairs = {p["name"]: p for p in record["pairs"]}
     dense, sparse = pairs["numpy dense cpu"], pairs["numpy sparse cpu"]

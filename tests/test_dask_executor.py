@@ -159,6 +159,10 @@ def test_dask_runs_match_local_bit_for_bit_with_the_clients_thread_settings(tmp_
         assert result["losses"] == here[name]["losses"] and len(result["losses"]) == 20  # bit-identical
         # the client's OpenMP settings went with the task; the nanny's settings did not reach the child
         assert result["env"]["threads_env"] == here[name]["env"]["threads_env"] == threads
+        # each read against a probe of the machine it ran on: the local suite's, the node's own
+        local_meta, dask_meta = (json.loads((tmp_path / side / "suite.json").read_text()) for side in ("local", "dask"))
+        assert here[name]["roofline"]["probe"] == local_meta["machine"]["probe"]
+        assert result["roofline"]["probe"].get("bandwidth") and "probe" not in dask_meta["machine"]
 
 
 def test_dask_killed_worker_takes_its_child_and_the_run_is_redone(tmp_path, cluster):

@@ -92,6 +92,21 @@ def test_every_run_is_read_against_the_fused_limit(page):
     assert "at the limit (the fused kernel on cpu) lazy Adam ran at" in page
 
 
+def test_every_run_is_read_against_its_roofline_and_none_beats_it(page, suite_dir):
+    """Each worker run carries a bound from the session's one probe, and no finished run beats its
+    bound; baselines have none and show "-"."""
+    assert "<th>share of roofline</th>" in page and "<h2>Roofline</h2>" in page
+    results = [json.loads(p.read_text()) for p in (suite_dir / "runs").glob("*.json") if p.name != "broken.json"]
+    bounded = [r for r in results if (r.get("roofline") or {}).get("bound_examples_per_s")]
+    assert {r["spec"]["backend"] for r in bounded} == {"numpy", "torch", "fused"}
+    for r in bounded:
+        if r["status"] == "ok":
+            assert r["rate_median"] <= r["roofline"]["bound_examples_per_s"], r["spec"]
+    for name in ("torch dense cpu", "fused sparse cpu"):
+        assert re.search(r"<td>[\d,]+</td><td>\d+ %</td>", summary_row(page, name)), name
+    assert "<td>–</td><td>–</td>" in summary_row(page, "gensim")
+
+
 def test_report_is_self_contained(page):
     fetched = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", page)
     assert all(not url.startswith(("http:", "https:", "//")) for url in fetched), fetched

@@ -30,6 +30,7 @@ from bench.executing.attempt import attempt
 from bench.executing.events import Finished, Started
 from bench.executing.gpus import gpus
 from bench.executing.memory import corpus_facts, fit_reason, machine_memory
+from bench.executing.probing import machine_probe, probe_env
 from bench.executing.suite import PlannedRun, skip_reason
 from bench.results.schema import failed_result
 from common.corpora import PTB
@@ -265,7 +266,8 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
     watcher = threading.Thread(target=_watch, args=(worker, worker.get_current_task(), stop, done), daemon=True)
     watcher.start()
     try:
-        result = attempt(run, data_dir, timeout, scratch, extra_env=child_env(timing_env), stop=stop)
+        result = attempt(run, data_dir, timeout, scratch, stop=stop,
+                         extra_env={**child_env(timing_env), **probe_env(machine_probe())})  # this node's own
     finally:
         done.set()
     return {**result, **where}

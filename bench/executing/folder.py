@@ -145,6 +145,19 @@ class ResultsFolder:
         if not self.check_plan(plan):
             write_meta(self.path, argv, [run.to_dict() for run in plan])
 
+    def stored_probe(self) -> dict | None:
+        """The machine probe suite.json holds (`machine.probe`), if any."""
+        meta = self._meta() or {}
+        found = (meta.get("machine") or {}).get("probe") if isinstance(meta.get("machine"), dict) else None
+        return found if isinstance(found, dict) else None
+
+    def record_probe(self, probe: dict) -> None:
+        """Keep the suite's machine probe in suite.json, beside the machine it describes."""
+        meta = self._meta()
+        if meta is not None and isinstance(meta.get("machine"), dict):
+            meta["machine"]["probe"] = probe
+            store.write_meta(self.path / "suite.json", meta)
+
     # results
     def result_path(self, run: PlannedRun) -> Path:
         return self.runs / f"{run.name}.json"

@@ -18,12 +18,13 @@ class LocalExecutor:
 
     def __init__(self, data_dir: Path, timeout: float, scratch: Path) -> None:
         self.data_dir, self.timeout, self.scratch = data_dir, timeout, scratch
+        self.run_env: dict[str, str] = {}  # the suite's machine probe, for every run (bench/executing/probing.py)
 
     def run(self, runs: list[PlannedRun], started: Started, finished: Finished) -> None:
         for run in runs:
             started(run)
             with _bar(run.name) as bar:
-                result = attempt(run, self.data_dir, self.timeout, self.scratch, progress=bar)
+                result = attempt(run, self.data_dir, self.timeout, self.scratch, progress=bar, extra_env=self.run_env)
             finished(run, result)
 
 

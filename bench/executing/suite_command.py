@@ -15,6 +15,8 @@ from bench.executing.envs import naming_variable, work_dir
 from bench.executing.folder import ResultsFolder
 from bench.executing.gpus import gpus
 from bench.executing.executor import executor_from_args
+from bench.executing.local_executor import LocalExecutor
+from bench.executing.probing import machine_probe, probe_env, summary as probe_summary
 from bench.executing.memory import corpus_facts, for_memory
 from bench.executing.harness import Harness, Interrupted, say, stop_on_signals
 from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, for_machine, load_suite_file, \
@@ -184,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
             # once the suite is surely starting: a refusal stays the one line on stderr
             warn_steps(plan, args.data_dir, not args.no_download, counted=getattr(args, "executor", "local") == "local")
             say(f"suite: {len(plan)} runs -> {folder.path} (interrupted? resume with: {resume_command(folder.path)})")
+            if isinstance(executor, LocalExecutor):  # a Dask node probes itself (dask_executor.run_task)
+                executor.run_env = probe_env(suite_probe(folder))
             harness = Harness(folder, executor, require_quiet=args.require_quiet)
             harness.run(plan, retry_failed=args.retry_failed)
             say(f"report: {report.render(folder.path).resolve()}")
@@ -192,6 +196,18 @@ def run(args: argparse.Namespace) -> int:
               f"resume with: {resume_command(folder.path)}", file=sys.stderr)
         return 128 + stop.signum
     return 0
+
+
+def suite_probe(folder: ResultsFolder) -> dict:
+    """The folder's machine probe: the one suite.json holds (a resumed suite keeps the bound its
+    first runs were read against), else measured now and recorded there."""
+    stored = folder.stored_probe()
+    if stored is not None:
+        return stored
+    result = machine_probe()
+    folder.record_probe(result)
+    say(probe_summary(result))
+    return result
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from bench.results.schema import MEASURED
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.spec import RunSpec, spec_key
+from bench.reporting.limit import share_text
+from bench.reporting.roofline import median_bound
 from common.text import terminal as terminal_text
 
 RESAMPLES = 2000
@@ -205,6 +207,7 @@ class Pair:
     quality: dict[str, dict] = field(default_factory=dict)
     environment: dict[str, list] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # why a side's rates may not be a quiet machine's
+    roofline: dict = field(default_factory=dict)  # each side's median bound and the share of it reached
 
     @property
     def verdict(self) -> str:
@@ -231,6 +234,7 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
     speed: dict = {"base_median": float(np.median(rates_b)) if rates_b else None,
                    "new_median": float(np.median(rates_n)) if rates_n else None,
                    "segments": [len(rates_b), len(rates_n)]}
+    pair.roofline = _roofline(ok_base, ok_new, speed)
     if min(len(rates_b), len(rates_n)) < MIN_SEGMENTS:
         pair.speed = {**speed, "verdict": f"too few segments (< {MIN_SEGMENTS})"}
         return pair
@@ -276,6 +280,28 @@ def compare(base: Folder, new: Folder, threshold: float) -> Comparison:
                       strays={"base": base.strays, "new": new.strays})
 
 
+def _roofline(ok_base: list[dict], ok_new: list[dict], speed: dict) -> dict:
+    """Each side's median roofline bound, and the share of it its median rate (the ex/s column) reached."""
+    out: dict = {}
+    for side, runs in (("base", ok_base), ("new", ok_new)):
+        limit, rate = median_bound(runs), speed[f"{side}_median"]
+        out[f"{side}_bound"] = limit
+        out[f"{side}_share"] = rate / limit if limit and rate else None
+    return out
+
+
+def _bound_text(p: Pair) -> str:
+    limit = p.roofline.get("new_bound") or p.roofline.get("base_bound")
+    return number(limit, 0) if limit else "–"
+
+
+def _roof_share_text(p: Pair) -> str:
+    shares = [p.roofline.get("base_share"), p.roofline.get("new_share")]
+    if not any(shares):
+        return "–"
+    return " → ".join(share_text(x) for x in shares)
+
+
 def _ratio_text(p: Pair) -> str:
     if p.speed is None or "ratio" not in p.speed:
         return "–"
@@ -299,11 +325,11 @@ def _row(p: Pair) -> list[str]:
     status = "" if p.speed is not None else f" (base {'/'.join(p.base_status)}, new {'/'.join(p.new_status)})"
     return [p.name + (" !" if p.warnings else ""), number((p.speed or {}).get("base_median"), 0), number((p.speed or {}).get("new_median"), 0),
             _ratio_text(p), p.verdict + status, _loss_text(p), *(_delta(p, q) for q in QUALITY),
-            ", ".join(k for k in p.environment if k != "commit") or "–"]
+            _bound_text(p), _roof_share_text(p), ", ".join(k for k in p.environment if k != "commit") or "–"]
 
 
 HEADER = ["run", "base ex/s", "new ex/s", f"new/base [{CONFIDENCE:.0%} CI]", "verdict", "losses",
-          *(f"Δ {q}" for q in QUALITY), "env differs"]
+          *(f"Δ {q}" for q in QUALITY), "roofline bound", "share of roofline", "env differs"]
 
 
 def text_table(rows: list[list[str]]) -> str:

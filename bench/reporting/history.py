@@ -15,6 +15,8 @@ import numpy as np
 
 from bench.reporting.compare import Folder, group, load_folder, names, write_file
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render, svg
+from bench.reporting.limit import share_text
+from bench.reporting.roofline import median_bound
 from bench.results.schema import MEASURED
 
 
@@ -27,6 +29,7 @@ class Point:
     rates: tuple[float, float, float] | None  # 25th, 50th, 75th percentile of the segment rates
     final_loss: float | None
     versions: dict[str, str]
+    bound: float | None = None  # the median roofline bound of its runs (examples/s)
 
 
 def collect(folders: list[Folder]) -> tuple[dict[str, str], dict[str, list[Point]]]:
@@ -46,7 +49,7 @@ def collect(folders: list[Folder]) -> tuple[dict[str, str], dict[str, list[Point
             quartiles = tuple(float(q) for q in np.percentile(rates, [25, 50, 75])) if rates else None
             specs.setdefault(key, ok[0]["spec"])
             series.setdefault(key, []).append(Point(x, folder, quartiles, float(np.mean(losses)) if losses else None,
-                                                    versions))
+                                                    versions, median_bound(ok)))
     return names(specs), series
 
 
@@ -66,7 +69,9 @@ def tooltip(name: str, p: Point) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(p.versions.items())) or "no versions recorded"
     speed = (f"examples/s {number(p.rates[1], 0)} (IQR {number(p.rates[0], 0)}–{number(p.rates[2], 0)})" if p.rates
              else "no segment rates")
-    return (f"{name}\n{p.folder.created}, commit {p.folder.commit}\n{versions}\n{speed}\n"
+    roof = (f"roofline bound {number(p.bound, 0)} examples/s, share {share_text(p.rates[1] / p.bound)}"
+            if p.bound and p.rates else "roofline bound -")
+    return (f"{name}\n{p.folder.created}, commit {p.folder.commit}\n{versions}\n{speed}\n{roof}\n"
             f"final loss {number(p.final_loss, 4)}")
 
 
@@ -83,6 +88,8 @@ def figure(folders: list[Folder], labels: dict[str, str], series: dict[str, list
         line, = speed_ax.plot([p.x for p in timed], [p.rates[1] for p in timed], lw=1.2, label=plot_text(labels[key]))
         speed_ax.fill_between([p.x for p in timed], [p.rates[0] for p in timed], [p.rates[2] for p in timed],
                               color=line.get_color(), alpha=0.15, lw=0)
+        bounded = [p for p in points if p.bound]
+        speed_ax.plot([p.x for p in bounded], [p.bound for p in bounded], ":", lw=1, color=line.get_color())
         scored = [p for p in points if p.final_loss is not None]
         loss_ax.plot([p.x for p in scored], [p.final_loss for p in scored], lw=1.2, color=line.get_color())
         for ax, shown, value in ((speed_ax, timed, lambda p: p.rates[1]), (loss_ax, scored, lambda p: p.final_loss)):
@@ -96,7 +103,8 @@ def figure(folders: list[Folder], labels: dict[str, str], series: dict[str, list
             ax.axvline(x - 0.5, color="#999", ls="--", lw=1)
         speed_ax.annotate(plot_text("\n".join(sorted(changes))), (x - 0.5, 1), xycoords=("data", "axes fraction"),
                           fontsize=7, va="top", ha="left", xytext=(3, -3), textcoords="offset points")
-    speed_ax.set(ylabel="examples/s (median of segments, band: IQR)", title="speed")
+    speed_ax.set(ylabel="examples/s (median of segments, band: IQR)",
+                 title="speed (dotted: each setting's roofline bound)")
     loss_ax.set(ylabel="final loss", title="final loss")
     loss_ax.set_xticks(range(len(folders)), [plot_text(f"{f.created[:16]}\n{f.commit}") for f in folders], fontsize=7,
                        rotation=30, ha="right")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.reporting import roofline
 from bench.reporting.limit import LIMIT_BACKEND, limit_rates, share, share_text
 from bench.reporting.padding import padding_cost
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render as render_page, svg
@@ -243,6 +244,7 @@ def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
                      "device": (r.get("env") or {}).get("device_name", spec.get("device", "")),
                      "loss": r.get("final_loss"), "speed": speed, "iqr": r.get("rate_iqr") or [None, None],
                      "up": speed / base if speed and base else None, "share": share(r, limits),
+                     "bound": roofline.bound(r), "roof_share": roofline.share(r),
                      "first": first_step_seconds(r),
                      "quality": [((ev.get("wordsim353") or {}).get("spearman")),
                                  ((ev.get("simlex999") or {}).get("spearman")),
@@ -445,7 +447,8 @@ def render(folder: Path) -> Path:
         context.update(
             finished=len(measured(results, None)), total=len(results), skips=[r for r in results if r["status"] == SKIPPED],
             summary=summary(results), warned=warned(results), loss_figure=loss_figures(results),
-            throughput_figure=throughput_figure(results), batch_figure=batch_size_figure(results),
+            throughput_figure=throughput_figure(results),
+            roofline_figure=roofline.figure(measured(results, None), _label), batch_figure=batch_size_figure(results),
             sparse=sparse, limit_ratios=limit_ratios, padding=padding_cost(results), scale=scale_section(results), agreement=agreeing, agreement_figure=agreement_figure,
             bare_loop=bool(measured(results, "bare-loop")), overhead=harness_overhead(results),
             neighbours=neighbours(results), failed=[r for r in results if r["status"] not in MEASURED + (SKIPPED,)],

@@ -6,7 +6,7 @@ string for a rate) before any page, `compare`, `history` or `--resume` looks at 
 code can trust what it reads. Every field added after the first results were stored is optional
 with a default, and a field the suite no longer writes is still declared: a results folder written
 by an older commit loads as it did. Unknown fields are kept, not refused (a newer suite's extra
-field, e.g. a `roofline` object, is someone else's to read): to add one, declare it here as an
+field is someone else's to read): to add one, declare it here as an
 optional field with a default.
 """
 from __future__ import annotations
@@ -96,6 +96,25 @@ class Env(msgspec.Struct):
     threads_env: dict[str, Scalar] | None = None
 
 
+class Roofline(msgspec.Struct):
+    """A run's bound from the machine (common/roofline.py): the cost model's bytes and FLOPs a step,
+    the probe's bandwidth at its working set and peak FLOP rate, and the examples/s they allow
+    (null figures, with `unavailable` saying why, where the machine could not be probed)."""
+
+    bytes_per_step: Rate | None = None
+    flops_per_step: Rate | None = None
+    bandwidth_bytes_per_s: Rate | None = None
+    peak_flops_per_s: Rate | None = None
+    bound_examples_per_s: Rate | None = None
+    working_set_bytes: Rate | None = None
+    bound_by: str | None = None
+    update: str | None = None
+    layout: str | None = None
+    stats: dict[str, Finite] | None = None  # examples, row_length, slots, center_rows, context_rows, batches
+    probe: dict[str, Any] | None = None     # the machine probe it was read against (common/probe.py)
+    unavailable: str | None = None
+
+
 class Result(msgspec.Struct):
     """One run's result file (runs/NAME.json): what the worker, the harness or an executor wrote."""
 
@@ -118,6 +137,7 @@ class Result(msgspec.Struct):
     final_loss: float | None = None
     timings: Timings | msgspec.UnsetType = msgspec.UNSET  # absent, or an object: never null
     machine_load: MachineLoad | None = None
+    roofline: Roofline | None = None
     examples_per_sec: Rate | None = None
     segment_rates: list[Rate] = []
     rate_median: Rate | None = None
@@ -151,6 +171,7 @@ class PlanEntry(msgspec.Struct):
 
 class Machine(Env):
     gpus: list[Scalar] = []
+    probe: dict[str, Any] | None = None  # the suite's machine probe (common/probe.py), handed to every run
 
 
 class Meta(msgspec.Struct):

@@ -24,6 +24,7 @@ from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
 from common.machine import MachineLoad, machine_info, peak_rss_bytes
 from bench.results.schema import SCHEMA
+from common.roofline import BatchStats, for_run, measure
 from common.spec import RunSpec
 
 SEGMENT = 100
@@ -156,6 +157,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     limit = total_steps(spec, dataset)
     digest, timeline, epoch_losses, epoch_seconds = StreamHash(), Timeline(), [], []
     status, error = "ok", None
+    stats: BatchStats | None = None  # what a step touches, measured on the first epoch's batches
     for epoch in range(spec.data.epochs):
         remaining = limit - len(timeline.losses)
         if remaining <= 0:
@@ -165,6 +167,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
         for b in batches:
             digest.update(b)
         digest.wait()  # the hashing thread would otherwise share the cores with training
+        stats = stats or measure(batches)
         timings["data_seconds"] += clock() - t
         t = clock()
         prepared = backend.prepare(batches)
@@ -195,5 +198,7 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
     result = record(spec, status, error, env, digest.hexdigest(), timeline, epoch_losses, epoch_seconds, timings,
                     machine_load)
+    if stats is not None:
+        result["roofline"] = for_run(spec, len(dataset.vocab), stats, env["device_name"])
     finish(result, dataset.vocab.tokens, backend.embeddings()[0], export_vectors)
     return result
