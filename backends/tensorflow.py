@@ -127,7 +127,7 @@ class Segments(NamedTuple):
     def stack(cls, batches: list[Tensors]) -> "Segments":
         groups: list[list[Tensors]] = []
         for batch in batches:
-            if groups and groups[-1][0][1].shape == batch[1].shape:
+            if groups and [t.shape for t in groups[-1][0]] == [t.shape for t in batch]:
                 groups[-1].append(batch)
             else:
                 groups.append([batch])
