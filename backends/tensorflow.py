@@ -9,6 +9,7 @@ gathers), its gradients written out so that padding slots go to segment -1, whic
 `unsorted_segment_sum` drops, and never reach a table's gradient."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple, Sequence
 
@@ -176,10 +177,21 @@ class TensorFlowBackend(Backend):
         # layout where the traced shape does not say (the padded signature's None dimensions)
         self.ids_per_step = (spec.data.batch_size, spec.data.batch_size * spec.data.row_length)
         self.device_loop = spec.compile and (self.gpu_index is not None or self.DEVICE_LOOP_ON_CPU)
-        jit = (spec.compile and not self.device_loop) or None
-        if self.packed:
-            # No signature: each packed length (one an epoch, common/packing.py) is its own trace,
-            # so the ids a step are a static shape; `prepare` traces before the clock.
+        # Packed and compiled on the CPU, only the update is XLA's (densify, then Adam or SGD: one
+        # program a table); gathers, dots and their gradients stay TF's own kernels, which ran
+        # them faster than XLA's (PERFORMANCE.md, round two: packed layout).
+        self.xla_update_only = spec.compile and self.packed and not self.device_loop
+        jit = (spec.compile and not self.device_loop and not self.xla_update_only) or None
+        self._update_fns = [tf.function(functools.partial(self._apply_table, i), jit_compile=True) for i in range(2)]
+        if self.packed and not spec.compile:
+            # Plain TF's kernels take any length: each batch is cut to its real slots (no padding
+            # at all), under one signature, so nothing retraces.
+            index, real = tf.TensorSpec([None], self.index_dtype), tf.TensorSpec([None], tf.float32)
+            signature = [index, index, index, real, real, index, index]
+            self._step_fn = tf.function(self._train_step, input_signature=signature)
+        elif self.packed:
+            # No signature: each packed length (one an epoch, common/packing.py) is its own trace
+            # and XLA program, so the ids a step are a static shape; `prepare` traces before the clock.
             signature = None
             self._step_fn = tf.function(self._train_step, jit_compile=jit)
             self._loop_fn = tf.function(self._train_loop, jit_compile=True)
@@ -214,7 +226,10 @@ class TensorFlowBackend(Backend):
         return int(tf.config.experimental.get_memory_info(f"GPU:{self.gpu_index}")["peak"])
 
     def _packed_tensors(self, batch: PackedBatch) -> PackedTensors:
-        """One packed batch on the device, and its index variants with padding at -1."""
+        """One packed batch on the device, and its index variants with padding at -1; cut to
+        its real slots where no compiler needs the epoch's one length."""
+        if not self.spec.compile:
+            batch = batch._replace(**{f: getattr(batch, f)[:batch.slots] for f in ("ids", "example", "label", "weight")})
         real = np.arange(batch.ids.size) < batch.slots
         index = lambda a: tf.constant(a, self.index_dtype)  # noqa: E731
         return PackedTensors(center=index(batch.center), ids=index(batch.ids), example=index(batch.example),
@@ -281,12 +296,15 @@ class TensorFlowBackend(Backend):
         update = tf.where(valid[..., None], step_size * m_rows / (tf.sqrt(v_rows) + s.eps), 0.0)
         table.scatter_sub(tf.IndexedSlices(update, rows))
 
+    def _apply_table(self, i: int, grad: Rows, t: tf.Tensor) -> None:
+        self._apply(self.tables[i], self.slots[i], grad, t, grad.indices.shape[0] or self.ids_per_step[i])
+
     def _train_step(self, *batch: tf.Tensor) -> tf.Tensor:
         loss, grads = self._loss_and_rows(*batch)
         self.steps_done.assign_add(1)
         t = tf.cast(self.steps_done, tf.float32)
-        for table, slots, grad, ids in zip(self.tables, self.slots, grads, self.ids_per_step):
-            self._apply(table, slots, grad, t, grad.indices.shape[0] or ids)
+        for i, grad in enumerate(grads):
+            (self._update_fns[i] if self.xla_update_only else functools.partial(self._apply_table, i))(grad, t)
         return loss
 
     def _train_loop(self, lo: tf.Tensor, hi: tf.Tensor, *block: tf.Tensor) -> tf.Tensor:
