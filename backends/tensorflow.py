@@ -4,9 +4,9 @@ keep the gathers' row gradients and apply lazy Adam row-wise with scatter ops (K
 Adam would densify its moments, so it is not used). TF32 is off: full float32 matmuls.
 
 Two layouts (common/packing.py): the recipe's padded (B, L) rows, one batched matmul a batch;
-or packed, flat: one dot per real slot (a multiply and a row sum, which XLA fuses with both
-gathers), its gradients written out so that padding slots go to segment -1, which
-`unsorted_segment_sum` drops, and never reach a table's gradient."""
+or packed, flat: one dot per real slot (a multiply and a row sum), its gradients written out so
+that padding slots go to segment -1, which `unsorted_segment_sum` drops. Packed plain runs cut
+each batch to its real slots; packed compiled runs on the CPU compile only the update with XLA."""
 from __future__ import annotations
 
 import functools
@@ -27,7 +27,7 @@ from common.lazy_adam import dense_shaped  # noqa: E402
 from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
-Tensors = tuple[tf.Tensor, ...]  # one batch: PaddedTensors' or PackedTensors' fields
+Tensors = tuple[tf.Tensor, ...]  # one batch: (center, cn, mask, label) padded, PackedTensors' fields packed
 tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
@@ -229,7 +229,8 @@ class TensorFlowBackend(Backend):
         """One packed batch on the device, and its index variants with padding at -1; cut to
         its real slots where no compiler needs the epoch's one length."""
         if not self.spec.compile:
-            batch = batch._replace(**{f: getattr(batch, f)[:batch.slots] for f in ("ids", "example", "label", "weight")})
+            cut = ("ids", "example", "label", "weight")
+            batch = batch._replace(**{f: getattr(batch, f)[:batch.slots] for f in cut})
         real = np.arange(batch.ids.size) < batch.slots
         index = lambda a: tf.constant(a, self.index_dtype)  # noqa: E731
         return PackedTensors(center=index(batch.center), ids=index(batch.ids), example=index(batch.example),
