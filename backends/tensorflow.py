@@ -179,7 +179,7 @@ class TensorFlowBackend(Backend):
         self.device_loop = spec.compile and (self.gpu_index is not None or self.DEVICE_LOOP_ON_CPU)
         # Packed and compiled on the CPU, only the update is XLA's (densify, then Adam or SGD: one
         # program a table); gathers, dots and their gradients stay TF's own kernels, which ran
-        # them faster than XLA's (PERFORMANCE.md, round two: packed layout).
+        # them faster than XLA's (PERFORMANCE.md, "TensorFlow round two: packed layout").
         self.xla_update_only = spec.compile and self.packed and not self.device_loop
         jit = (spec.compile and not self.device_loop and not self.xla_update_only) or None
         self._update_fns = [tf.function(functools.partial(self._apply_table, i), jit_compile=True) for i in range(2)]
