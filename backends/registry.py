@@ -37,7 +37,7 @@ BACKENDS = {
     "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False,
                          cuda_env="mxnet-cuda", max_compute_capability=(8, 6)),
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
-                              cuda_env="tensorflow-cuda"),
+                              cuda_env="tensorflow-cuda", layouts=("padded", "packed")),
     # JAX is always compiled (jit), so it has no separate compiled variant.
     "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda"),
     # The limit row (one fused numba kernel of the step); no CUDA kernel yet, so cuda runs plan as skipped.

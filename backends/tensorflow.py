@@ -1,9 +1,15 @@
 """TensorFlow 2: a tf.function step per batch; compiled, an XLA program per step on the CPU
 and, on a GPU, a segment of steps as one XLA program looping on the device. Dense runs use the fused ResourceApplyAdam kernel; sparse runs
-keep tf.gather's IndexedSlices gradients and apply lazy Adam row-wise with scatter ops (Keras 3's
-Adam would densify its moments, so it is not used). TF32 is off: full float32 matmuls."""
+keep the gathers' row gradients and apply lazy Adam row-wise with scatter ops (Keras 3's
+Adam would densify its moments, so it is not used). TF32 is off: full float32 matmuls.
+
+Two layouts (common/packing.py): the recipe's padded (B, L) rows, one batched matmul a batch;
+or packed, flat: one dot per real slot (a multiply and a row sum), its gradients written out so
+that padding slots go to segment -1, which `unsorted_segment_sum` drops. Packed plain runs cut
+each batch to its real slots; packed compiled runs on the CPU compile only the update with XLA."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple, Sequence
 
@@ -18,9 +24,10 @@ import tensorflow as tf  # noqa: E402
 from backends.base import Backend  # noqa: E402
 from common.batches import Batch  # noqa: E402
 from common.lazy_adam import dense_shaped  # noqa: E402
+from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
-Tensors = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
+Tensors = tuple[tf.Tensor, ...]  # one batch: (center, cn, mask, label) padded, PackedTensors' fields packed
 tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
@@ -33,18 +40,68 @@ def skipgram_loss(center_w: tf.Variable, context_w: tf.Variable, center: tf.Tens
     return tf.reduce_mean(tf.reduce_sum(bce * mask, axis=1) / tf.reduce_sum(mask, axis=1))
 
 
+class Rows(NamedTuple):
+    """A table's gradient as rows: values[i] belongs to row indices[i]. `summed` is the same
+    indices with the packed layout's padding slots at -1, so the sums that densify or coalesce
+    the rows (`unsorted_segment_sum`) drop them; presence and scatters use `indices`, where
+    padding names row 0 as the padded layout's does (common/packing.py: it never changes)."""
+
+    values: tf.Tensor
+    indices: tf.Tensor
+    summed: tf.Tensor
+
+    def dense(self, vocab: int) -> tf.Tensor:
+        return tf.math.unsorted_segment_sum(self.values, self.summed, vocab)
+
+
+def padded_rows(grad: tf.IndexedSlices) -> Rows:
+    return Rows(grad.values, grad.indices, grad.indices)
+
+
+class PackedTensors(NamedTuple):
+    """A packed batch on the device, with the padding-dropping index variants derived from it."""
+
+    center: tf.Tensor        # (B,)
+    ids: tf.Tensor           # (N,) words, padding 0
+    example: tf.Tensor       # (N,) each slot's row in the batch, padding 0
+    label: tf.Tensor         # (N,)
+    weight: tf.Tensor        # (N,) 1 / (count_b * B), padding 0
+    summed_ids: tf.Tensor    # ids with padding at -1
+    summed_example: tf.Tensor  # example with padding at -1
+
+
+def packed_loss_and_rows(center_w: tf.Variable, context_w: tf.Variable, batch: PackedTensors,
+                         grads: bool = True) -> tuple[tf.Tensor, Rows | None, Rows | None]:
+    """The packed loss, sum_s weight_s * bce(v[center[example_s]] . u[ids_s], label_s), and each
+    table's gradient rows, written out (d loss / d pred = (sigmoid(pred) - label) * weight):
+    autodiff's gather gradients would sum the padding slots' zero rows into row 0 and example 0,
+    which these sums drop (padding at -1)."""
+    v = tf.gather(center_w, batch.center)                              # (B, D)
+    vs = tf.gather(v, batch.example)                                   # (N, D)
+    u = tf.gather(context_w, batch.ids)                                # (N, D)
+    pred = tf.reduce_sum(vs * u, axis=1)                               # (N,)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=batch.label, logits=pred)
+    loss = tf.reduce_sum(batch.weight * bce)
+    if not grads:
+        return loss, None, None
+    d_pred = ((tf.sigmoid(pred) - batch.label) * batch.weight)[:, None]
+    g_center = tf.math.unsorted_segment_sum(d_pred * u, batch.summed_example, tf.shape(batch.center)[0])
+    return (loss, Rows(g_center, batch.center, batch.center),
+            Rows(d_pred * vs, batch.ids, batch.summed_ids))
+
+
 def present(indices: tf.Tensor, vocab: int) -> tf.Tensor:
     """(V,) bool: the rows the batch used (padding ids included, as the reference counts them)."""
     return tf.tensor_scatter_nd_update(tf.zeros([vocab], tf.bool), indices[:, None], tf.ones_like(indices, tf.bool))
 
 
-def coalesce(grad: tf.IndexedSlices) -> tuple[tf.Tensor, tf.Tensor]:
+def coalesce(grad: Rows) -> tuple[tf.Tensor, tf.Tensor]:
     """Unique rows (tf.unique: a hash table, shapes that depend on the data) and their summed gradients."""
     rows, position = tf.unique(grad.indices)
     return rows, tf.math.unsorted_segment_sum(grad.values, position, tf.size(rows))
 
 
-def unique_rows(grad: tf.IndexedSlices, vocab: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def unique_rows(grad: Rows, vocab: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The batch's unique rows and their summed gradients in min(ids, V) slots, shapes XLA can
     compile (tf.unique's are data-dependent), found without a sort or a hash: the presence
     marker's running count is each used row's slot. Slots past the count hold a row the batch
@@ -71,7 +128,7 @@ class Segments(NamedTuple):
     def stack(cls, batches: list[Tensors]) -> "Segments":
         groups: list[list[Tensors]] = []
         for batch in batches:
-            if groups and groups[-1][0][1].shape == batch[1].shape:
+            if groups and [t.shape for t in groups[-1][0]] == [t.shape for t in batch]:
                 groups[-1].append(batch)
             else:
                 groups.append([batch])
@@ -111,23 +168,43 @@ class TensorFlowBackend(Backend):
         # TF keeps int32 tensors of a GPU in host memory (its kernels' HostMemory rule): indices
         # go to the device as int64 so the epoch really is resident there.
         self.index_dtype = tf.int32 if self.gpu_index is None else tf.int64
+        self.packed = spec.layout == "packed"
         with tf.device(self.device):
             self.tables = [tf.Variable(init_center), tf.Variable(init_context)]
             self.slots = [(tf.Variable(tf.zeros_like(t)), tf.Variable(tf.zeros_like(t))) for t in self.tables]
             self.steps_done = tf.Variable(0, dtype=tf.int64)
-        # ids a step per table (center, context) at the spec's batch shape, for the lazy step's layout
+        # ids a step per table (center, context) at the spec's batch shape, for the lazy step's
+        # layout where the traced shape does not say (the padded signature's None dimensions)
         self.ids_per_step = (spec.data.batch_size, spec.data.batch_size * spec.data.row_length)
-        signature = [tf.TensorSpec([None], self.index_dtype), tf.TensorSpec([None, None], self.index_dtype),
-                     tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32)]
         self.device_loop = spec.compile and (self.gpu_index is not None or self.DEVICE_LOOP_ON_CPU)
-        self._step_fn = tf.function(self._train_step, input_signature=signature,
-                                    jit_compile=(spec.compile and not self.device_loop) or None)
-        # One XLA program per block shape; lo and hi are run-time scalars, so segments never recompile.
-        blocks = [tf.TensorSpec([None, *s.shape], s.dtype) for s in signature]
-        self._loop_fn = tf.function(self._train_loop, jit_compile=True,
-                                    input_signature=[*blocks, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)])
-        self._grads_fn = tf.function(self._loss_and_grads, input_signature=signature)
-        self._loss_fn = tf.function(lambda *batch: skipgram_loss(*self.tables, *batch), input_signature=signature)
+        # Packed and compiled on the CPU, only the update is XLA's (densify, then Adam or SGD: one
+        # program a table); gathers, dots and their gradients stay TF's own kernels, which ran
+        # them faster than XLA's (PERFORMANCE.md, "TensorFlow round two: packed layout").
+        self.xla_update_only = spec.compile and self.packed and not self.device_loop
+        jit = (spec.compile and not self.device_loop and not self.xla_update_only) or None
+        self._update_fns = [tf.function(functools.partial(self._apply_table, i), jit_compile=True) for i in range(2)]
+        if self.packed and not spec.compile:
+            # Plain TF's kernels take any length: each batch is cut to its real slots (no padding
+            # at all), under one signature, so nothing retraces.
+            index, real = tf.TensorSpec([None], self.index_dtype), tf.TensorSpec([None], tf.float32)
+            signature = [index, index, index, real, real, index, index]
+            self._step_fn = tf.function(self._train_step, input_signature=signature)
+        elif self.packed:
+            # No signature: each packed length (one an epoch, common/packing.py) is its own trace
+            # and XLA program, so the ids a step are a static shape; `prepare` traces before the clock.
+            signature = None
+            self._step_fn = tf.function(self._train_step, jit_compile=jit)
+            self._loop_fn = tf.function(self._train_loop, jit_compile=True)
+        else:
+            signature = [tf.TensorSpec([None], self.index_dtype), tf.TensorSpec([None, None], self.index_dtype),
+                         tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32)]
+            self._step_fn = tf.function(self._train_step, input_signature=signature, jit_compile=jit)
+            # One XLA program per block shape; lo and hi are run-time scalars, so segments never recompile.
+            blocks = [tf.TensorSpec([None, *s.shape], s.dtype) for s in signature]
+            self._loop_fn = tf.function(self._train_loop, jit_compile=True, input_signature=[
+                tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32), *blocks])
+        self._grads_fn = tf.function(self._loss_and_rows, input_signature=signature)
+        self._loss_fn = tf.function(self._loss, input_signature=signature)
 
     @classmethod
     def gpu_count(cls) -> int:
@@ -148,22 +225,50 @@ class TensorFlowBackend(Backend):
             return None
         return int(tf.config.experimental.get_memory_info(f"GPU:{self.gpu_index}")["peak"])
 
+    def _packed_tensors(self, batch: PackedBatch) -> PackedTensors:
+        """One packed batch on the device, and its index variants with padding at -1; cut to
+        its real slots where no compiler needs the epoch's one length."""
+        if not self.spec.compile:
+            cut = ("ids", "example", "label", "weight")
+            batch = batch._replace(**{f: getattr(batch, f)[:batch.slots] for f in cut})
+        real = np.arange(batch.ids.size) < batch.slots
+        index = lambda a: tf.constant(a, self.index_dtype)  # noqa: E731
+        return PackedTensors(center=index(batch.center), ids=index(batch.ids), example=index(batch.example),
+                             label=tf.constant(batch.label), weight=tf.constant(batch.weight),
+                             summed_ids=index(np.where(real, batch.ids, -1)),
+                             summed_example=index(np.where(real, batch.example, -1)))
+
     def prepare(self, batches: Sequence[Batch]) -> list[Tensors] | Segments:
-        """The batches as device tensors; compiled runs get them stacked for the device loop."""
+        """The batches as device tensors (packed: re-laid by common/packing.py); compiled runs on
+        a GPU get them stacked for the device loop."""
         with tf.device(self.device):
-            tensors = [(tf.cast(b.center, self.index_dtype), tf.cast(b.context_negative, self.index_dtype),
-                        tf.cast(b.mask, tf.float32), tf.cast(b.label, tf.float32)) for b in batches]
+            if self.packed:
+                tensors: list[Tensors] = [self._packed_tensors(p) for p in pack_epoch(batches)]
+                if tensors and not self.device_loop:
+                    self._step_fn.get_concrete_function(*tensors[0])  # trace this length now
+            else:
+                tensors = [(tf.cast(b.center, self.index_dtype), tf.cast(b.context_negative, self.index_dtype),
+                            tf.cast(b.mask, tf.float32), tf.cast(b.label, tf.float32)) for b in batches]
             return Segments.stack(tensors) if self.device_loop else tensors
 
-    def _loss_and_grads(self, center, cn, mask, label):
-        with tf.GradientTape() as tape:
-            loss = skipgram_loss(*self.tables, center, cn, mask, label)
-        return loss, tape.gradient(loss, self.tables)
+    def _loss(self, *batch: tf.Tensor) -> tf.Tensor:
+        if self.packed:
+            return packed_loss_and_rows(*self.tables, PackedTensors(*batch), grads=False)[0]
+        return skipgram_loss(*self.tables, *batch)
 
-    def _apply(self, table: tf.Variable, slots: tuple[tf.Variable, tf.Variable], grad: tf.IndexedSlices,
+    def _loss_and_rows(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[Rows]]:
+        if self.packed:
+            loss, *rows = packed_loss_and_rows(*self.tables, PackedTensors(*batch))
+            return loss, rows
+        with tf.GradientTape() as tape:
+            loss = skipgram_loss(*self.tables, *batch)
+        return loss, [padded_rows(g) for g in tape.gradient(loss, self.tables)]
+
+    def _apply(self, table: tf.Variable, slots: tuple[tf.Variable, tf.Variable], grad: Rows,
                t: tf.Tensor, ids: int) -> None:
         s = self.spec
-        if s.optimizer == "sgd":
+        vocab = int(table.shape[0])
+        if s.optimizer == "sgd":  # packed padding subtracts its zero rows from row 0: exact
             table.scatter_sub(tf.IndexedSlices(s.lr * grad.values, grad.indices))
             return
         m, v = slots
@@ -171,13 +276,12 @@ class TensorFlowBackend(Backend):
         if not s.sparse:  # fused kernel, eps moved inside so the update is torch's m_hat / (sqrt(v_hat) + eps)
             tf.raw_ops.ResourceApplyAdam(var=table.handle, m=m.handle, v=v.handle, beta1_power=b1_t,
                                          beta2_power=b2_t, lr=s.lr, beta1=s.beta1, beta2=s.beta2,
-                                         epsilon=s.eps * tf.sqrt(1.0 - b2_t), grad=tf.convert_to_tensor(grad))
+                                         epsilon=s.eps * tf.sqrt(1.0 - b2_t), grad=grad.dense(vocab))
             return
         step_size = s.lr * tf.sqrt(1.0 - b2_t) / (1.0 - b1_t)  # lazy Adam: the batch's rows only, global step t
-        vocab = int(table.shape[0])
         if s.compile and dense_shaped(vocab, ids):  # unfused (plain tf.function), this form measured slower
             used = present(grad.indices, vocab)[:, None]
-            g = tf.math.unsorted_segment_sum(grad.values, grad.indices, vocab)
+            g = grad.dense(vocab)
             m_new = tf.where(used, s.beta1 * m + (1.0 - s.beta1) * g, m)
             v_new = tf.where(used, s.beta2 * v + (1.0 - s.beta2) * tf.square(g), v)
             m.assign(m_new), v.assign(v_new)
@@ -193,27 +297,30 @@ class TensorFlowBackend(Backend):
         update = tf.where(valid[..., None], step_size * m_rows / (tf.sqrt(v_rows) + s.eps), 0.0)
         table.scatter_sub(tf.IndexedSlices(update, rows))
 
-    def _train_step(self, center, cn, mask, label):
-        loss, grads = self._loss_and_grads(center, cn, mask, label)
+    def _apply_table(self, i: int, grad: Rows, t: tf.Tensor) -> None:
+        self._apply(self.tables[i], self.slots[i], grad, t, grad.indices.shape[0] or self.ids_per_step[i])
+
+    def _train_step(self, *batch: tf.Tensor) -> tf.Tensor:
+        loss, grads = self._loss_and_rows(*batch)
         self.steps_done.assign_add(1)
         t = tf.cast(self.steps_done, tf.float32)
-        for table, slots, grad, ids in zip(self.tables, self.slots, grads, self.ids_per_step):
-            self._apply(table, slots, grad, t, ids)
+        for i, grad in enumerate(grads):
+            (self._update_fns[i] if self.xla_update_only else functools.partial(self._apply_table, i))(grad, t)
         return loss
 
-    def _train_loop(self, center, cn, mask, label, lo, hi):
+    def _train_loop(self, lo: tf.Tensor, hi: tf.Tensor, *block: tf.Tensor) -> tf.Tensor:
         """Steps lo..hi-1 of a stacked block, as one XLA while loop; the block's losses come back
         (entries outside lo..hi are zero), so the host syncs once per segment."""
-        losses = tf.zeros(tf.shape(center)[:1], tf.float32)
+        losses = tf.zeros(tf.shape(block[0])[:1], tf.float32)
         for i in tf.range(lo, hi):
-            loss = self._train_step(center[i], cn[i], mask[i], label[i])
+            loss = self._train_step(*(t[i] for t in block))
             losses = tf.tensor_scatter_nd_update(losses, [[i]], [loss])
         return losses
 
     def train(self, prepared: list[Tensors] | Segments) -> np.ndarray:
         with tf.device(self.device):
             if isinstance(prepared, Segments):
-                losses = [self._loop_fn(*block, tf.constant(lo), tf.constant(hi))[lo:hi]
+                losses = [self._loop_fn(tf.constant(lo), tf.constant(hi), *block)[lo:hi]
                           for block, lo, hi in prepared.views]
                 return tf.concat(losses, 0).numpy().astype(np.float64) if losses else np.zeros(0)
             losses = [self._step_fn(*batch) for batch in prepared]
@@ -234,11 +341,16 @@ class TensorFlowBackend(Backend):
             loss, grads = self._grads_fn(*self._one(prepared_batch))
             loss.numpy()
             for g in grads:
-                g.values.numpy() if isinstance(g, tf.IndexedSlices) else g.numpy()
+                g.values.numpy()
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
-        loss, grads = self._grads_fn(*self._one(self.prepare([batch])[0]))
-        dense = [tf.convert_to_tensor(g).numpy().astype(np.float64) for g in grads]
+        with tf.device(self.device):
+            if self.packed:
+                one: Tensors = self._packed_tensors(pack(batch, packed_length([batch])))
+            else:
+                one = self._one(self.prepare([batch])[0])
+            loss, grads = self._grads_fn(*one)
+            dense = [g.dense(int(t.shape[0])).numpy().astype(np.float64) for g, t in zip(grads, self.tables)]
         return float(loss), dense[0], dense[1]
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
