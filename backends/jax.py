@@ -76,11 +76,18 @@ class PaddedArrays(NamedTuple):
     def loss(self, v: jax.Array, u: jax.Array) -> jax.Array:
         return rows_loss(v, u, self.mask, self.label)
 
+    def table_grads(self, params: Params) -> tuple[jax.Array, Params]:
+        """Autodiff through the gathers: XLA scatters the rows' gradients into each table."""
+        return jax.value_and_grad(table_loss)(params, self)
+
 
 class PackedArrays(NamedTuple):
     """A packed batch on the device (common/packing.py), or a stack of them. Padding slots carry
-    id V, out of range: their gathered rows are zeros (`mode="fill"`) and every scatter of
-    their gradient (autodiff's, the lazy step's) drops them, rather than adding zeros to row 0."""
+    id V, out of range, so every scatter of their gradient drops them (`mode="drop"`, the lazy
+    step's and `table_grads`'s) rather than adding zeros to row 0. Their rows are gathered
+    clipped (row V-1, times weight 0: their gradients are exactly zero), not as zeros
+    (`mode="fill"`): fill adds a select that XLA materialises, an (N, D) pass a step
+    (PERFORMANCE.md, "JAX, round two")."""
     center: jax.Array
     context: jax.Array  # ids, (N,): V on padding slots
     example: jax.Array
@@ -88,10 +95,17 @@ class PackedArrays(NamedTuple):
     weight: jax.Array
 
     def rows(self, params: Params) -> tuple[jax.Array, jax.Array]:
-        return params[0][self.center], params[1].at[self.context].get(mode="fill", fill_value=0)
+        return params[0][self.center], params[1].at[self.context].get(mode="clip")
 
     def loss(self, v: jax.Array, u: jax.Array) -> jax.Array:
         return packed_rows_loss(v, u, self.example, self.label, self.weight)
+
+    def table_grads(self, params: Params) -> tuple[jax.Array, Params]:
+        """The rows' gradients scattered into each table by hand: autodiff of the clipped gather
+        would add the padding slots' zeros to row V-1; here the scatter drops them."""
+        loss, (g_center, g_context) = row_grads(params, self)
+        return loss, (jnp.zeros_like(params[0]).at[self.center].add(g_center),
+                      jnp.zeros_like(params[1]).at[self.context].add(g_context, mode="drop"))
 
 
 Arrays = PaddedArrays | PackedArrays
@@ -151,7 +165,7 @@ def init_state(c: Settings, params: Params) -> Any:
 
 
 def dense_update(c: Settings, params: Params, state: Any, batch: Arrays) -> tuple[Params, Any, jax.Array]:
-    loss, grads = jax.value_and_grad(table_loss)(params, batch)
+    loss, grads = batch.table_grads(params)
     updates, state = dense_optimizer(c).update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
 
@@ -218,7 +232,7 @@ def loss_at(params: Params, block: Arrays, i: jax.Array) -> jax.Array:
 
 @jax.jit
 def dense_grads_at(params: Params, block: Arrays, i: jax.Array) -> tuple[jax.Array, Params]:
-    return jax.value_and_grad(table_loss)(params, batch_at(block, i))
+    return batch_at(block, i).table_grads(params)
 
 
 @jax.jit
