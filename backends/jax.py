@@ -7,6 +7,13 @@ form: tests/backends/test_jax.py checks it); sparse runs differentiate with resp
 gathered rows and apply lazy Adam to the batch's unique rows only, found without a sort (a
 presence marker over the vocabulary; fixed shapes, so each batch shape compiles once). The step functions are module-level
 and keyed by hashable `Settings`, so backends with equal settings share compiled programs.
+
+Two layouts, each a pytree the step reads its loss and gathers from: `PaddedArrays` (the
+recipe's (B, L) rows, one batched dot a batch) and `PackedArrays` (common/packing.py's real
+slots, flat: each slot's center gathered by `example`, one multiply-sum a slot, the weighted
+BCE summed). Flat rather than bucketed by context count: XLA has no batched dot that gains from
+buckets (its batched dot is one small matvec per example, PERFORMANCE.md), and the packed
+length is one per epoch, so the shapes stay static and each epoch compiles once.
 """
 from __future__ import annotations
 
