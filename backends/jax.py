@@ -318,7 +318,7 @@ class JaxBackend(Backend):
         for end in range(1, len(laid) + 1):
             if end == len(laid) or laid[end].center.shape != laid[start].center.shape:
                 arrays = {f: np.stack([getattr(b, f) for b in laid[start:end]]) for f in fields}
-                if kind is PackedArrays:  # padding slots' id -> V (PackedArrays)
+                if kind is PackedArrays:  # padding slots get id V: every scatter drops them (PackedArrays)
                     slots = np.array([b.slots for b in laid[start:end]])[:, None]
                     arrays["ids"] = np.where(np.arange(arrays["ids"].shape[1]) < slots, arrays["ids"],
                                              np.int32(self.settings.vocab))
