@@ -7,6 +7,13 @@ form: tests/backends/test_jax.py checks it); sparse runs differentiate with resp
 gathered rows and apply lazy Adam to the batch's unique rows only, found without a sort (a
 presence marker over the vocabulary; fixed shapes, so each batch shape compiles once). The step functions are module-level
 and keyed by hashable `Settings`, so backends with equal settings share compiled programs.
+
+Two layouts, each a pytree the step reads its loss and gathers from: `PaddedArrays` (the
+recipe's (B, L) rows, one batched dot a batch) and `PackedArrays` (common/packing.py's real
+slots, flat: each slot's center gathered by `example`, one multiply-sum a slot, the weighted
+BCE summed). Flat rather than bucketed by context count: XLA has no batched dot that gains from
+buckets (its batched dot is one small matvec per example, PERFORMANCE.md), and the packed
+length is one per epoch, so the shapes stay static and each epoch compiles once.
 """
 from __future__ import annotations
 
@@ -20,10 +27,10 @@ import optax
 from backends.base import Backend
 from common.batches import Batch
 from common.lazy_adam import dense_shaped
+from common.packing import pack_epoch
 from common.spec import RunSpec
 
 Params = tuple[jax.Array, jax.Array]  # (center table, context table)
-Arrays = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # center, context_negative, mask, label
 CHUNK = 32  # steps per compiled scan (see JaxBackend.train)
 HIGHEST = jax.lax.Precision.HIGHEST  # full float32 dots on every device (GPUs would default to TF32)
 
@@ -53,20 +60,77 @@ def rows_loss(v: jax.Array, u: jax.Array, mask: jax.Array, label: jax.Array) -> 
     return jnp.mean(jnp.sum(bce * mask, axis=1) / jnp.sum(mask, axis=1))
 
 
+def packed_rows_loss(v: jax.Array, u: jax.Array, example: jax.Array, label: jax.Array,
+                     weight: jax.Array) -> jax.Array:
+    """The same loss from the packed layout: v (B, D) centers, u (N, D) each slot's context or
+    noise row. Each slot dots with its example's center (gathered by `example`, sorted), and the
+    weighted sum is the masked mean over the row, then the mean over the batch (common/packing.py)."""
+    pred = jnp.sum(v.at[example].get(mode="promise_in_bounds", indices_are_sorted=True) * u, axis=1)
+    bce = jnp.maximum(pred, 0) - pred * label + jnp.log1p(jnp.exp(-jnp.abs(pred)))
+    return jnp.sum(bce * weight)
+
+
+class PaddedArrays(NamedTuple):
+    """A padded batch on the device (mask and label uint8, cast in the step), or a stack of them."""
+    center: jax.Array
+    context: jax.Array  # context_negative, (B, L)
+    mask: jax.Array
+    label: jax.Array
+
+    def rows(self, params: Params) -> tuple[jax.Array, jax.Array]:
+        return params[0][self.center], params[1][self.context]
+
+    def loss(self, v: jax.Array, u: jax.Array) -> jax.Array:
+        return rows_loss(v, u, self.mask, self.label)
+
+    def table_grads(self, params: Params) -> tuple[jax.Array, Params]:
+        """Autodiff through the gathers: XLA scatters the rows' gradients into each table."""
+        return jax.value_and_grad(table_loss)(params, self)
+
+
+class PackedArrays(NamedTuple):
+    """A packed batch on the device (common/packing.py), or a stack of them. Padding slots carry
+    id V, out of range, so every scatter of their gradient drops them (`mode="drop"`, the lazy
+    step's and `table_grads`'s) rather than adding zeros to row 0. Their rows are gathered
+    clipped (row V-1, times weight 0: their gradients are exactly zero), not as zeros
+    (`mode="fill"`): fill adds a select that XLA materialises, an (N, D) pass a step
+    (PERFORMANCE.md, "JAX, round two")."""
+    center: jax.Array
+    context: jax.Array  # ids, (N,): V on padding slots
+    example: jax.Array
+    label: jax.Array
+    weight: jax.Array
+
+    def rows(self, params: Params) -> tuple[jax.Array, jax.Array]:
+        return params[0][self.center], params[1].at[self.context].get(mode="clip")
+
+    def loss(self, v: jax.Array, u: jax.Array) -> jax.Array:
+        return packed_rows_loss(v, u, self.example, self.label, self.weight)
+
+    def table_grads(self, params: Params) -> tuple[jax.Array, Params]:
+        """The rows' gradients scattered into each table by hand: autodiff of the clipped gather
+        would add the padding slots' zeros to row V-1; here the scatter drops them."""
+        loss, (g_center, g_context) = row_grads(params, self)
+        return loss, (jnp.zeros_like(params[0]).at[self.center].add(g_center),
+                      jnp.zeros_like(params[1]).at[self.context].add(g_context, mode="drop"))
+
+
+Arrays = PaddedArrays | PackedArrays
+
+
 def table_loss(params: Params, batch: Arrays) -> jax.Array:
-    center, cn, mask, label = batch
-    return rows_loss(params[0][center], params[1][cn], mask, label)
+    return batch.loss(*batch.rows(params))
 
 
 def row_grads(params: Params, batch: Arrays) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """Loss and gradients with respect to the gathered rows, (B, D) and (B, L, D), not the tables."""
-    center, cn, mask, label = batch
-    return jax.value_and_grad(rows_loss, argnums=(0, 1))(params[0][center], params[1][cn], mask, label)
+    """Loss and gradients with respect to the gathered rows ((B, D) and (B, L, D) or (N, D)), not the tables."""
+    return jax.value_and_grad(batch.loss, argnums=(0, 1))(*batch.rows(params))
 
 
 def present(indices: jax.Array, vocab: int) -> jax.Array:
-    """(V,) bool: the rows the batch used, padding ids included, as the reference's np.unique
-    counts them (a scatter over the vocabulary, no sort)."""
+    """(V,) bool: the rows the batch used, as the reference's np.unique counts them (a scatter
+    over the vocabulary, no sort): padded rows' padding id 0 included, packed padding's V dropped
+    (row 0 never occurs in a real slot: its state stays zero in either layout, common/packing.py)."""
     return jnp.zeros(vocab, jnp.bool_).at[indices.reshape(-1)].set(True)
 
 
@@ -85,14 +149,15 @@ def coalesce(indices: jax.Array, grads: jax.Array, vocab: int) -> tuple[jax.Arra
     slot = jnp.cumsum(marker, dtype=jnp.int32) - 1
     rows = jnp.full(size, vocab, jnp.int32).at[jnp.where(marker, slot, size)].set(
         jnp.arange(vocab, dtype=jnp.int32), mode="drop")
-    summed = jax.ops.segment_sum(jax.lax.optimization_barrier(grads).reshape(flat.size, -1), slot[flat],
+    segment = slot.at[flat].get(mode="fill", fill_value=size)  # ids >= vocab (packed padding): dropped
+    summed = jax.ops.segment_sum(jax.lax.optimization_barrier(grads).reshape(flat.size, -1), segment,
                                  num_segments=size)
     return rows, jax.lax.optimization_barrier(summed)
 
 
 def batch_at(block: Arrays, i: jax.Array | int) -> Arrays:
     """Batch i of a stacked block (a dynamic index: one program serves every i)."""
-    return tuple(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in block)  # type: ignore[return-value]
+    return type(block)(*(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in block))
 
 
 def dense_optimizer(c: Settings) -> optax.GradientTransformation:
@@ -107,7 +172,7 @@ def init_state(c: Settings, params: Params) -> Any:
 
 
 def dense_update(c: Settings, params: Params, state: Any, batch: Arrays) -> tuple[Params, Any, jax.Array]:
-    loss, grads = jax.value_and_grad(table_loss)(params, batch)
+    loss, grads = batch.table_grads(params)
     updates, state = dense_optimizer(c).update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
 
@@ -149,7 +214,8 @@ def lazy_update(c: Settings, params: Params, state: LazyAdamState, batch: Arrays
     t = step.astype(jnp.float32)
     step_size = c.lr * jnp.sqrt(1.0 - c.beta2 ** t) / (1.0 - c.beta1 ** t)
     tables, ms, vs = zip(*[(masked_step if dense_shaped(c.vocab, indices.size) else rows_step)(
-        c, step_size, table, m, v, indices, g) for table, m, v, indices, g in zip(params, state.m, state.v, batch[:2], grads)])
+        c, step_size, table, m, v, indices, g)
+        for table, m, v, indices, g in zip(params, state.m, state.v, (batch.center, batch.context), grads)])
     return tuple(tables), LazyAdamState(step, tuple(ms), tuple(vs)), loss  # type: ignore[arg-type]
 
 
@@ -173,7 +239,7 @@ def loss_at(params: Params, block: Arrays, i: jax.Array) -> jax.Array:
 
 @jax.jit
 def dense_grads_at(params: Params, block: Arrays, i: jax.Array) -> tuple[jax.Array, Params]:
-    return jax.value_and_grad(table_loss)(params, batch_at(block, i))
+    return batch_at(block, i).table_grads(params)
 
 
 @jax.jit
@@ -187,7 +253,7 @@ def densified_row_grads_at(params: Params, block: Arrays, i: jax.Array) -> tuple
     batch = batch_at(block, i)
     loss, grads = row_grads(params, batch)
     dense = []
-    for table, indices, g_rows in zip(params, batch[:2], grads):
+    for table, indices, g_rows in zip(params, (batch.center, batch.context), grads):
         rows, g = coalesce(indices, g_rows, table.shape[0])
         dense.append(jnp.zeros_like(table).at[rows].add(g, mode="drop"))
     return loss, tuple(dense)  # type: ignore[return-value]
@@ -235,21 +301,30 @@ class JaxBackend(Backend):
 
     def _program(self, block: Arrays, length: int) -> Any:
         """The scan of `length` steps for this block shape, compiled ahead (not run) the first time."""
-        key = (self.settings, self.device, tuple((a.shape, a.dtype) for a in block), length)
+        key = (self.settings, self.device, type(block), tuple((a.shape, a.dtype) for a in block), length)
         if key not in _PROGRAMS:
             _PROGRAMS[key] = _scan.lower(self.settings, self.params, self.state, block, np.int32(0), length).compile()
         return _PROGRAMS[key]
 
     def prepare(self, batches: Sequence[Batch]) -> Stacked:
-        """The epoch on the device, batches stacked in runs of one shape (the last batch is shorter)."""
+        """The epoch on the device, batches stacked in runs of one shape (the last batch is shorter);
+        packed, re-laid first by `common.packing.pack_epoch` (one slot count for the epoch)."""
+        if self.spec.layout == "packed":
+            laid: Sequence[Any] = pack_epoch(batches)
+            kind, fields = PackedArrays, ("center", "ids", "example", "label", "weight")
+        else:
+            laid, kind, fields = batches, PaddedArrays, ("center", "context_negative", "mask", "label")
         blocks, start = [], 0
-        for end in range(1, len(batches) + 1):
-            if end == len(batches) or batches[end].center.shape != batches[start].center.shape:
-                group = batches[start:end]
-                blocks.append(tuple(jax.device_put(np.stack([getattr(b, f) for b in group]), self.device)
-                                    for f in ("center", "context_negative", "mask", "label")))
+        for end in range(1, len(laid) + 1):
+            if end == len(laid) or laid[end].center.shape != laid[start].center.shape:
+                arrays = {f: np.stack([getattr(b, f) for b in laid[start:end]]) for f in fields}
+                if kind is PackedArrays:  # padding slots get id V: every scatter drops them (PackedArrays)
+                    slots = np.array([b.slots for b in laid[start:end]])[:, None]
+                    arrays["ids"] = np.where(np.arange(arrays["ids"].shape[1]) < slots, arrays["ids"],
+                                             np.int32(self.settings.vocab))
+                blocks.append(kind(*(jax.device_put(a, self.device) for a in arrays.values())))
                 start = end
-        return Stacked([(block, 0, int(block[0].shape[0])) for block in blocks], blocks)
+        return Stacked([(block, 0, int(block.center.shape[0])) for block in blocks], blocks)
 
     def sync(self) -> None:
         jax.block_until_ready((self.params, self.state))
@@ -261,7 +336,7 @@ class JaxBackend(Backend):
         scan per segment compiled each new segment length, and the short last batch, inside the
         timed segments). Dispatch is asynchronous: one sync, when the losses are read."""
         for block in prepared.epoch:
-            for length in (1, CHUNK) if block[0].shape[0] >= CHUNK else (1,):
+            for length in (1, CHUNK) if block.center.shape[0] >= CHUNK else (1,):
                 self._program(block, length)
         losses = []
         for block, lo, hi in prepared.views:

@@ -39,7 +39,8 @@ BACKENDS = {
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
                               cuda_env="tensorflow-cuda", layouts=("padded", "packed")),
     # JAX is always compiled (jit), so it has no separate compiled variant.
-    "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda"),
+    "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda",
+                       layouts=("padded", "packed")),
     # The limit row (one fused numba kernel of the step); no CUDA kernel yet, so cuda runs plan as skipped.
     "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False),
 }
