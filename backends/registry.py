@@ -39,7 +39,8 @@ BACKENDS = {
     # JAX is always compiled (jit), so it has no separate compiled variant.
     "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda"),
     # The limit row (one fused numba kernel of the step); no CUDA kernel yet, so cuda runs plan as skipped.
-    "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False),
+    "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False,
+                         layouts=("padded", "packed")),
 }
 
 
