@@ -4,9 +4,12 @@ Not a framework but a yardstick: the same function as every backend (gather, dot
 backward, scatter, dense Adam / lazy Adam / SGD), written the way a person tuning for this one
 model would, so each framework's rate can be read as a share of what the machine can do.
 
+A batch is read in either layout as each row's slot range over flat arrays (`Rows`): the recipe's
+padded rows (60 slots, masked ones skipped) or packed rows (common/packing.py: real slots only).
 A step is three parallel passes (`@njit(parallel=True)`, `prange`), one launch each:
-1. per example: the row's logits, its loss, the gradient of each logit, and the center row's
-   gradient (each example owns its outputs: no races);
+1. per example: the row's logits, then in one loop with no call (so it vectorises: exp is a
+   polynomial, the log1p terms one log of their product) its loss and the gradient of each
+   logit, then the center row's gradient (each example owns its outputs: no races);
 2. the scatter into the (V, D) gradient tables, split by rows: a hash assigns each group of
    16 rows to a thread, pass 1 lists each example's positions by owner, and each thread walks the batch in
    order adding into its own rows only. Every row is summed in batch order whatever the thread
@@ -102,8 +105,9 @@ def _exp_neg(a):
     (numba's vectorised exp needs SVML, which this llvmlite is not built for: PERFORMANCE.md).
     Cephes' expf: a = n ln 2 - z, |z| <= ln 2 / 2 (ln 2 in two parts, so z is exact), e^-z by its
     degree-7 polynomial, 2^-n put into the exponent bits. Relative error at most 7.9e-8 (under one
-    float32 ulp; numpy's float32 exp: 1.9e-7) against float64 exp on every 2^-12 from 0 to 87 (tested); a > 87 gives exp(-87) = 1.6e-38 instead of a smaller number
-    (at most 1.6e-38 off, far below any loss or sigmoid it feeds)."""
+    float32 ulp; numpy's float32 exp: 1.9e-7) against float64 exp on every 2^-12 from 0 to 87
+    (tested); a > 87 gives exp(-87) = 1.6e-38 instead of a smaller number (at most 1.6e-38 off,
+    far below any loss or sigmoid it feeds)."""
     y = -min(a, np.float32(87.0))
     n = np.floor(y * np.float32(1.4426950408889634) + np.float32(0.5))  # in [-126, 0]
     z = y - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
