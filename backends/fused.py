@@ -151,13 +151,16 @@ def _forward(center_w, context_w, center, ids, label, bounds, mask, grad_pred, g
                 owned[t, b, owned_count[t, b]] = j
                 owned_count[t, b] += 1
         v = center_w[center[b]]
-        count = hi - lo
-        if mask is not None:
-            count = 0
+        count, end = hi - lo, hi
+        if mask is not None:  # padded: the loops below stop after the last real slot
+            count, end = 0, lo
             for s in range(lo, hi):
                 count += mask[s]
+                if mask[s] != 0:
+                    end = s + 1
+            grad_pred[end:hi] = 0.0  # the padding pass 2 walks (it marks, adds nothing)
         weight = np.float32(1.0 / (count * batch))
-        for s in range(lo, hi):
+        for s in range(lo, end):
             x = zero
             if mask is None or mask[s] != 0:
                 u = context_w[ids[s]]
@@ -165,9 +168,9 @@ def _forward(center_w, context_w, center, ids, label, bounds, mask, grad_pred, g
                     x += v[d] * u[d]
             grad_pred[s] = x
         total = 0.0
-        for chunk in range(lo, hi, PRODUCT_SLOTS):
+        for chunk in range(lo, end, PRODUCT_SLOTS):
             product = 1.0
-            for s in range(chunk, min(chunk + PRODUCT_SLOTS, hi)):
+            for s in range(chunk, min(chunk + PRODUCT_SLOTS, end)):
                 x = grad_pred[s]
                 y = np.float32(label[s])
                 real = one if mask is None else np.float32(mask[s])
@@ -180,7 +183,7 @@ def _forward(center_w, context_w, center, ids, label, bounds, mask, grad_pred, g
         losses[b] = total / count
         if backward:
             grad_v[b, :] = 0.0
-            for s in range(lo, hi):
+            for s in range(lo, end):
                 if mask is None or mask[s] != 0:
                     g = grad_pred[s]
                     u = context_w[ids[s]]
