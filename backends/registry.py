@@ -42,7 +42,8 @@ BACKENDS = {
     "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda",
                        layouts=("padded", "packed")),
     # The limit row (one fused numba kernel of the step); no CUDA kernel yet, so cuda runs plan as skipped.
-    "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False),
+    "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False,
+                         layouts=("padded", "packed")),
 }
 
 
