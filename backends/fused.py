@@ -23,7 +23,8 @@ float32 throughout, as the frameworks; each example's loss is summed in float64.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -17,7 +17,8 @@ length is one per epoch, so the shapes stay static and each epoch compiles once.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

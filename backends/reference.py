@@ -5,7 +5,7 @@ gradients and trajectory are checked against this file.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -60,7 +60,7 @@ def tox_env(name: str, device: str = "cpu") -> str:
     return (entry.cuda_env or entry.env) if device.startswith("cuda") else entry.env
 
 
-def load(name: str) -> "type[Backend]":
+def load(name: str) -> type[Backend]:
     """The backend class, or a BenchError saying why its framework cannot be imported here."""
     entry = info(name)
     try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # tensorflow[and-cuda] has no sm_90 kernels: on an H100 its non-XLA kernels are JIT-compiled from
@@ -125,7 +126,7 @@ class Segments(NamedTuple):
     views: tuple[tuple[Tensors, int, int], ...]
 
     @classmethod
-    def stack(cls, batches: list[Tensors]) -> "Segments":
+    def stack(cls, batches: list[Tensors]) -> Segments:
         groups: list[list[Tensors]] = []
         for batch in batches:
             if groups and [t.shape for t in groups[-1][0]] == [t.shape for t in batch]:
@@ -137,7 +138,7 @@ class Segments(NamedTuple):
     def __len__(self) -> int:
         return sum(hi - lo for _, lo, hi in self.views)
 
-    def __getitem__(self, key: int | slice) -> "Segments":
+    def __getitem__(self, key: int | slice) -> Segments:
         start, stop, step = key.indices(len(self)) if isinstance(key, slice) else (key, key + 1, 1)
         if step != 1 or not 0 <= start < len(self) + (start == stop):
             raise IndexError(key)

@@ -6,10 +6,10 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from common.errors import BenchError
 from bench.options import add_data_args
+from common.errors import BenchError
 from common.spec import DataSpec
 from common.text import terminal
 

@@ -7,15 +7,16 @@ with equal hashes provably trained on the same data.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from common import corpora, rng
-from common.errors import BenchError
 from common.corpus import Corpus, Vocab, build_vocab
+from common.errors import BenchError
 from common.rowcache import RowTable, cached_rows
 from common.sampling import Draw, NoiseTable, Rows, Sampler, keep_probability, layout, subsample
 from common.spec import DataSpec

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from fractions import Fraction
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from fractions import Fraction
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from common.cache import atomic_write_bytes, cache_dir, free_bytes
 from common.errors import BenchError
@@ -61,7 +62,7 @@ class Zipf:
         """An upper bound on the generated file's size: every token as long as the longest word."""
         return self.tokens * (len(f"w{self.words - 1}") + 1)
 
-    def expected_counts(self, limit: int | None = None) -> Iterator["np.ndarray"]:
+    def expected_counts(self, limit: int | None = None) -> Iterator[np.ndarray]:
         """Each word's expected count (the generator's probabilities times the tokens), in rank
         order, a block of words at a time (bounded memory at any WORDS); the first `limit` words."""
         import numpy as np  # here: every command imports this module through the spec
@@ -127,7 +128,7 @@ def check_name(value: str) -> str:
     raise BenchError(f"invalid setting: corpus must be {_FORMS}, got {value!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _digest(path: Path, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
@@ -213,7 +214,7 @@ def expected_vocab(zipf: Zipf, min_freq: int) -> tuple[float, float]:
     return vocab, tokens
 
 
-def _poisson_below(lam: "np.ndarray", m: int) -> "np.ndarray":
+def _poisson_below(lam: np.ndarray, m: int) -> np.ndarray:
     """P(X < m) for X ~ Poisson(lam), elementwise: the sum of its m terms for small m, else the
     Wilson-Hilferty normal approximation of P(chi2(2m) > 2 lam)."""
     import numpy as np
@@ -229,7 +230,7 @@ def _poisson_below(lam: "np.ndarray", m: int) -> "np.ndarray":
     return 0.5 * _erfc(z / math.sqrt(2))
 
 
-def _erfc(x: "np.ndarray") -> "np.ndarray":
+def _erfc(x: np.ndarray) -> np.ndarray:
     """erfc, elementwise, to 1.5e-7 (Abramowitz and Stegun 7.1.26): numpy has none."""
     import numpy as np
 
@@ -245,7 +246,7 @@ def describe(corpus: str, corpus_path: str | None) -> str:
     return corpus_path or corpus
 
 
-def load(corpus: str, corpus_path: str | None, data_dir: str | None = None, download: bool = True) -> "Corpus":
+def load(corpus: str, corpus_path: str | None, data_dir: str | None = None, download: bool = True) -> Corpus:
     """The spec's corpus as arrays. A file corpus that is not on this machine (a cluster node) is
     found by its digest among the corpora tokenised here; else the error names the file."""
     from common.corpus import CorpusChanged, cached_corpus, load_corpus  # numpy: only for commands that read data

@@ -187,7 +187,7 @@ class MachineLoad:
         self._loadavg_before: float | None = None
         self._measurable = True
 
-    def start(self) -> "MachineLoad":
+    def start(self) -> MachineLoad:
         if self._total is None and self._start is None:
             self._loadavg_before = _loadavg()
         self._start = cpu_sample()

@@ -26,7 +26,8 @@ either layout: the rows whose state changes are exactly the same.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,8 +88,5 @@ def pack_epoch(batches: Sequence[Batch]) -> list[PackedBatch]:
 def touched_rows(batch: Batch | PackedBatch) -> tuple[int, int]:
     """Distinct (center, context) rows a batch names in real slots: what a lazy update reads
     and writes (row 0, padding's, excluded: see the module docstring)."""
-    if isinstance(batch, PackedBatch):
-        ids = batch.ids[:batch.slots]
-    else:
-        ids = batch.context_negative[batch.mask.astype(bool)]
+    ids = batch.ids[:batch.slots] if isinstance(batch, PackedBatch) else batch.context_negative[batch.mask.astype(bool)]
     return int(np.unique(batch.center).size), int(np.unique(ids).size)

@@ -6,14 +6,14 @@ never a reason to look elsewhere: a typo must not silently train on other data.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
-import errno
 import os
 import stat
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from common.cache import atomic_dir, cache_dir
 from common.errors import BenchError

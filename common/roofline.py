@@ -30,8 +30,8 @@ in registers, launches, latency of the gathers) is why real runs fall below it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 

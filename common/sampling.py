@@ -120,7 +120,7 @@ def subsample(corpus: Corpus, remap: np.ndarray, keep_prob: np.ndarray, key: int
 class Sampler:
     """Builds the fixed-layout rows of any examples of one draw: contexts, noise, padding."""
 
-    def __init__(self, spec: DataSpec, draw: Draw, table: "NoiseTable", draw_index: int) -> None:
+    def __init__(self, spec: DataSpec, draw: Draw, table: NoiseTable, draw_index: int) -> None:
         self.spec, self.draw, self.table, self.draw_index = spec, draw, table, draw_index
         self.window_key = rng.stream_key(spec.seed, _WINDOW, draw_index)
         self.noise_key = rng.stream_key(spec.seed, _NOISE, draw_index)

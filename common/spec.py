@@ -87,7 +87,7 @@ class DataSpec:
         return _without_defaults(asdict(self), DATA_ADDED_LATER)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DataSpec":
+    def from_dict(cls, data: dict) -> DataSpec:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise BenchError(f"invalid setting: unknown data fields {sorted(unknown)}")
@@ -182,7 +182,7 @@ class RunSpec:
         return spec_key(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunSpec":
+    def from_dict(cls, data: dict) -> RunSpec:
         data = dict(data)
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:

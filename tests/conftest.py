@@ -41,7 +41,7 @@ def ptb_dir() -> Path:
     return Path(value)
 
 
-def file_spec(path: Path, **settings) -> "DataSpec":
+def file_spec(path: Path, **settings) -> DataSpec:
     """A data spec training on the text file `path` (resolved as `--corpus PATH` is)."""
     from common.corpora import spec_fields
     from common.spec import DataSpec

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from bench.reporting import report
 from bench.executing.suite import make_spec, planned
+from bench.reporting import report
 from common.errors import BenchError
 from tests.browser import assert_renders
 from tests.conftest import ROOT, SMALL_STEPS, run_bench, run_plan
@@ -86,7 +86,7 @@ def test_every_run_is_read_against_the_fused_limit(page):
         assert "<td>100 %</td>" in summary_row(page, name)
     for name in ("torch dense cpu", "torch sparse cpu", "recipe-loop"):
         share = re.search(r"<td>(\d+) %</td>", summary_row(page, name))
-        assert share and 0 < int(share.group(1)), name
+        assert share and int(share.group(1)) > 0, name
     assert " %</td>" not in summary_row(page, "gensim")
     assert "of limit" in page  # the throughput plot's labels
     assert "at the limit (the fused kernel on cpu) lazy Adam ran at" in page

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from bench.executing import envs
 from bench.executing.memory import oom_kills, out_of_memory
@@ -51,7 +51,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         return failed_result(run.spec, str(exc))
     # Absolute: the worker runs in the checkout, not in the suite's working directory (a relative --out).
     scratch, data_dir = scratch.absolute(), data_dir.absolute()
-    stem = scratch / f"{run.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}"
+    stem = scratch / f"{run.name}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}"
     spec_file, partial, log_path = (Path(f"{stem}.{suffix}") for suffix in ("spec.json", "result.json", "log"))
     write_json(spec_file, run.spec.to_dict())
     cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(data_dir),

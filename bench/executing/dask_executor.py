@@ -151,10 +151,10 @@ class DaskExecutor:
 
     def __init__(self, client: object, data_dir: Path, timeout: float) -> None:
         self.client, self.data_dir, self.timeout = client, data_dir, timeout
-        self.address = getattr(client, "scheduler").address
+        self.address = client.scheduler.address
 
     @classmethod
-    def connect(cls, address: str, data_dir: Path, timeout: float, tls: Tls = (None, None, None)) -> "DaskExecutor":
+    def connect(cls, address: str, data_dir: Path, timeout: float, tls: Tls = (None, None, None)) -> DaskExecutor:
         """A client of the scheduler at `address`; over TLS (`tls://`) with the CA file,
         certificate and key in `tls` (or in Dask's configuration). Refused in one line."""
         try:

@@ -2,7 +2,8 @@
 share (the factory that picks one, bench/executing/executor.py, imports the executors; they import this)."""
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from bench.executing.suite import PlannedRun
 

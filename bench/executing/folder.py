@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.executing.envs import ROOT
@@ -85,7 +85,7 @@ class ResultsFolder:
             os.close(self._lock)  # closing the descriptor releases the flock
             self._lock = None
 
-    def __enter__(self) -> "ResultsFolder":
+    def __enter__(self) -> ResultsFolder:
         self.lock()
         return self
 
@@ -190,7 +190,7 @@ class ResultsFolder:
 
 def write_meta(folder: Path, argv: list[str], plan: list[dict]) -> None:
     """folder/suite.json: when, which commit, which machine, what command, what was planned."""
-    meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(ROOT),
+    meta = {"created": datetime.now(UTC).isoformat(timespec="seconds"), "commit": git_commit(ROOT),
             "code": code_version(ROOT),
             "argv": argv, "machine": {**machine_info(), "gpus": gpu_names()}, "plan": plan}
     folder.mkdir(parents=True, exist_ok=True)

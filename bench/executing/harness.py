@@ -11,8 +11,8 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from bench.executing.events import Executor
 from bench.executing.folder import ResultsFolder

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from bench.executing.attempt import attempt
 from bench.executing.events import Finished, Started

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from backends.registry import BACKENDS, tox_env
 from bench.executing import envs
-from bench.reporting import report
 from bench.executing.folder import ResultsFolder, write_meta
 from bench.executing.suite import new_results_dir, parse_names
+from bench.reporting import report
 from common.cache import check_writable
 from common.errors import BenchError
 

@@ -2,11 +2,12 @@
 and a kernel-sent SIGKILL when the process that started them dies (Linux PR_SET_PDEATHSIG)."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 
@@ -32,8 +33,6 @@ def die_with(parent: int) -> Callable[[], None]:
 
 def end_group(proc: subprocess.Popen) -> None:
     """Kill the worker's whole process group and reap the worker."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()

@@ -6,7 +6,7 @@ import itertools
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from backends.registry import BACKENDS, info, tox_env
@@ -54,7 +54,7 @@ class PlannedRun:
                 **({"skip": self.skip} if self.skip else {})}
 
     @classmethod
-    def from_dict(cls, entry: object) -> "PlannedRun":
+    def from_dict(cls, entry: object) -> PlannedRun:
         """A stored plan entry, checked as data from someone else: its name a plain file name, its
         spec one the planner would make, its key that spec's digest (an edited or corrupt plan)."""
         if not isinstance(entry, dict) or not isinstance(entry.get("spec"), dict):
@@ -113,7 +113,7 @@ def parse_names(value: str, allowed: tuple[str, ...], what: str, prefixes: tuple
 
 def new_results_dir(prefix: str = "") -> Path:
     """reports/<prefix><UTC time>: one folder per suite or micro-benchmark run."""
-    return Path("reports") / f"{prefix}{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    return Path("reports") / f"{prefix}{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 def make_spec(settings: dict, where: str) -> RunSpec:

@@ -12,19 +12,28 @@ import sys
 from pathlib import Path
 
 from bench.executing.envs import naming_variable, work_dir
+from bench.executing.executor import executor_from_args
 from bench.executing.folder import ResultsFolder
 from bench.executing.gpus import gpus
-from bench.executing.executor import executor_from_args
-from bench.executing.local_executor import LocalExecutor
-from bench.executing.probing import machine_probe, probe_env, summary as probe_summary
-from bench.executing.memory import corpus_facts, for_memory
 from bench.executing.harness import Harness, Interrupted, say, stop_on_signals
-from bench.executing.suite import FRAMEWORKS, QUICK, PlannedRun, default_plan, for_machine, load_suite_file, \
-    new_results_dir, parse_names
+from bench.executing.local_executor import LocalExecutor
+from bench.executing.memory import corpus_facts, for_memory
+from bench.executing.probing import machine_probe, probe_env
+from bench.executing.probing import summary as probe_summary
+from bench.executing.suite import (
+    FRAMEWORKS,
+    QUICK,
+    PlannedRun,
+    default_plan,
+    for_machine,
+    load_suite_file,
+    new_results_dir,
+    parse_names,
+)
 from bench.reporting import report
 from common.cache import check_writable
-from common.errors import BenchError
 from common.corpora import PTB, parse_zipf
+from common.errors import BenchError
 from common.ptb import find_ptb
 from common.spec import DataSpec
 from common.text import terminal

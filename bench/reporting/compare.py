@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.reporting.limit import share_text
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render, signed, svg
 from bench.reporting.report import load_results, measurement_warnings
+from bench.reporting.roofline import median_bound
 from bench.results import store
 from bench.results.schema import MEASURED
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.spec import RunSpec, spec_key
-from bench.reporting.limit import share_text
-from bench.reporting.roofline import median_bound
 from common.text import terminal as terminal_text
 
 RESAMPLES = 2000

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.reporting.compare import Folder, group, load_folder, names, write_file
-from bench.reporting.pages import headless_matplotlib, number, plot_text, render, svg
 from bench.reporting.limit import share_text
+from bench.reporting.pages import headless_matplotlib, number, plot_text, render, svg
 from bench.reporting.roofline import median_bound
 from bench.results.schema import MEASURED
 

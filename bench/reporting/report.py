@@ -15,7 +15,8 @@ import numpy as np
 from bench.reporting import roofline
 from bench.reporting.limit import LIMIT_BACKEND, limit_rates, share, share_text
 from bench.reporting.padding import padding_cost
-from bench.reporting.pages import headless_matplotlib, number, plot_text, render as render_page, svg
+from bench.reporting.pages import headless_matplotlib, number, plot_text, svg
+from bench.reporting.pages import render as render_page
 from bench.results import store
 from bench.results.schema import MEASURED, SKIPPED, measured, settings_key
 from bench.results.store import Unreadable

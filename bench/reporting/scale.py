@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bench.reporting.pages import number as _fmt, plot_text, svg as _svg
+from bench.reporting.pages import number as _fmt
+from bench.reporting.pages import plot_text
+from bench.reporting.pages import svg as _svg
 from bench.results.schema import measured
 from common.spec import RunSpec
 

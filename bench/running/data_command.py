@@ -13,8 +13,8 @@ import numpy as np
 from bench.options import data_spec
 from common.batches import Dataset, StreamHash, load_dataset
 from common.cache import atomic_write_bytes, check_writable
-from common.rowcache import RowTable
 from common.init import initial_weights
+from common.rowcache import RowTable
 
 
 def run(args: argparse.Namespace) -> int:

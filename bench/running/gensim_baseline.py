@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.running.worker import Progress, Timeline, check_vectors, finish, record
+from common.corpora import corpus_file
 from common.corpus import UNK
 from common.machine import MachineLoad
-from common.corpora import corpus_file
 from common.spec import RunSpec
 
 

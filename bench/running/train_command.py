@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -15,8 +15,8 @@ from bench.results.store import read_json, write_result
 from bench.running import worker
 from common.cache import check_writable, is_write_failure, write_error
 from common.errors import BenchError
-from common.machine import exit_with_harness
 from common.evaluate import neighbours, read_word2vec
+from common.machine import exit_with_harness
 from common.spec import RunSpec
 
 

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from backends import registry
 from backends.base import Backend
+from bench.results.schema import SCHEMA
 from common.batches import Dataset, StreamHash, load_dataset
 from common.cache import check_writable
 from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
 from common.machine import MachineLoad, machine_info, peak_rss_bytes
-from bench.results.schema import SCHEMA
 from common.roofline import BatchStats, for_run, measure
 from common.spec import RunSpec
 

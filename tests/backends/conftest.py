@@ -13,8 +13,11 @@ from common.batches import Batch, load_dataset
 from common.init import initial_weights
 from common.spec import DataSpec, RunSpec
 from common.zipf import write_zipf_corpus
-from tests.conftest import file_spec
-from tests.conftest import BACKEND  # noqa: F401 (re-exported for the test modules)
+from tests.conftest import (
+    BACKEND,  # noqa: F401 (re-exported for the test modules)
+    file_spec,
+)
+
 
 @pytest.fixture(scope="session")
 def small_batches(tmp_path_factory) -> tuple[list[Batch], int]:

@@ -137,10 +137,9 @@ def test_unreachable_download_says_how_to_fix(tmp_path):
 
 def test_interrupted_atomic_dir_leaves_nothing(tmp_path):
     target = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(target) as tmp:
-            (tmp / "half").write_text("x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "half").write_text("x")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
     shutil.rmtree(tmp_path, ignore_errors=True)
 

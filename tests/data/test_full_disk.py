@@ -3,6 +3,7 @@ a full disk is one line naming the path and the space (never SIGBUS, never a tra
 no temporary file outlives its writer."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -65,11 +66,8 @@ def _fill(folder: Path, leave: int = 0) -> None:
     import shutil
 
     free = shutil.disk_usage(folder).free - leave
-    with open(folder / "filler", "wb") as f:
-        try:
-            f.write(b"\0" * max(free, 0))
-        except OSError:
-            pass
+    with open(folder / "filler", "wb") as f, contextlib.suppress(OSError):
+        f.write(b"\0" * max(free, 0))
 
 
 def _timed(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
@@ -180,10 +178,9 @@ def test_old_temporaries_without_a_pid_are_removed(tmp_path):
 
 def test_atomic_file_on_a_full_disk_leaves_nothing(tmpfs):
     disk = tmpfs("1m")
-    with pytest.raises(BenchError) as caught:
-        with atomic_file(disk / "big.bin") as f:
-            for _ in range(30):
-                f.write(b"x" * 100_000)
+    with pytest.raises(BenchError) as caught, atomic_file(disk / "big.bin") as f:
+        for _ in range(30):
+            f.write(b"x" * 100_000)
     message = str(caught.value)
     assert str(disk / "big.bin") in message and "no space left on device" in message and "needed at least" in message
     assert list(disk.iterdir()) == []
