@@ -1,6 +1,9 @@
 """MXNet 1.9.1 (legacy nd/Gluon API): a hybridized block; dense Adam, or sparse_grad=True with
 row_sparse gradients and lazy Adam. The updates call MXNet's fused kernels (adam_update,
 sgd_update) directly, so eps can be placed as the canonical form requires (see adam_scalars).
+
+Two layouts (common/packing.py): the recipe's padded rows, whose per-example dots are one
+`batch_dot`, and the packed slots, which need no batched dot at all (PackedSkipGram).
 Needs numpy 1.23: it lives in its own env."""
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from mxnet import autograd, gluon  # noqa: E402
 
 from backends.base import Backend, adam_scalars  # noqa: E402
 from common.batches import Batch  # noqa: E402
+from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
 Arrays = tuple[mx.nd.NDArray, ...]
@@ -41,13 +45,40 @@ class SkipGram(gluon.HybridBlock):
         return F.mean(F.sum(bce * mask, axis=1) / F.sum(mask, axis=1))
 
 
+class PackedSkipGram(gluon.HybridBlock):
+    """The same loss on the packed layout: one dot per real slot, no batch_dot.
+
+    `batch_dot` without MKL is one OpenBLAS GEMM per example (two thirds of the padded step,
+    PERFORMANCE.md); flat slots need none. Centers are gathered once per example (B rows) and
+    spread to their slots with `take`, whose backward sums each example's slots back into its
+    row before the table's Embedding backward sees B rows, not N. The per-slot dot is the
+    element-wise product's row sums as one GEMV with a ones vector: MXNet's `sum` over an axis
+    takes 2.2x as long on these (N, 100) arrays (PERFORMANCE.md, "round two: packed layout").
+    Padding slots weigh 0, so the weighted BCE sum is the recipe's mean of masked means.
+    """
+
+    def __init__(self, vocab: int, embed: int, sparse: bool) -> None:
+        super().__init__()
+        self.center = gluon.nn.Embedding(vocab, embed, sparse_grad=sparse)
+        self.context = gluon.nn.Embedding(vocab, embed, sparse_grad=sparse)
+        self.ones = self.params.get_constant("ones", mx.nd.ones((embed, 1)))
+
+    def hybrid_forward(self, F, center, ids, example, label, weight, ones):  # noqa: N803
+        v = F.take(self.center(center), example, axis=0)   # (N, D): each slot's center row
+        u = self.context(ids)                               # (N, D)
+        pred = F.dot(u * v, ones).reshape((-1,))            # (N,)
+        bce = F.relu(pred) - pred * label + F.log1p(F.exp(-F.abs(pred)))
+        return F.sum(bce * weight)
+
+
 class MXNetBackend(Backend):
     name = "mxnet"
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         super().__init__(spec, init_center, init_context)
         self.ctx = mx.cpu() if self.gpu_index is None else mx.gpu(self.gpu_index)
-        self.net = SkipGram(*init_center.shape, sparse=spec.sparse)
+        self.packed = spec.layout == "packed"
+        self.net = (PackedSkipGram if self.packed else SkipGram)(*init_center.shape, sparse=spec.sparse)
         self.net.initialize(ctx=self.ctx)
         self.params = [self.net.center.weight, self.net.context.weight]
         for param, init in zip(self.params, (init_center, init_context)):
@@ -71,11 +102,18 @@ class MXNetBackend(Backend):
     def sync(self) -> None:
         mx.nd.waitall()
 
+    def _move(self, a: np.ndarray, dtype: str) -> mx.nd.NDArray:
+        return mx.nd.array(a, ctx=self.ctx, dtype=dtype)
+
+    def _move_packed(self, b: PackedBatch) -> Arrays:
+        return (self._move(b.center, "int32"), self._move(b.ids, "int32"), self._move(b.example, "int32"),
+                self._move(b.label, "float32"), self._move(b.weight, "float32"))
+
     def prepare(self, batches: Sequence[Batch]) -> list[Arrays]:
-        def move(a: np.ndarray, dtype: str) -> mx.nd.NDArray:
-            return mx.nd.array(a, ctx=self.ctx, dtype=dtype)
-        return [(move(b.center, "int32"), move(b.context_negative, "int32"), move(b.mask, "float32"),
-                 move(b.label, "float32")) for b in batches]
+        if self.packed:
+            return [self._move_packed(b) for b in pack_epoch(batches)]
+        return [(self._move(b.center, "int32"), self._move(b.context_negative, "int32"),
+                 self._move(b.mask, "float32"), self._move(b.label, "float32")) for b in batches]
 
     def _update(self) -> None:
         self.steps_done += 1
@@ -110,7 +148,9 @@ class MXNetBackend(Backend):
         mx.nd.waitall()
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
-        loss = self._forward_backward(self.prepare([batch])[0])
+        prepared = (self._move_packed(pack(batch, packed_length([batch]))) if self.packed
+                    else self.prepare([batch])[0])
+        loss = self._forward_backward(prepared)
         grads = [p.grad(self.ctx).tostype("default").asnumpy().astype(np.float64) for p in self.params]
         return float(loss.asscalar()), grads[0], grads[1]
 
