@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
 from backends.base import Backend, adam_scalars  # noqa: E402
+from backends.mxnet_ops import loaded_ops, packed_loss_op  # noqa: E402
 from common.batches import Batch  # noqa: E402
 from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
@@ -49,24 +50,31 @@ class PackedSkipGram(gluon.HybridBlock):
     """The same loss on the packed layout: one dot per real slot, no batch_dot.
 
     `batch_dot` without MKL is one OpenBLAS GEMM per example (two thirds of the padded step,
-    PERFORMANCE.md); flat slots need none. Centers are gathered once per example (B rows) and
-    spread to their slots with `take`, whose backward sums each example's slots back into its
-    row before the table's Embedding backward sees B rows, not N. The per-slot dot is the
-    element-wise product's row sums as one GEMV with a ones vector: MXNet's `sum` over an axis
-    takes 2.2x as long on these (N, 100) arrays (PERFORMANCE.md, "round two: packed layout").
-    Padding slots weigh 0, so the weighted BCE sum is the recipe's mean of masked means.
+    PERFORMANCE.md); flat slots need none. MXNet keeps the gathers (`Embedding`), so their
+    backward, the scatter into each table's gradient, stays MXNet's own, dense or row_sparse
+    for lazy Adam. On the CPU the dots and the weighted BCE are one C++ operator loaded at run
+    time (mxnet_ops: one pass over the slots forward and one backward, against about twelve
+    for the same loss composed from MXNet's operators). Elsewhere, or without a compiler, the
+    composition: centers spread to their slots with `take` (its backward sums each example's
+    slots into B rows before the table's scatter), the per-slot dot as the element-wise
+    product's row sums by one GEMV with a ones vector (MXNet's `sum` over an axis takes 2.2x
+    as long on these arrays), the weighted BCE summed: padding slots weigh 0.
     """
 
-    def __init__(self, vocab: int, embed: int, sparse: bool) -> None:
+    def __init__(self, vocab: int, embed: int, sparse: bool, fused_op: str | None) -> None:
         super().__init__()
+        self.fused_op = fused_op
         self.center = gluon.nn.Embedding(vocab, embed, sparse_grad=sparse)
         self.context = gluon.nn.Embedding(vocab, embed, sparse_grad=sparse)
-        self.ones = self.params.get_constant("ones", mx.nd.ones((embed, 1)))
+        if fused_op is None:
+            self.ones = self.params.get_constant("ones", mx.nd.ones((embed, 1)))
 
-    def hybrid_forward(self, F, center, ids, example, label, weight, ones):  # noqa: N803
-        v = F.take(self.center(center), example, axis=0)   # (N, D): each slot's center row
-        u = self.context(ids)                               # (N, D)
-        pred = F.dot(u * v, ones).reshape((-1,))            # (N,)
+    def hybrid_forward(self, F, center, ids, example, label, weight, ones=None):  # noqa: N803
+        u = self.context(ids)                                         # (N, D)
+        if self.fused_op is not None:
+            return getattr(F, self.fused_op)(self.center(center), u, example, label, weight)
+        v = F.take(self.center(center), example, axis=0)              # (N, D): each slot's center row
+        pred = F.dot(u * v, ones).reshape((-1,))                      # (N,)
         bce = F.relu(pred) - pred * label + F.log1p(F.exp(-F.abs(pred)))
         return F.sum(bce * weight)
 
@@ -78,7 +86,13 @@ class MXNetBackend(Backend):
         super().__init__(spec, init_center, init_context)
         self.ctx = mx.cpu() if self.gpu_index is None else mx.gpu(self.gpu_index)
         self.packed = spec.layout == "packed"
-        self.net = (PackedSkipGram if self.packed else SkipGram)(*init_center.shape, sparse=spec.sparse)
+        if self.packed:
+            # The fused operator has a CPU kernel only; MXNET_PACKED_LOSS=ops picks the composition.
+            fused = self.gpu_index is None and os.environ.get("MXNET_PACKED_LOSS", "op") == "op"
+            self.net = PackedSkipGram(*init_center.shape, sparse=spec.sparse,
+                                      fused_op=packed_loss_op() if fused else None)
+        else:
+            self.net = SkipGram(*init_center.shape, sparse=spec.sparse)
         self.net.initialize(ctx=self.ctx)
         self.params = [self.net.center.weight, self.net.context.weight]
         for param, init in zip(self.params, (init_center, init_context)):
@@ -94,7 +108,7 @@ class MXNetBackend(Backend):
 
     @classmethod
     def versions(cls) -> dict[str, str]:
-        return {"mxnet": mx.__version__, "numpy": np.__version__}
+        return {"mxnet": mx.__version__, "numpy": np.__version__, **loaded_ops()}
 
     def device_name(self) -> str:
         return str(self.ctx)
