@@ -25,14 +25,14 @@ OP_NAME = "sgns_packed_loss"
 # holds the compiler's view of that machine). OpenMP: libmxnet.so links the system's libgomp,
 # so the operator's threads come from the same runtime (and OMP_NUM_THREADS) as MXNet's own.
 FLAGS = ("-shared", "-fPIC", "-O3", "-march=native", "-fopenmp", "-std=c++17")
-_loaded: dict[str, str] = {}  # the operator's name -> what built it, once loaded in this process
+LOADED: dict[str, str] = {}  # the operator's name -> what built it, once loaded in this process
 
 
 def _mxnet_dir() -> Path:
     return Path(mx.__file__).parent
 
 
-def _compiler() -> str | None:
+def find_compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
@@ -41,10 +41,11 @@ def _describe(compiler: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     native = subprocess.run([compiler, "-march=native", "-Q", "--help=target"], capture_output=True, text=True)
     march = next((line.split()[-1] for line in native.stdout.splitlines() if line.strip().startswith("-march=")), "")
-    return f"{version.splitlines()[0]} -march={march}".strip()
+    return f"{(version.splitlines() or [compiler])[0]} -march={march}".strip()
 
 
-def _build(compiler: str, description: str) -> Path:
+def build_library(compiler: str, description: str) -> Path:
+    """The operator library for this MXNet and compiler: the cached one, or built now."""
     mxnet = _mxnet_dir()
     lib_api = mxnet / "src" / "lib_api.cc"
     key = hashlib.sha256()
@@ -59,8 +60,8 @@ def _build(compiler: str, description: str) -> Path:
         command = [compiler, *FLAGS, f"-I{mxnet / 'include'}", f"-I{mxnet / 'include' / 'mxnet'}",
                    "-o", str(tmp / library.name), str(SOURCE), str(lib_api)]
         done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr[-2000:]}")
+        if done.returncode != 0 or not (tmp / library.name).is_file():
+            raise RuntimeError(f"{shlex.join(command)} made no library (exit {done.returncode}):\n{done.stderr[-2000:]}")
     return library
 
 
@@ -68,24 +69,24 @@ def packed_loss_op() -> str | None:
     """The fused packed loss's operator name, built and loaded on first use; None (with a warning
     saying why) where it cannot be built here: the caller then composes the loss from MXNet's
     own operators, the same function, slower."""
-    if OP_NAME in _loaded:
+    if OP_NAME in LOADED:
         return OP_NAME
-    compiler = _compiler()
+    compiler = find_compiler()
     if compiler is None:
         warnings.warn("no C++ compiler (g++, or $CXX) for MXNet's packed loss operator: "
                       "using MXNet's own operators for the packed loss (slower)", stacklevel=2)
         return None
     try:
         description = _describe(compiler)
-        mx.library.load(str(_build(compiler, description)), verbose=False)
+        mx.library.load(str(build_library(compiler, description)), verbose=False)
     except (OSError, RuntimeError, subprocess.CalledProcessError, mx.base.MXNetError) as exc:
         warnings.warn(f"MXNet's packed loss operator could not be built or loaded ({exc}): "
                       "using MXNet's own operators for the packed loss (slower)", stacklevel=2)
         return None
-    _loaded[OP_NAME] = description
+    LOADED[OP_NAME] = description
     return OP_NAME
 
 
 def loaded_ops() -> dict[str, str]:
     """Operators loaded in this process and what built them (recorded with a run's versions)."""
-    return dict(_loaded)
+    return dict(LOADED)
