@@ -9,7 +9,7 @@
 //
 // Why: MXNet 1.9.1 has no fused per-row dot. Built from its operators (take, elemwise_mul, a
 // GEMV with a ones vector, the BCE's element-wise ops, and their backwards) the packed loss
-// makes about twelve passes over (N, D) arrays; this makes one forward and one backward, and
+// runs eight operators over (N, D) arrays; this makes one pass forward and one backward, and
 // leaves the gathers, the scatters into the tables (dense or row_sparse) and Adam to MXNet.
 // The gradient of the three data inputs is zero; they are written only where MXNet asks.
 #include <cmath>
