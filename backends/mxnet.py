@@ -53,12 +53,13 @@ class PackedSkipGram(gluon.HybridBlock):
     PERFORMANCE.md); flat slots need none. MXNet keeps the gathers (`Embedding`), so their
     backward, the scatter into each table's gradient, stays MXNet's own, dense or row_sparse
     for lazy Adam. On the CPU the dots and the weighted BCE are one C++ operator loaded at run
-    time (mxnet_ops: one pass over the slots forward and one backward, where the same loss
-    composed from MXNet's operators runs eight operators over (N, D) arrays: 2.3x as long). Elsewhere, or without a compiler, the
-    composition: centers spread to their slots with `take` (its backward sums each example's
-    slots into B rows before the table's scatter), the per-slot dot as the element-wise
-    product's row sums by one GEMV with a ones vector (MXNet's `sum` over an axis takes 2.2x
-    as long on these arrays), the weighted BCE summed: padding slots weigh 0.
+    time (mxnet_ops): one pass over the slots forward and one backward, where the same loss
+    composed from MXNet's operators runs eight operators over (N, D) arrays and takes 2.3x as
+    long. Elsewhere, or without a compiler, that composition: centers spread to their slots
+    with `take` (its backward sums each example's slots into B rows before the table's
+    scatter), the per-slot dot as the element-wise product's row sums by one GEMV with a ones
+    vector (MXNet's `sum` over an axis takes 2.2x as long on these arrays), the weighted BCE
+    summed: padding slots weigh 0.
     """
 
     def __init__(self, vocab: int, embed: int, sparse: bool, fused_op: str | None) -> None:

@@ -61,7 +61,8 @@ def build_library(compiler: str, description: str) -> Path:
                    "-o", str(tmp / library.name), str(SOURCE), str(lib_api)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 or not (tmp / library.name).is_file():
-            raise RuntimeError(f"{shlex.join(command)} made no library (exit {done.returncode}):\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"{shlex.join(command)} made no library (exit {done.returncode}):\n"
+                               f"{done.stderr[-2000:]}")
     return library
 
 
