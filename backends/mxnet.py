@@ -1,6 +1,9 @@
 """MXNet 1.9.1 (legacy nd/Gluon API): a hybridized block; dense Adam, or sparse_grad=True with
 row_sparse gradients and lazy Adam. The updates call MXNet's fused kernels (adam_update,
 sgd_update) directly, so eps can be placed as the canonical form requires (see adam_scalars).
+
+Two layouts (common/packing.py): the recipe's padded rows, whose per-example dots are one
+`batch_dot`, and the packed slots, which need no batched dot at all (PackedSkipGram).
 Needs numpy 1.23: it lives in its own env."""
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
 from backends.base import Backend, adam_scalars  # noqa: E402
+from backends.mxnet_ops import loaded_ops, packed_loss_op  # noqa: E402
 from common.batches import Batch  # noqa: E402
+from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
 Arrays = tuple[mx.nd.NDArray, ...]
@@ -41,13 +46,54 @@ class SkipGram(gluon.HybridBlock):
         return F.mean(F.sum(bce * mask, axis=1) / F.sum(mask, axis=1))
 
 
+class PackedSkipGram(gluon.HybridBlock):
+    """The same loss on the packed layout: one dot per real slot, no batch_dot.
+
+    `batch_dot` without MKL is one OpenBLAS GEMM per example (two thirds of the padded step,
+    PERFORMANCE.md); flat slots need none. MXNet keeps the gathers (`Embedding`), so their
+    backward, the scatter into each table's gradient, stays MXNet's own, dense or row_sparse
+    for lazy Adam. On the CPU the dots and the weighted BCE are one C++ operator loaded at run
+    time (mxnet_ops): one pass over the slots forward and one backward, where the same loss
+    composed from MXNet's operators runs eight operators over (N, D) arrays and takes 2.3x as
+    long. Elsewhere, or without a compiler, that composition: centers spread to their slots
+    with `take` (its backward sums each example's slots into B rows before the table's
+    scatter), the per-slot dot as the element-wise product's row sums by one GEMV with a ones
+    vector (MXNet's `sum` over an axis takes 2.2x as long on these arrays), the weighted BCE
+    summed: padding slots weigh 0.
+    """
+
+    def __init__(self, vocab: int, embed: int, sparse: bool, fused_op: str | None) -> None:
+        super().__init__()
+        self.fused_op = fused_op
+        self.center = gluon.nn.Embedding(vocab, embed, sparse_grad=sparse)
+        self.context = gluon.nn.Embedding(vocab, embed, sparse_grad=sparse)
+        if fused_op is None:
+            self.ones = self.params.get_constant("ones", mx.nd.ones((embed, 1)))
+
+    def hybrid_forward(self, F, center, ids, example, label, weight, ones=None):  # noqa: N803
+        u = self.context(ids)                                         # (N, D)
+        if self.fused_op is not None:
+            return getattr(F, self.fused_op)(self.center(center), u, example, label, weight)
+        v = F.take(self.center(center), example, axis=0)              # (N, D): each slot's center row
+        pred = F.dot(u * v, ones).reshape((-1,))                      # (N,)
+        bce = F.relu(pred) - pred * label + F.log1p(F.exp(-F.abs(pred)))
+        return F.sum(bce * weight)
+
+
 class MXNetBackend(Backend):
     name = "mxnet"
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         super().__init__(spec, init_center, init_context)
         self.ctx = mx.cpu() if self.gpu_index is None else mx.gpu(self.gpu_index)
-        self.net = SkipGram(*init_center.shape, sparse=spec.sparse)
+        self.packed = spec.layout == "packed"
+        if self.packed:
+            # The fused operator has a CPU kernel only; MXNET_PACKED_LOSS=ops picks the composition.
+            fused = self.gpu_index is None and os.environ.get("MXNET_PACKED_LOSS", "op") == "op"
+            self.net = PackedSkipGram(*init_center.shape, sparse=spec.sparse,
+                                      fused_op=packed_loss_op() if fused else None)
+        else:
+            self.net = SkipGram(*init_center.shape, sparse=spec.sparse)
         self.net.initialize(ctx=self.ctx)
         self.params = [self.net.center.weight, self.net.context.weight]
         for param, init in zip(self.params, (init_center, init_context)):
@@ -63,7 +109,7 @@ class MXNetBackend(Backend):
 
     @classmethod
     def versions(cls) -> dict[str, str]:
-        return {"mxnet": mx.__version__, "numpy": np.__version__}
+        return {"mxnet": mx.__version__, "numpy": np.__version__, **loaded_ops()}
 
     def device_name(self) -> str:
         return str(self.ctx)
@@ -71,11 +117,18 @@ class MXNetBackend(Backend):
     def sync(self) -> None:
         mx.nd.waitall()
 
+    def _move(self, a: np.ndarray, dtype: str) -> mx.nd.NDArray:
+        return mx.nd.array(a, ctx=self.ctx, dtype=dtype)
+
+    def _move_packed(self, b: PackedBatch) -> Arrays:
+        return (self._move(b.center, "int32"), self._move(b.ids, "int32"), self._move(b.example, "int32"),
+                self._move(b.label, "float32"), self._move(b.weight, "float32"))
+
     def prepare(self, batches: Sequence[Batch]) -> list[Arrays]:
-        def move(a: np.ndarray, dtype: str) -> mx.nd.NDArray:
-            return mx.nd.array(a, ctx=self.ctx, dtype=dtype)
-        return [(move(b.center, "int32"), move(b.context_negative, "int32"), move(b.mask, "float32"),
-                 move(b.label, "float32")) for b in batches]
+        if self.packed:
+            return [self._move_packed(b) for b in pack_epoch(batches)]
+        return [(self._move(b.center, "int32"), self._move(b.context_negative, "int32"),
+                 self._move(b.mask, "float32"), self._move(b.label, "float32")) for b in batches]
 
     def _update(self) -> None:
         self.steps_done += 1
@@ -110,7 +163,9 @@ class MXNetBackend(Backend):
         mx.nd.waitall()
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
-        loss = self._forward_backward(self.prepare([batch])[0])
+        prepared = (self._move_packed(pack(batch, packed_length([batch]))) if self.packed
+                    else self.prepare([batch])[0])
+        loss = self._forward_backward(prepared)
         grads = [p.grad(self.ctx).tostype("default").asnumpy().astype(np.float64) for p in self.params]
         return float(loss.asscalar()), grads[0], grads[1]
 

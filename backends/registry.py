@@ -35,7 +35,7 @@ BACKENDS = {
                          cuda_env="torch", graph=True),
     # mxnet-cu117 1.9.1 ships sm_50-86 kernels and no PTX: no H100 / H200.
     "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False,
-                         cuda_env="mxnet-cuda", max_compute_capability=(8, 6)),
+                         cuda_env="mxnet-cuda", max_compute_capability=(8, 6), layouts=("padded", "packed")),
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
                               cuda_env="tensorflow-cuda", layouts=("padded", "packed")),
     # JAX is always compiled (jit), so it has no separate compiled variant.
