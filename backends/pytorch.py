@@ -54,6 +54,19 @@ class PackedTensors(NamedTuple):
 Tensors = PaddedTensors | PackedTensors
 RowsLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+RELABEL_SEED = 26  # the fixed permutation of the vocabulary's rows (any fixed seed: it is a relabelling)
+
+
+def relabelling(vocab: int) -> np.ndarray:
+    """A fixed random permutation of the rows: row r of the caller's tables is row perm[r] here.
+
+    index_add_ on the CPU with int64 indices splits its work between threads by destination
+    row, and the vocabulary is sorted by frequency, so with the rows in that order one thread
+    gets most of a batch's row-adds; scattered over the table they split evenly. The
+    relabelling is applied to the tables at init and to the ids in `prepare`, and undone in
+    `embeddings` and `loss_and_grads`: every row's arithmetic is what it was (Adam is row-wise),
+    so results are those of the unpermuted tables up to the order of float32 sums."""
+    return np.random.default_rng(RELABEL_SEED).permutation(vocab)
 
 
 def keep_freed_memory() -> bool:
@@ -114,43 +127,45 @@ def packed_loss_of_rows(v_slots: torch.Tensor, u: torch.Tensor, label: torch.Ten
     return F.binary_cross_entropy_with_logits(pred, label, weight=weight, reduction="sum")
 
 
-def gather(table: torch.Tensor, ids: torch.Tensor, sparse: bool) -> torch.Tensor:
+def gather(table: torch.Tensor, ids: torch.Tensor, sparse: bool, padding_row: int | None = None) -> torch.Tensor:
     """The rows `ids` of `table`. A sparse gradient is F.embedding's (uncoalesced, no scatter:
-    LazyAdam sums it); a dense one on the CPU is IndexAddGather's. On cuda F.embedding's own
+    LazyAdam sums it), without the entries of `padding_row` where given (F.embedding's
+    padding_idx drops them from the sparse gradient: fewer values to sum, and the row is not
+    marked present); a dense one on the CPU is IndexAddGather's. On cuda F.embedding's own
     backward stays (not measured there)."""
     if sparse or table.device.type != "cpu":
-        return F.embedding(ids, table, sparse=sparse)
+        return F.embedding(ids, table, padding_idx=padding_row if sparse else None, sparse=sparse)
     return IndexAddGather.apply(table, ids)
 
 
 def skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, center: torch.Tensor,
                   cn: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, sparse: bool,
-                  rows_loss: RowsLoss = loss_of_rows) -> torch.Tensor:
+                  rows_loss: RowsLoss = loss_of_rows, padding_row: int | None = None) -> torch.Tensor:
     """Mean over examples of the masked mean of BCE-with-logits over each row. The gathers (and
     so their backward, the scatter-add into the tables' gradients) always run eagerly; only
     `rows_loss` is compiled: inductor lowers the embedding's backward on the CPU to atomic
     float adds, 30k rows x 100 of them a step, which made the compiled step 4x slower than eager
     (PERFORMANCE.md, "torch at its best")."""
     v = gather(center_w, center, sparse)                      # (B, D)
-    u = gather(context_w, cn, sparse)                         # (B, L, D)
+    u = gather(context_w, cn, sparse, padding_row)            # (B, L, D)
     return rows_loss(v, u, mask, label)
 
 
-def packed_rows(center_w: torch.Tensor, context_w: torch.Tensor, batch: PackedTensors,
-                sparse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_rows(center_w: torch.Tensor, context_w: torch.Tensor, batch: PackedTensors, sparse: bool,
+                padding_row: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each slot's center row and context row, (N, D) each. Centers are gathered once per
     example and then repeated by `example`: a sparse gradient names B center rows, not N, and
     the repeat's backward sums into a (B, D) block that stays in cache."""
     v = gather(center_w, batch.center, sparse)                # (B, D)
     v_slots = gather(v, batch.example, False)                 # (N, D)
-    return v_slots, gather(context_w, batch.ids, sparse)      # (N, D) each
+    return v_slots, gather(context_w, batch.ids, sparse, padding_row)  # (N, D) each
 
 
 def packed_skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, batch: PackedTensors, sparse: bool,
-                         rows_loss: RowsLoss = packed_loss_of_rows) -> torch.Tensor:
+                         rows_loss: RowsLoss = packed_loss_of_rows, padding_row: int | None = None) -> torch.Tensor:
     """The packed loss (the same function as skipgram_loss's, on real slots only): gathers
     eager, `rows_loss` (the per-slot math) compiled or not, as in the padded form."""
-    return rows_loss(*packed_rows(center_w, context_w, batch, sparse), batch.label, batch.weight)
+    return rows_loss(*packed_rows(center_w, context_w, batch, sparse, padding_row), batch.label, batch.weight)
 
 
 def full_float32() -> None:
@@ -199,14 +214,22 @@ class GraphedStep:
 
 class TorchBackend(Backend):
     name = "torch"
+    drop_padding = True  # padding_idx on sparse context gathers (see padding_row)
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         super().__init__(spec, init_center, init_context)
         self.device = torch.device(spec.device)
         keep_freed_memory()
         full_float32()
-        self.center_w = torch.nn.Parameter(torch.tensor(init_center, device=self.device))
-        self.context_w = torch.nn.Parameter(torch.tensor(init_context, device=self.device))
+        self.perm = relabelling(init_center.shape[0])  # perm[r]: where the caller's row r lives here
+        self._unperm = torch.from_numpy(self.perm).to(self.device)
+        inverse = np.argsort(self.perm)
+        # Padding's row (0 before the relabelling), never in a real slot (common/packing.py):
+        # dropped from sparse gradients. LazyAdam then leaves it unmarked, which changes nothing:
+        # marked, its zero gradient moved neither it nor its moments.
+        self.padding_row: int | None = int(self.perm[0]) if self.drop_padding else None
+        self.center_w = torch.nn.Parameter(torch.tensor(init_center[inverse], device=self.device))
+        self.context_w = torch.nn.Parameter(torch.tensor(init_context[inverse], device=self.device))
         params = [self.center_w, self.context_w]
         if spec.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=spec.lr)
@@ -256,10 +279,12 @@ class TorchBackend(Backend):
             return torch.from_numpy(a).to(self.device, non_blocking=True)
         prepared: list[Tensors]
         if self.packed:
-            prepared = [PackedTensors(move(p.center), move(p.ids.astype(np.int64)), move(p.example.astype(np.int64)),
-                                      move(p.label), move(p.weight)) for p in pack_epoch(batches)]
+            prepared = [PackedTensors(move(self.perm[p.center].astype(np.int32)), move(self.perm[p.ids]),
+                                      move(p.example.astype(np.int64)), move(p.label), move(p.weight))
+                        for p in pack_epoch(batches)]
         else:
-            prepared = [PaddedTensors(move(b.center), move(b.context_negative), move(b.mask).float(),
+            prepared = [PaddedTensors(move(self.perm[b.center].astype(np.int32)),
+                                      move(self.perm[b.context_negative].astype(np.int32)), move(b.mask).float(),
                                       move(b.label).float()) for b in batches]
         t = time.perf_counter()
         if self.spec.graph:  # capture each new batch shape now, before the clock (like compilation)
@@ -329,8 +354,9 @@ class TorchBackend(Backend):
         if self._new_cudagraph_step:
             torch.compiler.cudagraph_mark_step_begin()
         if isinstance(batch, PackedTensors):
-            return packed_skipgram_loss(self.center_w, self.context_w, batch, self.spec.sparse, self.rows_loss)
-        return skipgram_loss(self.center_w, self.context_w, *batch, self.spec.sparse, self.rows_loss)
+            return packed_skipgram_loss(self.center_w, self.context_w, batch, self.spec.sparse, self.rows_loss,
+                                        self.padding_row)
+        return skipgram_loss(self.center_w, self.context_w, *batch, self.spec.sparse, self.rows_loss, self.padding_row)
 
     def train(self, prepared: list[Tensors]) -> np.ndarray:
         losses = []
@@ -356,10 +382,11 @@ class TorchBackend(Backend):
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(self.prepare([batch])[0])
         loss.backward()
-        grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in (self.center_w, self.context_w)]
+        grads = [(p.grad.to_dense() if p.grad.is_sparse else p.grad)[self._unperm] for p in (self.center_w, self.context_w)]
         result = loss.item(), *(g.cpu().double().numpy() for g in grads)
         self.optimizer.zero_grad(set_to_none=True)
         return result  # type: ignore[return-value]
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.center_w.detach().cpu().numpy().copy(), self.context_w.detach().cpu().numpy().copy()
+        with torch.no_grad():
+            return self.center_w[self._unperm].cpu().numpy(), self.context_w[self._unperm].cpu().numpy()
