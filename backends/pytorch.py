@@ -214,7 +214,9 @@ class GraphedStep:
 
 class TorchBackend(Backend):
     name = "torch"
-    drop_padding = True  # padding_idx on sparse context gathers (see padding_row)
+    # padding_idx on sparse context gathers (see padding_row): off, as it measured no faster
+    # (PERFORMANCE.md, "torch, round two"); kept switchable for a quiet machine to decide.
+    drop_padding = False
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         super().__init__(spec, init_center, init_context)
