@@ -3,6 +3,12 @@ SparseAdam's function without its sort; its dense-shaped update compiled in `pre
 the CPU, `compile` compiles the loss from the gathered rows (forward and backward), one graph
 per batch shape, each compiled in `prepare`.
 
+Packed layout (common/packing.py): flat, one slot per real context or noise word. The centers
+are gathered once per example (B rows), then repeated to the slots by `example` with the same
+index_add_-backed gather (its backward sums N slot gradients into B rows), so a step computes
+one dot, one BCE and one weighted sum per real slot and nothing for padding; compiled, only the
+per-slot math is compiled and the gathers and their scatters stay eager, as in the padded form.
+
 On cuda, two ways to stop paying one Python launch sequence per step: `graph` captures the
 whole dense step (forward, backward, fused capturable Adam) as one CUDA graph per batch shape,
 replayed after each batch is copied into its static inputs on the device; `compile` is
@@ -15,7 +21,7 @@ import ctypes
 import ctypes.util
 import time
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -24,11 +30,43 @@ import torch.nn.functional as F
 from backends.base import Backend
 from backends.torch_lazy_adam import LazyAdam
 from common.batches import Batch
+from common.packing import pack_epoch
 from common.spec import RunSpec
 
-Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+class PaddedTensors(NamedTuple):
+    """A padded batch on the device: the recipe's (B, L) rows."""
+    center: torch.Tensor    # (B,) int32
+    ids: torch.Tensor       # (B, L) int32: contexts and noise words, 0 on padding
+    mask: torch.Tensor      # (B, L) float32
+    label: torch.Tensor     # (B, L) float32
+
+
+class PackedTensors(NamedTuple):
+    """A packed batch on the device (common/packing.py's PackedBatch): N real slots then padding."""
+    center: torch.Tensor    # (B,) int32
+    ids: torch.Tensor       # (N,) int64: index_add_ takes 0.4x the time with int64 indices
+    example: torch.Tensor   # (N,) int64
+    label: torch.Tensor     # (N,) float32
+    weight: torch.Tensor    # (N,) float32: 0 on padding
+
+
+Tensors = PaddedTensors | PackedTensors
 RowsLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+RELABEL_SEED = 26  # the fixed permutation of the vocabulary's rows (any fixed seed: it is a relabelling)
+
+
+def relabelling(vocab: int) -> np.ndarray:
+    """A fixed random permutation of the rows: row r of the caller's tables is row perm[r] here.
+
+    index_add_ on the CPU with int64 indices splits its work between threads by destination
+    row, and the vocabulary is sorted by frequency, so with the rows in that order one thread
+    gets most of a batch's row-adds; scattered over the table they split evenly. The
+    relabelling is applied to the tables at init and to the ids in `prepare`, and undone in
+    `embeddings` and `loss_and_grads`: every row's arithmetic is what it was (Adam is row-wise),
+    so results are those of the unpermuted tables up to the order of float32 sums."""
+    return np.random.default_rng(RELABEL_SEED).permutation(vocab)
 
 
 def keep_freed_memory() -> bool:
@@ -81,26 +119,53 @@ class IndexAddGather(torch.autograd.Function):
         return grad.new_zeros(ctx.rows, width).index_add_(0, ids.reshape(-1), grad.reshape(-1, width)), None
 
 
-def gather(table: torch.Tensor, ids: torch.Tensor, sparse: bool) -> torch.Tensor:
+def packed_loss_of_rows(v_slots: torch.Tensor, u: torch.Tensor, label: torch.Tensor,
+                        weight: torch.Tensor) -> torch.Tensor:
+    """The packed loss from the gathered rows: v_slots and u (N, D), each slot's center and
+    context rows; weight 1 / (count * B) on real slots, 0 on padding (common/packing.py)."""
+    pred = (u * v_slots).sum(dim=1)                           # (N,)
+    return F.binary_cross_entropy_with_logits(pred, label, weight=weight, reduction="sum")
+
+
+def gather(table: torch.Tensor, ids: torch.Tensor, sparse: bool, padding_row: int | None = None) -> torch.Tensor:
     """The rows `ids` of `table`. A sparse gradient is F.embedding's (uncoalesced, no scatter:
-    LazyAdam sums it); a dense one on the CPU is IndexAddGather's. On cuda F.embedding's own
+    LazyAdam sums it), without the entries of `padding_row` where given (F.embedding's
+    padding_idx drops them from the sparse gradient: fewer values to sum, and the row is not
+    marked present); a dense one on the CPU is IndexAddGather's. On cuda F.embedding's own
     backward stays (not measured there)."""
     if sparse or table.device.type != "cpu":
-        return F.embedding(ids, table, sparse=sparse)
+        return F.embedding(ids, table, padding_idx=padding_row if sparse else None, sparse=sparse)
     return IndexAddGather.apply(table, ids)
 
 
 def skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, center: torch.Tensor,
                   cn: torch.Tensor, mask: torch.Tensor, label: torch.Tensor, sparse: bool,
-                  rows_loss: RowsLoss = loss_of_rows) -> torch.Tensor:
+                  rows_loss: RowsLoss = loss_of_rows, padding_row: int | None = None) -> torch.Tensor:
     """Mean over examples of the masked mean of BCE-with-logits over each row. The gathers (and
     so their backward, the scatter-add into the tables' gradients) always run eagerly; only
     `rows_loss` is compiled: inductor lowers the embedding's backward on the CPU to atomic
     float adds, 30k rows x 100 of them a step, which made the compiled step 4x slower than eager
     (PERFORMANCE.md, "torch at its best")."""
     v = gather(center_w, center, sparse)                      # (B, D)
-    u = gather(context_w, cn, sparse)                         # (B, L, D)
+    u = gather(context_w, cn, sparse, padding_row)            # (B, L, D)
     return rows_loss(v, u, mask, label)
+
+
+def packed_rows(center_w: torch.Tensor, context_w: torch.Tensor, batch: PackedTensors, sparse: bool,
+                padding_row: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each slot's center row and context row, (N, D) each. Centers are gathered once per
+    example and then repeated by `example`: a sparse gradient names B center rows, not N, and
+    the repeat's backward sums into a (B, D) block that stays in cache."""
+    v = gather(center_w, batch.center, sparse)                # (B, D)
+    v_slots = gather(v, batch.example, False)                 # (N, D)
+    return v_slots, gather(context_w, batch.ids, sparse, padding_row)  # (N, D) each
+
+
+def packed_skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, batch: PackedTensors, sparse: bool,
+                         rows_loss: RowsLoss = packed_loss_of_rows, padding_row: int | None = None) -> torch.Tensor:
+    """The packed loss (the same function as skipgram_loss's, on real slots only): gathers
+    eager, `rows_loss` (the per-slot math) compiled or not, as in the padded form."""
+    return rows_loss(*packed_rows(center_w, context_w, batch, sparse, padding_row), batch.label, batch.weight)
 
 
 def full_float32() -> None:
@@ -125,7 +190,7 @@ class GraphedStep:
     WARMUP = 3
 
     def __init__(self, backend: "TorchBackend", batch: Tensors) -> None:
-        self.inputs = tuple(t.clone() for t in batch)  # real indices: warm-up must gather valid rows
+        self.inputs = batch._make(t.clone() for t in batch)  # real indices: warm-up must gather valid rows
         saved = backend.snapshot()
         side = torch.cuda.Stream(backend.device)
         side.wait_stream(torch.cuda.current_stream(backend.device))
@@ -149,14 +214,24 @@ class GraphedStep:
 
 class TorchBackend(Backend):
     name = "torch"
+    # padding_idx on sparse context gathers (see padding_row): off, as it measured no faster
+    # (PERFORMANCE.md, "torch, round two"); kept switchable for a quiet machine to decide.
+    drop_padding = False
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         super().__init__(spec, init_center, init_context)
         self.device = torch.device(spec.device)
         keep_freed_memory()
         full_float32()
-        self.center_w = torch.nn.Parameter(torch.tensor(init_center, device=self.device))
-        self.context_w = torch.nn.Parameter(torch.tensor(init_context, device=self.device))
+        self.perm = relabelling(init_center.shape[0])  # perm[r]: where the caller's row r lives here
+        self._unperm = torch.from_numpy(self.perm).to(self.device)
+        inverse = np.argsort(self.perm)
+        # Padding's row (0 before the relabelling), never in a real slot (common/packing.py):
+        # dropped from sparse gradients. LazyAdam then leaves it unmarked, which changes nothing:
+        # marked, its zero gradient moved neither it nor its moments.
+        self.padding_row: int | None = int(self.perm[0]) if self.drop_padding else None
+        self.center_w = torch.nn.Parameter(torch.tensor(init_center[inverse], device=self.device))
+        self.context_w = torch.nn.Parameter(torch.tensor(init_context[inverse], device=self.device))
         params = [self.center_w, self.context_w]
         if spec.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=spec.lr)
@@ -168,9 +243,11 @@ class TorchBackend(Backend):
         on_gpu = self.device.type == "cuda"
         if on_gpu:  # graph capture and side streams act on the current device: make it this one
             torch.cuda.set_device(self.gpu_index)
+        self.packed = spec.layout == "packed"
+        rows_loss = packed_loss_of_rows if self.packed else loss_of_rows
         # reduce-overhead: forward and backward replayed as CUDA graphs (cudagraph trees) on cuda.
-        self.rows_loss = torch.compile(loss_of_rows, mode="reduce-overhead" if on_gpu else None, fullgraph=True,
-                                       dynamic=False) if spec.compile else loss_of_rows
+        self.rows_loss = torch.compile(rows_loss, mode="reduce-overhead" if on_gpu else None, fullgraph=True,
+                                       dynamic=False) if spec.compile else rows_loss
         # cudagraph trees reuse their output buffers at the next step: mark each step, keep copies.
         self._new_cudagraph_step = spec.compile and on_gpu
         self._graphs: dict[tuple, GraphedStep] = {}
@@ -198,11 +275,19 @@ class TorchBackend(Backend):
 
     def prepare(self, batches: Sequence[Batch]) -> list[Tensors]:
         """Tensors on the device (mask and label cast there, after the 1-byte copy); on CUDA
-        the whole epoch is resident before timing starts."""
+        the whole epoch is resident before timing starts. Packed: re-laid by common.packing
+        first, one length for the epoch (one compiled graph or CUDA graph for all of it)."""
         def move(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(self.device, non_blocking=True)
-        prepared = [(move(b.center), move(b.context_negative), move(b.mask).float(), move(b.label).float())
-                    for b in batches]
+        prepared: list[Tensors]
+        if self.packed:
+            prepared = [PackedTensors(move(self.perm[p.center].astype(np.int32)), move(self.perm[p.ids]),
+                                      move(p.example.astype(np.int64)), move(p.label), move(p.weight))
+                        for p in pack_epoch(batches)]
+        else:
+            prepared = [PaddedTensors(move(self.perm[b.center].astype(np.int32)),
+                                      move(self.perm[b.context_negative].astype(np.int32)), move(b.mask).float(),
+                                      move(b.label).float()) for b in batches]
         t = time.perf_counter()
         if self.spec.graph:  # capture each new batch shape now, before the clock (like compilation)
             for batch in prepared:
@@ -224,12 +309,16 @@ class TorchBackend(Backend):
         shape = tuple(t.shape for t in batch)
         if shape in self._compiled:
             return
-        center, cn, mask, label = batch
         with torch.no_grad():
-            v, u = self.center_w[center], self.context_w[cn]
+            if isinstance(batch, PackedTensors):
+                v, u = packed_rows(self.center_w, self.context_w, batch, sparse=False)
+                rest = batch.label, batch.weight
+            else:
+                v, u = self.center_w[batch.center], self.context_w[batch.ids]
+                rest = batch.mask, batch.label
         if self._new_cudagraph_step:
             torch.compiler.cudagraph_mark_step_begin()
-        self.rows_loss(v.requires_grad_(), u.requires_grad_(), mask, label).backward()
+        self.rows_loss(v.requires_grad_(), u.requires_grad_(), *rest).backward()
         self._compiled.add(shape)
 
     def _graph_for(self, batch: Tensors) -> GraphedStep:
@@ -266,7 +355,10 @@ class TorchBackend(Backend):
     def _loss(self, batch: Tensors) -> torch.Tensor:
         if self._new_cudagraph_step:
             torch.compiler.cudagraph_mark_step_begin()
-        return skipgram_loss(self.center_w, self.context_w, *batch, self.spec.sparse, self.rows_loss)
+        if isinstance(batch, PackedTensors):
+            return packed_skipgram_loss(self.center_w, self.context_w, batch, self.spec.sparse, self.rows_loss,
+                                        self.padding_row)
+        return skipgram_loss(self.center_w, self.context_w, *batch, self.spec.sparse, self.rows_loss, self.padding_row)
 
     def train(self, prepared: list[Tensors]) -> np.ndarray:
         losses = []
@@ -292,10 +384,11 @@ class TorchBackend(Backend):
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(self.prepare([batch])[0])
         loss.backward()
-        grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in (self.center_w, self.context_w)]
+        grads = [(p.grad.to_dense() if p.grad.is_sparse else p.grad)[self._unperm] for p in (self.center_w, self.context_w)]
         result = loss.item(), *(g.cpu().double().numpy() for g in grads)
         self.optimizer.zero_grad(set_to_none=True)
         return result  # type: ignore[return-value]
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.center_w.detach().cpu().numpy().copy(), self.context_w.detach().cpu().numpy().copy()
+        with torch.no_grad():
+            return self.center_w[self._unperm].cpu().numpy(), self.context_w[self._unperm].cpu().numpy()
