@@ -22,16 +22,20 @@ pytestmark = pytest.mark.envs
 STEPS = 60
 
 
-@pytest.fixture(scope="module", params=["dense", "sparse"])
+@pytest.fixture(scope="module", params=["dense", "sparse", "dense-packed", "sparse-packed"])
 def results(request, ptb_dir, tmp_path_factory) -> dict[str, dict]:
+    """Every backend on one spec; on the packed layout each backend that declares it (the float64
+    reference stays padded: the same function, so the same losses within the same bound)."""
     out = tmp_path_factory.mktemp(request.param)
     pythons = {name: str(python_for(tox_env(name))) for name in BACKENDS}  # builds missing envs, one at a time
 
     def train(name: str) -> dict:
         args = ["train", "--backend", name, "--max-steps", str(STEPS), "--lr", "0.01",
                 "--data-dir", str(ptb_dir), "--out", str(out / f"{name}.json")]
-        if request.param == "sparse":
+        if request.param.startswith("sparse"):
             args.append("--sparse")
+        if request.param.endswith("packed") and "packed" in BACKENDS[name].layouts:
+            args += ["--layout", "packed"]
         run = run_bench(*args, python=pythons[name])
         assert run.returncode == 0, f"{name}: {run.stderr[-2000:]}"
         return json.loads((out / f"{name}.json").read_text())
@@ -59,3 +63,10 @@ def test_results_record_their_environment(results):
         assert env["backend"] == name and env["python"].startswith("3.11")
         assert env["cpu"] and env["device_name"]
         assert r["examples_per_sec"] > 0 and len(r["epoch_seconds"]) == 1
+
+
+def test_each_backend_trained_on_the_layout_asked_for(results, request):
+    packed = request.node.callspec.params["results"].endswith("packed")
+    for name, r in results.items():
+        expected = "packed" if packed and "packed" in BACKENDS[name].layouts else "padded"
+        assert r["spec"].get("layout", "padded") == expected, name
