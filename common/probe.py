@@ -200,14 +200,18 @@ def check(result: Probe) -> Probe:
 
 
 def bandwidth_at(result: Probe, working_set: float) -> float | None:
-    """Bytes/s the machine sustains at a working set of `working_set` bytes: the probe's curve,
-    linear in log size and log rate between its sizes, flat past either end (a working set under
-    the smallest size gets that size's rate: L1 is faster still, which the bound leaves out)."""
+    """Bytes/s the machine can sustain at a working set of `working_set` bytes, taken so that the
+    bound is an upper bound: the rate at the largest probed size not above it (a working set
+    between two sizes, e.g. 22 MB over a 16 MB L3, is partly served from the cache that held the
+    smaller one: interpolating toward the larger size's streaming rate undercounts, and a fused
+    run once beat such a bound), on the curve made non-increasing in size (a smaller set is never
+    slower than a larger one: a dip is noise of the probe). Under the smallest size: its rate."""
     if result.get("error") or not result.get("sizes"):
         return None
-    x = np.log(np.asarray(result["sizes"], dtype=np.float64))
-    y = np.log(np.asarray(result["bandwidth"], dtype=np.float64))
-    return float(np.exp(np.interp(math.log(max(working_set, 1.0)), x, y)))
+    sizes = np.asarray(result["sizes"], dtype=np.float64)
+    rates = np.maximum.accumulate(np.asarray(result["bandwidth"], dtype=np.float64)[::-1])[::-1]
+    below = np.flatnonzero(sizes <= max(working_set, 1.0))
+    return float(rates[below[-1]] if below.size else rates[0])
 
 
 _CACHED: Probe | None = None

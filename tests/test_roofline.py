@@ -3,7 +3,6 @@ degrade path, and real runs (each in its env, with one real probe) that must not
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -54,11 +53,13 @@ def test_bound_takes_the_slower_roof():
     assert bound(cost, 2, None, 1e6) is None and bound(cost, 2, 1e9, None) is None
 
 
-def test_bandwidth_interpolates_in_log_size():
+def test_bandwidth_is_read_optimistically_so_the_bound_stays_a_bound():
     assert bandwidth_at(FAKE_PROBE, 1 << 20) == pytest.approx(100e9)
-    assert bandwidth_at(FAKE_PROBE, 1 << 22) == pytest.approx(math.sqrt(100e9 * 10e9))  # log-midpoint
-    assert bandwidth_at(FAKE_PROBE, 1) == pytest.approx(100e9)           # flat past either end
+    assert bandwidth_at(FAKE_PROBE, 1 << 22) == pytest.approx(100e9)  # between sizes: the smaller size's rate
+    assert bandwidth_at(FAKE_PROBE, 1) == pytest.approx(100e9)        # under the smallest: its rate
     assert bandwidth_at(FAKE_PROBE, 1 << 30) == pytest.approx(10e9)
+    dip = {**FAKE_PROBE, "sizes": [1 << 20, 1 << 22, 1 << 24], "bandwidth": [100e9, 5e9, 10e9]}
+    assert bandwidth_at(dip, 1 << 23) == pytest.approx(10e9)  # a dip under a larger size's rate is the probe's noise
     assert bandwidth_at(unavailable("no"), 1 << 20) is None
 
 
