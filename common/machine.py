@@ -39,7 +39,10 @@ def git_commit(root: Path) -> str | None:
 CODE_PATHS = ("common", "backends", "bench", "pyproject.toml")  # what a run's results depend on
 
 
-def code_version(root: Path = Path(__file__).resolve().parents[1]) -> str | None:
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_version(root: Path = REPO_ROOT) -> str | None:
     """A digest of the code that computes a result: the committed trees of CODE_PATHS plus any
     uncommitted change to them (files git does not track yet are not seen). A README edit or a
     new commit elsewhere leaves it alone; any change to what trains or measures does not."""

@@ -215,7 +215,8 @@ class DaskExecutor:
                 self.client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
             except TimeoutError:
                 raise BenchError(f"the Dask scheduler at {self.address} has no workers; start them as the "
-                                 f"README says (`dask worker {self.address} --nthreads 1 --resources slot=1`)") from None
+                                 f"README says (`dask worker {self.address} --nthreads 1 --resources slot=1`)"
+                                 ) from None
         offered: set[str] = set()
         for worker in self.client.scheduler_info(n_workers=-1)["workers"].values():
             offered |= {name for name, amount in (worker.get("resources") or {}).items() if amount >= 1}

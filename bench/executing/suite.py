@@ -274,7 +274,7 @@ def skip_reason(spec: RunSpec, found: list[Gpu]) -> str | None:
         return f"{spec.backend} has no GPU build"
     newest, have = entry.max_compute_capability, gpu.compute_capability
     if newest is not None and have is not None and have > newest:
-        return (f"{spec.backend}'s GPU build has kernels up to compute capability {'%d.%d' % newest} and no PTX; "
+        return (f"{spec.backend}'s GPU build has kernels up to compute capability {newest[0]}.{newest[1]} and no PTX; "
                 f"{gpu.name} ({spec.device}) is {gpu.capability_text}")
     return None
 

@@ -221,7 +221,8 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
     pair = Pair(name, key, [r["status"] for r in base_runs], [r["status"] for r in new_runs])
     pair.environment = differing([_env(base, base_runs[0]), _env(new, new_runs[0])])
     ok_base, ok_new = ([r for r in runs if r["status"] in MEASURED] for runs in (base_runs, new_runs))
-    pair.warnings = [f"{side} repeat {r['spec']['repeat']}: {note}" for side, runs in (("base", ok_base), ("new", ok_new))
+    pair.warnings = [f"{side} repeat {r['spec']['repeat']}: {note}"
+                     for side, runs in (("base", ok_base), ("new", ok_new))
                      for r in runs for _, note in measurement_warnings(r)]
     if not (ok_base and ok_new):
         return pair
@@ -323,7 +324,8 @@ def _delta(p: Pair, name: str) -> str:
 
 def _row(p: Pair) -> list[str]:
     status = "" if p.speed is not None else f" (base {'/'.join(p.base_status)}, new {'/'.join(p.new_status)})"
-    return [p.name + (" !" if p.warnings else ""), number((p.speed or {}).get("base_median"), 0), number((p.speed or {}).get("new_median"), 0),
+    return [p.name + (" !" if p.warnings else ""), number((p.speed or {}).get("base_median"), 0),
+            number((p.speed or {}).get("new_median"), 0),
             _ratio_text(p), p.verdict + status, _loss_text(p), *(_delta(p, q) for q in QUALITY),
             _bound_text(p), _roof_share_text(p), ", ".join(k for k in p.environment if k != "commit") or "–"]
 

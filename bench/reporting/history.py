@@ -121,7 +121,8 @@ def folder_rows(folders: list[Folder]) -> list[tuple[str, list[str]]]:
             versions.update((r.get("env") or {}).get("versions") or {})
         ok = sum(r["status"] in MEASURED for r in f.results)
         rows.append(("", [f.created, f.commit, str(f.path),
-                          ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–", f"{ok} of {len(f.results)}"]))
+                          ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–",
+                          f"{ok} of {len(f.results)}"]))
     return rows
 
 
