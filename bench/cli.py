@@ -22,11 +22,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise BenchError(f"{message} (see `{self.prog} --help`)")
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(self, args=None, namespace=None):
         """An unknown flag is the subcommand's usage error, so the hint names its --help."""
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
-            command = self.commands.choices.get(getattr(parsed, "command", None)) if self.commands else None
+            name = getattr(parsed, "command", None)
+            command = self.commands.choices.get(name) if self.commands and name is not None else None
             (command or self).error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed
 

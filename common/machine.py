@@ -147,7 +147,8 @@ def _live_descendants_cpu(pid: int) -> float:
 
 
 def _delta(before: CpuSample, after: CpuSample) -> CpuSample:
-    return CpuSample(*(a - b for a, b in zip(after[:4], before[:4])), after.cores)
+    return CpuSample(after.wall - before.wall, after.busy - before.busy, after.steal - before.steal,
+                     after.own - before.own, after.cores)
 
 
 def _fractions(d: CpuSample) -> dict:
@@ -204,7 +205,8 @@ class MachineLoad:
         if self._start is not None and end is not None:
             span = _delta(self._start, end)
             self._total = span if self._total is None else \
-                CpuSample(*(a + b for a, b in zip(self._total[:4], span[:4])), span.cores)
+                CpuSample(self._total.wall + span.wall, self._total.busy + span.busy,
+                          self._total.steal + span.steal, self._total.own + span.own, span.cores)
         else:
             self._measurable = False
         self._start = None

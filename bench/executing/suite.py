@@ -74,7 +74,7 @@ def check_run_name(name: object) -> str:
     folder, never a path out of it, a hidden file or one the file system cannot hold."""
     plain = isinstance(name, str) and name and not name.startswith(".") and "/" not in name and \
         ".." not in name and name.isprintable() and len(name.encode()) <= MAX_NAME_BYTES
-    if not plain:
+    if not (isinstance(name, str) and plain):
         raise BenchError(f"run name {name!r} is not a plain file name (no '/', no '..', no leading dot, "
                          f"printable, at most {MAX_NAME_BYTES} bytes)")
     return name

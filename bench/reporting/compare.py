@@ -184,8 +184,8 @@ def loss_difference(base: list[float], new: list[float]) -> dict:
 
 def _quality(runs: list[dict], section: str, metric: str) -> float | None:
     values = [((r.get("evaluation") or {}).get(section) or {}).get(metric) for r in runs]
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+    found = [v for v in values if v is not None]
+    return float(np.mean(found)) if found else None
 
 
 def _env(folder: Folder, run: dict) -> dict:
@@ -271,13 +271,13 @@ def compare(base: Folder, new: Folder, threshold: float) -> Comparison:
                          f"({len(groups_b)} and {len(groups_n)} settings): nothing to compare")
     pairs = sorted((compare_pair(label[k], k, base, groups_b[k], new, groups_n[k], threshold) for k in common),
                    key=lambda p: p.name)
-    one_side = [[{"name": label[k], "key": k, "status": [r["status"] for r in groups[k]]}
-                 for k in sorted(groups, key=label.get) if k not in other] for groups, other in
-                ((groups_b, groups_n), (groups_n, groups_b))]
+    only_base, only_new = ([{"name": label[k], "key": k, "status": [r["status"] for r in groups[k]]}
+                            for k in sorted(groups, key=lambda k: label[k]) if k not in other]
+                           for groups, other in ((groups_b, groups_n), (groups_n, groups_b)))
     folders = {side: {"path": ",".join(f.meta.get("folders") or [str(f.path)]), "created": f.created,
                       "commit": f.commit}
                for side, f in (("base", base), ("new", new))}
-    return Comparison(str(base.path), str(new.path), threshold, folders, pairs, *one_side,
+    return Comparison(str(base.path), str(new.path), threshold, folders, pairs, only_base, only_new,
                       strays={"base": base.strays, "new": new.strays})
 
 
@@ -376,7 +376,7 @@ def terminal(c: Comparison) -> str:
     return "\n".join([*map(terminal_text, head), table, *map(terminal_text, lines)])
 
 
-def ratio_figure(c: Comparison) -> str:
+def ratio_figure(c: Comparison) -> str | None:
     """Each pair's ratio with its interval, the threshold band shaded."""
     import matplotlib.pyplot as plt
 
@@ -388,8 +388,10 @@ def ratio_figure(c: Comparison) -> str:
     ax.axvspan(1 - c.threshold, 1 + c.threshold, color="#eeeeee", label=f"±{c.threshold:.0%} threshold")
     ax.axvline(1, color="#888", lw=1)
     for y, p in enumerate(pairs):
-        low, high = p.speed["ci"]
-        ax.errorbar([p.speed["ratio"]], [y], xerr=[[p.speed["ratio"] - low], [high - p.speed["ratio"]]],
+        speed = p.speed
+        assert speed is not None  # pairs holds only those with a speed
+        low, high = speed["ci"]
+        ax.errorbar([speed["ratio"]], [y], xerr=[[speed["ratio"] - low], [high - speed["ratio"]]],
                     fmt="o", capsize=3, color=colour[p.verdict])
     ax.set_yticks(range(len(pairs)), [plot_text(p.name) for p in pairs])
     ax.set(xlabel=f"examples/s, new / base (ratio of medians, {CONFIDENCE:.0%} bootstrap interval)")

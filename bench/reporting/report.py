@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -335,12 +336,13 @@ def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
     """The book's exercise 1, answered from this run's numbers: each backend and device with a
     dense and a sparse run of the same settings; and per device, the fused kernel's sparse/dense
     ratio: the same lazy-Adam math without a framework's sparse machinery."""
-    pairs = {}
+    pairs: dict[tuple[str, str, str], dict[str, dict]] = {}
     for r in measured(results):
         s = r["spec"]
         key = (s["backend"], s["device"], settings_key(s, "sparse"))
         pairs.setdefault(key, {})["sparse" if s["sparse"] else "dense"] = r
-    rows, limit_ratios = [], {}
+    rows: list[dict] = []
+    limit_ratios: dict[str, float] = {}
     sizes = len({r.get("vocab_size") for r in measured(results)})  # several: each sentence names its V
     for (backend, device, _), pair in sorted(pairs.items(), key=lambda item: (*item[0][:2], _vocab(item[1]))):
         size = f" at V {_vocab(pair):,}" if _vocab(pair) and sizes > 1 else ""
@@ -371,7 +373,9 @@ def agreement(results: list[dict]) -> tuple[list[dict], object]:
     groups: dict[tuple, list[dict]] = {}
     for r in measured(results):
         groups.setdefault((r["data_hash"], settings_key(r["spec"], "backend", "device", "compile")), []).append(r)
-    rows, fig, ax = [], None, None
+    rows: list[dict] = []
+    fig: Any = None  # matplotlib's Figure and Axes once a pair of runs is found
+    ax: Any = None
     for (_, settings), runs in groups.items():
         if len(runs) < 2:
             continue
@@ -422,7 +426,7 @@ def neighbours(results: list[dict]) -> tuple[list[str], list[tuple[str, list[str
 
 
 def metadata(meta: dict, results: list[dict]) -> dict[str, object]:
-    machine = meta.get("machine") or next((r["env"] for r in results if r.get("env")), {})
+    machine: dict = meta.get("machine") or next((r["env"] for r in results if r.get("env")), {})
     versions: dict[str, str] = {}
     for r in results:
         versions.update(((r.get("env") or {}).get("versions")) or {})

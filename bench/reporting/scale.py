@@ -126,7 +126,7 @@ def figure(found: dict[tuple[str, str, str], list[Point]]) -> str:
         rated = [p for p in line if p.rate]
         rate_ax.plot([p.vocab for p in rated], [p.rate for p in rated], **style)
         sized = [p for p in line if p.rss]
-        memory_ax.plot([p.vocab for p in sized], [p.rss / 2 ** 20 for p in sized], **style)
+        memory_ax.plot([p.vocab for p in sized], [p.rss / 2 ** 20 for p in sized if p.rss], **style)
     rate_ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel="examples/s (median of repeats)",
                 title="speed (solid dense, dashed sparse)")
     memory_ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel="peak RSS of the worker (MiB)",
