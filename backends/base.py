@@ -86,6 +86,7 @@ class Backend(ABC):
 
     def sync(self) -> None:
         """Wait for queued device work (a no-op where work is synchronous)."""
+        return None
 
     def peak_memory_bytes(self) -> int | None:
         """The most device memory the framework's allocator held so far in this process; None on

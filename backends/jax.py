@@ -5,8 +5,8 @@
 optimiser buffers donated, so XLA updates them in place. Dense runs use optax's Adam (torch's
 form: tests/backends/test_jax.py checks it); sparse runs differentiate with respect to the
 gathered rows and apply lazy Adam to the batch's unique rows only, found without a sort (a
-presence marker over the vocabulary; fixed shapes, so each batch shape compiles once). The step functions are module-level
-and keyed by hashable `Settings`, so backends with equal settings share compiled programs.
+presence marker over the vocabulary; fixed shapes, so each batch shape compiles once). The step functions are
+module-level and keyed by hashable `Settings`, so backends with equal settings share compiled programs.
 
 Two layouts, each a pytree the step reads its loss and gathers from: `PaddedArrays` (the
 recipe's (B, L) rows, one batched dot a batch) and `PackedArrays` (common/packing.py's real

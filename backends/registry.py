@@ -67,5 +67,6 @@ def load(name: str) -> type[Backend]:
         module = importlib.import_module(entry.module)
     except ImportError as exc:
         raise BenchError(f"backend {name!r} cannot be imported in this env ({exc}); "
-                         f"run it in its own env: tox -e {entry.env}, or .tox/{entry.env}/bin/python -m bench") from None
+                         f"run it in its own env: tox -e {entry.env}, "
+                         f"or .tox/{entry.env}/bin/python -m bench") from None
     return getattr(module, entry.cls)

@@ -1,7 +1,7 @@
 """TensorFlow 2: a tf.function step per batch; compiled, an XLA program per step on the CPU
-and, on a GPU, a segment of steps as one XLA program looping on the device. Dense runs use the fused ResourceApplyAdam kernel; sparse runs
-keep the gathers' row gradients and apply lazy Adam row-wise with scatter ops (Keras 3's
-Adam would densify its moments, so it is not used). TF32 is off: full float32 matmuls.
+and, on a GPU, a segment of steps as one XLA program looping on the device. Dense runs use the fused
+ResourceApplyAdam kernel; sparse runs keep the gathers' row gradients and apply lazy Adam row-wise with
+scatter ops (Keras 3's Adam would densify its moments, so it is not used). TF32 is off: full float32 matmuls.
 
 Two layouts (common/packing.py): the recipe's padded (B, L) rows, one batched matmul a batch;
 or packed, flat: one dot per real slot (a multiply and a row sum), its gradients written out so

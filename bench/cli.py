@@ -22,11 +22,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise BenchError(f"{message} (see `{self.prog} --help`)")
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(self, args=None, namespace=None):
         """An unknown flag is the subcommand's usage error, so the hint names its --help."""
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
-            command = self.commands.choices.get(getattr(parsed, "command", None)) if self.commands else None
+            name = getattr(parsed, "command", None)
+            command = self.commands.choices.get(name) if self.commands and name is not None else None
             (command or self).error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed
 
@@ -78,14 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     suite = commands.add_parser("suite", help="run backends x variants x devices and write the HTML report")
     suite.add_argument("--quick", action="store_true", help=f"1 epoch of {QUICK['max_steps']} steps per run")
     suite.add_argument("--backends", default=",".join(FRAMEWORKS), help="comma-separated (default: all)")
-    suite.add_argument("--devices", help="comma-separated: cpu, cuda, cuda:N (default: cpu, plus cuda if a GPU is seen)")
+    suite.add_argument("--devices",
+                       help="comma-separated: cpu, cuda, cuda:N (default: cpu, plus cuda if a GPU is seen)")
     suite.add_argument("--epochs", type=int)
     suite.add_argument("--max-steps", type=int)
     suite.add_argument("--no-baselines", action="store_true", help="skip the recipe loop and gensim")
     suite.add_argument("--suite", metavar="FILE.toml", help="sweeps to run instead of the default plan")
     suite.add_argument("--timeout", type=float, default=3600, help="seconds before a run is killed")
     suite.add_argument("--out", help="results folder (default reports/<UTC time>)")
-    suite.add_argument("--resume", metavar="DIR", help="finish an interrupted suite; its plan comes from DIR/suite.json")
+    suite.add_argument("--resume", metavar="DIR",
+                       help="finish an interrupted suite; its plan comes from DIR/suite.json")
     suite.add_argument("--retry-failed", action="store_true", help="with --resume or --out: redo failed and "
                        "timed-out runs too (runs with no valid result are always redone)")
     suite.add_argument("--dry-run", action="store_true", help="print the plan and what would be skipped; run nothing")
@@ -121,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("new", help="results folder(s) to judge against it")
     comp.add_argument("--threshold", type=float, default=0.05, help="smallest change that counts (default 0.05)")
     comp.add_argument("--out", metavar="FILE.html", help="also write an offline HTML page")
-    comp.add_argument("--json", metavar="FILE.json", help="where the JSON goes (default: beside --out, else NEW/compare.json)")
+    comp.add_argument("--json", metavar="FILE.json",
+                      help="where the JSON goes (default: beside --out, else NEW/compare.json)")
     comp.set_defaults(run="bench.reporting.compare:run")
 
     hist = commands.add_parser("history", help="each run's examples/s and final loss across folders, by date")

@@ -111,7 +111,7 @@ def is_stale(entry: Path, now: float | None = None) -> bool:
 
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Delete what killed writers left in `folder` (a full disk's usual cause); return what went."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = [e for e in folder.iterdir() if e.name.startswith(".tmp-")]
     except OSError:

@@ -39,7 +39,10 @@ def git_commit(root: Path) -> str | None:
 CODE_PATHS = ("common", "backends", "bench", "pyproject.toml")  # what a run's results depend on
 
 
-def code_version(root: Path = Path(__file__).resolve().parents[1]) -> str | None:
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_version(root: Path = REPO_ROOT) -> str | None:
     """A digest of the code that computes a result: the committed trees of CODE_PATHS plus any
     uncommitted change to them (files git does not track yet are not seen). A README edit or a
     new commit elsewhere leaves it alone; any change to what trains or measures does not."""
@@ -144,7 +147,8 @@ def _live_descendants_cpu(pid: int) -> float:
 
 
 def _delta(before: CpuSample, after: CpuSample) -> CpuSample:
-    return CpuSample(*(a - b for a, b in zip(after[:4], before[:4])), after.cores)
+    return CpuSample(after.wall - before.wall, after.busy - before.busy, after.steal - before.steal,
+                     after.own - before.own, after.cores)
 
 
 def _fractions(d: CpuSample) -> dict:
@@ -201,7 +205,8 @@ class MachineLoad:
         if self._start is not None and end is not None:
             span = _delta(self._start, end)
             self._total = span if self._total is None else \
-                CpuSample(*(a + b for a, b in zip(self._total[:4], span[:4])), span.cores)
+                CpuSample(self._total.wall + span.wall, self._total.busy + span.busy,
+                          self._total.steal + span.steal, self._total.own + span.own, span.cores)
         else:
             self._measurable = False
         self._start = None

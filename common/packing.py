@@ -67,7 +67,7 @@ def pack(batch: Batch, length: int) -> PackedBatch:
     per_row = (1.0 / (counts * batch.center.size)).astype(np.float32)
 
     def padded(values: np.ndarray, dtype: type) -> np.ndarray:
-        out = np.zeros(length, dtype=dtype)
+        out: np.ndarray = np.zeros(length, dtype=dtype)
         out[:n] = values
         return out
 

@@ -101,13 +101,17 @@ def _numba_probe(sizes: list[int]) -> Probe:
     for size in sizes:
         n = size // 8  # copy: two float32 arrays of n
         a, b = np.ones(n, np.float32), np.zeros(n, np.float32)
-        kernels["copy"].append(_timed(lambda reps: k.copy(a, b, reps, threads), _reps(8.0 * n, STREAM_BYTES),
-                                      8.0 * n, REPEATS))
+
+        def copy(reps: int, a: np.ndarray = a, b: np.ndarray = b) -> None:
+            k.copy(a, b, reps, threads)
+        kernels["copy"].append(_timed(copy, _reps(8.0 * n, STREAM_BYTES), 8.0 * n, REPEATS))
         n = size // 12  # triad: three arrays of n
         a, b, c = np.zeros(n, np.float32), np.ones(n, np.float32), np.ones(n, np.float32)
-        kernels["triad"].append(_timed(lambda reps: k.triad(a, b, c, reps, threads), _reps(12.0 * n, STREAM_BYTES),
-                                       12.0 * n, REPEATS))
-        del a, b, c
+
+        def triad(reps: int, a: np.ndarray = a, b: np.ndarray = b, c: np.ndarray = c) -> None:
+            k.triad(a, b, c, reps, threads)
+        kernels["triad"].append(_timed(triad, _reps(12.0 * n, STREAM_BYTES), 12.0 * n, REPEATS))
+        del a, b, c, copy, triad  # the kernels' defaults hold the arrays too
     x = np.ones((threads, FMA_ROW), np.float32)
     per_rep = 2.0 * k.FMA_CHAIN * x.size
     flops = _timed(lambda reps: k.fma(x, reps), _reps(per_rep, FLOP_WORK), per_rep, FLOP_REPEATS)
@@ -122,24 +126,27 @@ def _numpy_probe(sizes: list[int]) -> Probe:
     with ThreadPoolExecutor(threads) as pool:
         def on_slices(n: int, body: Callable[[slice, int], None]) -> Callable[[int], None]:
             parts = [slice(n * t // threads, n * (t + 1) // threads) for t in range(threads)]
-            return lambda reps: list(pool.map(lambda part: body(part, reps), parts))
+
+            def run(reps: int) -> None:
+                list(pool.map(lambda part: body(part, reps), parts))
+            return run
 
         for size in sizes:
             n = size // 8
             a, b = np.ones(n, np.float32), np.zeros(n, np.float32)
 
-            def copy(part: slice, reps: int) -> None:
+            def copy(part: slice, reps: int, a: np.ndarray = a, b: np.ndarray = b) -> None:
                 for r in range(reps):
                     np.copyto(b[part], a[part]) if r % 2 == 0 else np.copyto(a[part], b[part])
             kernels["copy"].append(_timed(on_slices(n, copy), _reps(8.0 * n, STREAM_BYTES), 8.0 * n, REPEATS))
             n = size // 12
             a, b, c = np.zeros(n, np.float32), np.ones(n, np.float32), np.ones(n, np.float32)
 
-            def add(part: slice, reps: int) -> None:
+            def add(part: slice, reps: int, a: np.ndarray = a, b: np.ndarray = b, c: np.ndarray = c) -> None:
                 for _ in range(reps):
                     np.add(b[part], c[part], out=a[part])
             kernels["add"].append(_timed(on_slices(n, add), _reps(12.0 * n, STREAM_BYTES), 12.0 * n, REPEATS))
-            del a, b, c
+            del a, b, c, copy, add  # the kernels' defaults hold the arrays too
     side = 1024
     x, y = np.ones((side, side), np.float32), np.ones((side, side), np.float32)
     out = np.empty_like(x)
@@ -178,7 +185,8 @@ def probe(sizes: list[int] | None = None, use_numba: bool | None = None) -> Prob
                 use_numba = False
         result = _numba_probe(sizes) if use_numba else _numpy_probe(sizes)
     except Exception as exc:  # noqa: BLE001 (numba's compiler, a thread that cannot start, memory)
-        return unavailable(f"the machine probe failed: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return unavailable(f"the machine probe failed: {exc.__class__.__name__}: {first_line}")
     result["seconds"] = time.perf_counter() - started
     result["caches"] = {f"L{level}": size for level, size in sorted(cache_sizes().items())}
     return check(result)

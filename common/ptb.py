@@ -14,6 +14,7 @@ import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from common.cache import atomic_dir, cache_dir
 from common.errors import BenchError
@@ -32,15 +33,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def text_blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    """The bytes of text file `path`, block by block, in one read: a NUL anywhere (not only in
-    the first block) means it is binary, one line."""
+def _open_corpus(path: Path) -> BinaryIO:
+    """`path` opened for reading bytes; an OSError at open is one line naming the file."""
     try:
-        f = open(path, "rb")
+        return open(path, "rb")
     except OSError as exc:
         raise BenchError(f"corpus file {path} cannot be read ({os.strerror(exc.errno or 0).lower()}): "
                          f"fix its permissions or name another file") from None
-    with f:
+
+
+def text_blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of text file `path`, block by block, in one read: a NUL anywhere (not only in
+    the first block) means it is binary, one line."""
+    with _open_corpus(path) as f:
         while block := f.read(size):
             nul = block.find(b"\0")
             if nul >= 0:

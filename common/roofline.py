@@ -133,6 +133,7 @@ def roofline(vocab: int, embed: int, stats: BatchStats, update: str, layout: str
     if rate is None:
         record["unavailable"] = probe.get("error") or "the probe has no figures"
     else:
+        assert bandwidth and peak  # bound() gives a rate only with both
         record["bound_by"] = "memory" if cost.bytes / bandwidth >= cost.flops / peak else "compute"
     return record
 

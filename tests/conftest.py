@@ -5,8 +5,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from common.spec import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 # The backend under test: SKIPGRAM_BACKEND (set by each backend's tox env), numpy by default.

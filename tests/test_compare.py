@@ -98,7 +98,8 @@ def test_a_planted_30_percent_slowdown_is_flagged(folders, tmp_path):
     assert dense["environment"]["commit"][1] == "planted" and sparse["environment"] == {"commit": [meta["commit"],
                                                                                                   "planted"]}
     assert sparse["verdict"] == "unchanged" and sparse["losses"]["identical"]
-    assert re.search(r"numpy dense cpu ! .* 0\.700 \[0\.\d+, 0\.\d+\] +slower +max 1\.0e-03 from step 50", result.stdout)
+    assert re.search(r"numpy dense cpu ! .* 0\.700 \[0\.\d+, 0\.\d+\] +slower +max 1\.0e-03 from step 50",
+                     result.stdout)
     planted = [w for w in dense["warnings"] if w.startswith("new ") and "busy machine: other processes took 50%" in w]
     assert len(planted) == REPEATS
     page = (tmp_path / "c.html").read_text()

@@ -229,7 +229,8 @@ def test_dask_node_checks_and_child_env(tmp_path, monkeypatch, ptb_dir):
 
 FAKE_SBATCH = """#!/usr/bin/env bash
 # sbatch for the test: run the job script in a session of its own; its pid is the job id
-script=$(mktemp "$FAKE_SLURM_DIR/job.XXXX"); if [ -f "${@: -1}" ]; then cp "${@: -1}" "$script"; else cat > "$script"; fi
+script=$(mktemp "$FAKE_SLURM_DIR/job.XXXX")
+if [ -f "${@: -1}" ]; then cp "${@: -1}" "$script"; else cat > "$script"; fi
 setsid bash "$script" > "$script.log" 2>&1 < /dev/null & echo "Submitted batch job $!"
 """
 FAKE_SCANCEL = "#!/usr/bin/env bash\nfor id in \"$@\"; do kill -TERM -- -$id 2>/dev/null; done; exit 0\n"

@@ -24,16 +24,19 @@ def fake_nvidia_smi(folder: Path, output: str, status: int = 0) -> str:
     """A PATH holding only an nvidia-smi that prints `output` for the query the harness makes."""
     folder.mkdir(exist_ok=True)
     script = folder / "nvidia-smi"
-    script.write_text(f"#!/bin/sh\n[ \"$1\" = --query-gpu=name,compute_cap ] || exit 3\nprintf '{output}'\nexit {status}\n")
+    script.write_text(f"#!/bin/sh\n[ \"$1\" = --query-gpu=name,compute_cap ] || exit 3\n"
+                      f"printf '{output}'\nexit {status}\n")
     script.chmod(0o755)
     return str(folder)
 
 
 def test_gpus_are_parsed_with_their_compute_capability(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 9.0\\nNVIDIA A100-SXM4-40GB, 8.0\\n"))
+    monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "bin",
+                                               "NVIDIA H100 80GB HBM3, 9.0\\nNVIDIA A100-SXM4-40GB, 8.0\\n"))
     assert gpus() == [H100, A100]
-    assert gpu_names() == ["NVIDIA H100 80GB HBM3 (compute capability 9.0)", "NVIDIA A100-SXM4-40GB (compute capability 8.0)"]
+    assert gpu_names() == ["NVIDIA H100 80GB HBM3 (compute capability 9.0)",
+                           "NVIDIA A100-SXM4-40GB (compute capability 8.0)"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # the framework's cuda:0 is then the A100
     assert gpus() == [A100]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
@@ -94,7 +97,8 @@ def test_dry_run_shows_skipped_rows_and_gpu_envs(tmp_path, ptb_dir):
                     env={"PATH": path, "SKIPGRAM_PYTHON_TORCH": "python3", "CUDA_VISIBLE_DEVICES": "0"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "plan: 7 runs" in lines[0] and "(5 to run, 2 skipped)" in lines[0]  # torch: dense, sparse, each compiled, graphed
+    # torch: dense, sparse, each compiled, graphed
+    assert "plan: 7 runs" in lines[0] and "(5 to run, 2 skipped)" in lines[0]
     assert any("torch-sparse-compiled-cuda" in line.split()[0] for line in lines[1:])
     mxnet = [line for line in lines if "mxnet-" in line.split()[0]]
     assert len(mxnet) == 2 and all("env=mxnet-cuda" in line and "skip: mxnet's GPU build has kernels up to "

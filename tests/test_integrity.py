@@ -67,7 +67,8 @@ def test_every_setting_is_part_of_a_runs_identity(tmp_path):
     plan = load_suite_file(suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nepochs = [1, 2]\n"
                                                 "max_steps = [10, 20]\n"), {})
     assert len(plan) == 4 and len({p.name for p in plan}) == 4 and len({p.key for p in plan}) == 4
-    again = load_suite_file(suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nepochs = [1, 1]\nlr = [0.002, 2e-3]\n"), {})
+    again = load_suite_file(suite_file(tmp_path, "[[runs]]\nbackend = 'numpy'\nepochs = [1, 1]\nlr = [0.002, 2e-3]\n"),
+                            {})
     assert len(again) == 1  # the same spec twice is one run
     overridden = load_suite_file(suite_file(tmp_path, "[base]\nepochs = 3\n[[runs]]\nbackend = 'numpy'\n"
                                                       "epochs = [2, 4]\n"), {"epochs": 1})
@@ -122,7 +123,8 @@ def test_bad_suite_options_stop_before_any_work(tmp_path, ptb_dir):
     assert listed.returncode == 0 and "plan: 201 runs" in listed.stdout
     assert not out.exists()
     typo = write_text(tmp_path / "b.toml", "[base]\nepoch = 1\n[[runs]]\nbackend = 'numpy'\n")
-    assert_one_line_error(run_bench("suite", "--suite", str(typo)), f"suite file {typo}, [base]: unknown setting(s) epoch")
+    assert_one_line_error(run_bench("suite", "--suite", str(typo)),
+                          f"suite file {typo}, [base]: unknown setting(s) epoch")
     not_a_table = write_text(tmp_path / "t.toml", "base = 3\n[[runs]]\nbackend = 'numpy'\n")
     assert_one_line_error(run_bench("suite", "--suite", str(not_a_table)), "expected an optional [base] table")
     assert_one_line_error(run_bench("suite", "--bogus"), "see `python -m bench suite --help`")

@@ -76,7 +76,8 @@ def pages(folder: Path, tmp_path: Path, specs_valid: bool) -> dict[str, Path]:
     """The report, compare (the folder against a copy of itself) and history pages of `folder`.
     Without `specs_valid`, compare and history refuse it in one line (a result of no valid spec)."""
     twin = shutil.copytree(folder, tmp_path / "twin")
-    out = {"report": tmp_path / "report.html", "compare": tmp_path / "compare.html", "history": tmp_path / "history.html"}
+    out = {"report": tmp_path / "report.html", "compare": tmp_path / "compare.html",
+           "history": tmp_path / "history.html"}
     for command, args in (("report", [str(folder)]),
                           ("compare", [str(folder), str(twin), "--out", str(out["compare"]),
                                        "--json", str(tmp_path / "c.json")]),
@@ -140,7 +141,8 @@ def test_a_mistyped_result_is_one_line_naming_the_file(real_folder, tmp_path, ed
     result = json.loads(path.read_text())
     edit(result)
     path.write_text(json.dumps(result))
-    for args in (["report", str(folder)], ["compare", str(real_folder), str(folder), "--json", str(tmp_path / "c.json")],
+    for args in (["report", str(folder)],
+                 ["compare", str(real_folder), str(folder), "--json", str(tmp_path / "c.json")],
                  ["history", str(folder), "--out", str(tmp_path / "h.html")]):
         result = run_bench(*args)
         assert_one_line_error(result, f"{path} is not a file the suite writes ({expected}")

@@ -70,7 +70,8 @@ def test_the_sparse_answer_names_compiled_pairs_apart():
     def ok(sparse: bool, compiled: bool, rate: float) -> dict:
         spec = make_spec({"backend": "tensorflow", "sparse": sparse, "compile": compiled}, "test").to_dict()
         return {"status": "ok", "spec": spec, "rate_median": rate, "vocab_size": 6_719}
-    rows, _ = report.sparse_answer([ok(False, False, 10.0), ok(True, False, 8.0), ok(False, True, 20.0), ok(True, True, 25.0)])
+    rows, _ = report.sparse_answer([ok(False, False, 10.0), ok(True, False, 8.0),
+                                    ok(False, True, 20.0), ok(True, True, 25.0)])
     assert {(r["backend"], r["ratio"]) for r in rows} == {("tensorflow", 0.8), ("tensorflow compiled", 1.25)}
 
 

@@ -98,8 +98,10 @@ CRAFTED = [
     ("a boolean for a count", lambda r: r.update(steps=True), "steps is a boolean, expected `int | null`"),
     ("a number for a status", lambda r: r.update(status=1), "status is the number 1, expected `str`"),
     ("no spec", lambda r: r.pop("spec"), "object missing required field `spec`"),
-    ("versions as a list", _nested("env", "versions", ["numpy"]), "env.versions is a list, expected `object | null`"),
-    ("an IQR of three", lambda r: r.update(rate_iqr=[1.0, 2.0, 3.0]), "rate_iqr is a list, expected `array` of length 2"),
+    ("versions as a list", _nested("env", "versions", ["numpy"]),
+     "env.versions is a list, expected `object | null`"),
+    ("an IQR of three", lambda r: r.update(rate_iqr=[1.0, 2.0, 3.0]),
+     "rate_iqr is a list, expected `array` of length 2"),
     ("a string for a peak", _nested("timings", "peak_rss_bytes", "big"), "timings.peak_rss_bytes is a string"),
     ("a number for neighbours", lambda r: r.update(neighbours={"the": 3}), "neighbours.the is the number 3"),
     ("a list for the record", lambda r: r.clear(), None),
@@ -194,7 +196,8 @@ def test_strays_are_listed_never_counted_or_pooled(folder, tmp_path, capsys):
     assert status == 0 and "2 of 2 runs finished" in page, err
     strays = page[page.index("<h2>Strays"):page.index("<h2>Micro-benchmarks")]
     assert f"{dense.stem} (copy).json</td>" in strays and "a fifo.json</td>" in strays
-    status, out, _ = bench(capsys, "compare", BEFORE, folder, "--json", tmp_path / "c.json", "--out", tmp_path / "c.html")
+    status, out, _ = bench(capsys, "compare", BEFORE, folder, "--json", tmp_path / "c.json",
+                           "--out", tmp_path / "c.html")
     record = json.loads((tmp_path / "c.json").read_text())
     segments = len(json.loads(dense.read_text())["segment_rates"])
     pair = next(p for p in record["pairs"] if p["name"] == "numpy dense cpu")
@@ -241,7 +244,8 @@ def test_pages_cap_each_field_and_the_json_keeps_it_whole(folder, tmp_path, caps
     edit(sparse, lambda r: r.update(status="failed", error="e" * huge))
     twin = shutil.copytree(folder, tmp_path / "twin")
     pages = {"report": folder / "index.html", "compare": tmp_path / "c.html", "history": tmp_path / "h.html"}
-    for args in (["report", folder], ["compare", twin, folder, "--json", tmp_path / "c.json", "--out", pages["compare"]],
+    for args in (["report", folder],
+                 ["compare", twin, folder, "--json", tmp_path / "c.json", "--out", pages["compare"]],
                  ["history", folder, twin, "--out", pages["history"]]):
         status, _, err = bench(capsys, *args)
         assert status in (0, 1), err

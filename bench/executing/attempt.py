@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from common.machine import HARNESS_VARIABLE, process_identity
 
 Progress = Callable[[int, int], None]
 def attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None = None,
-            extra_env: dict[str, str | None] | None = None, stop: threading.Event | None = None) -> dict:
+            extra_env: Mapping[str, str | None] | None = None, stop: threading.Event | None = None) -> dict:
     """The run's result record (the worker's own, or a failed / timed-out one saying why), with
     the attempt's wall time: process start, data, compilation, training and evaluation.
 
@@ -44,7 +44,7 @@ def attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, prog
 
 
 def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None,
-             extra_env: dict[str, str | None] | None, stop: threading.Event | None) -> dict:
+             extra_env: Mapping[str, str | None] | None, stop: threading.Event | None) -> dict:
     try:
         python = envs.python_for(run.env) if run.env else Path(sys.executable)
     except BenchError as exc:

@@ -24,10 +24,14 @@ import stat
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.executing import envs
 from bench.executing.attempt import attempt
 from bench.executing.events import Finished, Started
+
+if TYPE_CHECKING:
+    from distributed import Client, Future, Worker
 from bench.executing.gpus import gpus
 from bench.executing.memory import corpus_facts, fit_reason, machine_memory
 from bench.executing.probing import machine_probe, probe_env
@@ -91,8 +95,9 @@ def client_security(address: str, tls: Tls) -> object | None:
     if missing:
         raise BenchError(f"--address {address} is a TLS scheduler: give {', '.join(missing)} (the CA file, "
                          f"certificate and key the scheduler and workers were started with; README)")
-    check_tls_files(*tls)
     ca, cert, key = tls
+    assert ca and cert and key  # none is missing (above)
+    check_tls_files(ca, cert, key)
     return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
 
 
@@ -149,7 +154,7 @@ class DaskExecutor:
 
     name = "dask"
 
-    def __init__(self, client: object, data_dir: Path, timeout: float) -> None:
+    def __init__(self, client: Client, data_dir: Path, timeout: float) -> None:
         self.client, self.data_dir, self.timeout = client, data_dir, timeout
         self.address = client.scheduler.address
 
@@ -215,7 +220,8 @@ class DaskExecutor:
                 self.client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
             except TimeoutError:
                 raise BenchError(f"the Dask scheduler at {self.address} has no workers; start them as the "
-                                 f"README says (`dask worker {self.address} --nthreads 1 --resources slot=1`)") from None
+                                 f"README says (`dask worker {self.address} --nthreads 1 --resources slot=1`)"
+                                 ) from None
         offered: set[str] = set()
         for worker in self.client.scheduler_info(n_workers=-1)["workers"].values():
             offered |= {name for name, amount in (worker.get("resources") or {}).items() if amount >= 1}
@@ -224,7 +230,7 @@ class DaskExecutor:
             raise BenchError(f"no worker of {self.address} offers the resource {resource} that {len(names)} run(s) "
                              f"need (e.g. {names[0]}); start workers with `--resources {resource}=1` (README)")
 
-    def _result(self, run: PlannedRun, future: object, unfinished: int) -> dict:
+    def _result(self, run: PlannedRun, future: Future, unfinished: int) -> dict:
         """The task's value, or a failed record saying why the cluster could not produce one."""
         from distributed import KilledWorker
 
@@ -312,7 +318,7 @@ def child_env(timing_env: dict[str, str | None]) -> dict[str, str | None]:
     return {**{name: None for name in _nanny_variables()}, **timing_env}
 
 
-def _watch(worker: object, key: object, stop: threading.Event, done: threading.Event) -> None:
+def _watch(worker: Worker, key: object, stop: threading.Event, done: threading.Event) -> None:
     """Set `stop` once nobody can want this task's result: cancelled by the client, released
     because the client is gone, or the worker closing (it lost the scheduler). Dask cannot
     interrupt a running task; this ends its child."""

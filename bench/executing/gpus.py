@@ -20,7 +20,10 @@ class Gpu(NamedTuple):
 
     @property
     def capability_text(self) -> str:
-        return "unknown" if self.compute_capability is None else "%d.%d" % self.compute_capability
+        if self.compute_capability is None:
+            return "unknown"
+        major, minor = self.compute_capability
+        return f"{major}.{minor}"
 
 
 def parse(output: str) -> list[Gpu]:

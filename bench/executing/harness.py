@@ -72,7 +72,9 @@ class Harness:
             print(terminal(f"note: {len(strays)} files in {self.folder.runs} are not a planned run's own "
                            f"(not counted): {', '.join(p.name for p in strays[:5])}"
                            + (", ..." if len(strays) > 5 else "")), file=sys.stderr)
-        for run in (r for r in todo if r.skip):  # planned skipped: recorded with the reason, never started
+        for run in todo:  # planned skipped: recorded with the reason, never started
+            if not run.skip:
+                continue
             self.folder.save(run, failed_result(run.spec, run.skip, status="skipped"))
             say(f"{run.name}: skipped, {run.skip}")
         todo = [run for run in todo if not run.skip]

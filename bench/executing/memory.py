@@ -88,7 +88,8 @@ def estimate(spec: RunSpec, facts: Facts) -> dict[str, int]:
         "working": int(WORKING_MULTIPLE.get((spec.backend, spec.sparse), max(WORKING_MULTIPLE.values()))
                        * 2 * d.batch_size * d.row_length * d.embed * _FLOAT),
         "evaluation": 5 * facts.vocab * d.embed * _FLOAT,
-        "runtime": RUNTIME_BYTES.get(spec.backend if spec.runner != "gensim" else spec.runner, max(RUNTIME_BYTES.values())),
+        "runtime": RUNTIME_BYTES.get(spec.backend if spec.runner != "gensim" else spec.runner,
+                                     max(RUNTIME_BYTES.values())),
     }
     return {**terms, "total": sum(terms.values())}
 

@@ -74,7 +74,7 @@ def check_run_name(name: object) -> str:
     folder, never a path out of it, a hidden file or one the file system cannot hold."""
     plain = isinstance(name, str) and name and not name.startswith(".") and "/" not in name and \
         ".." not in name and name.isprintable() and len(name.encode()) <= MAX_NAME_BYTES
-    if not plain:
+    if not (isinstance(name, str) and plain):
         raise BenchError(f"run name {name!r} is not a plain file name (no '/', no '..', no leading dot, "
                          f"printable, at most {MAX_NAME_BYTES} bytes)")
     return name
@@ -274,7 +274,7 @@ def skip_reason(spec: RunSpec, found: list[Gpu]) -> str | None:
         return f"{spec.backend} has no GPU build"
     newest, have = entry.max_compute_capability, gpu.compute_capability
     if newest is not None and have is not None and have > newest:
-        return (f"{spec.backend}'s GPU build has kernels up to compute capability {'%d.%d' % newest} and no PTX; "
+        return (f"{spec.backend}'s GPU build has kernels up to compute capability {newest[0]}.{newest[1]} and no PTX; "
                 f"{gpu.name} ({spec.device}) is {gpu.capability_text}")
     return None
 

@@ -152,8 +152,14 @@ def dry_run(plan: list[PlannedRun], folder: ResultsFolder, retry_failed: bool) -
         variable = naming_variable(env)
         where = f"named by {variable}" if variable \
             else ("built" if (work_dir() / env).exists() or env == "harness" else "to be built by tox")
-        why = f"run: {todo[run]}" if run in todo and not run.skip else f"skip: {run.skip}" if run.skip else \
-            f"skip: finished ({folder.stored_result(run)['status']}) in {folder.result_path(run)}"
+        if run in todo and not run.skip:
+            why = f"run: {todo[run]}"
+        elif run.skip:
+            why = f"skip: {run.skip}"
+        else:
+            stored = folder.stored_result(run)
+            assert stored is not None  # neither to run nor skipped: its finished result is stored
+            why = f"skip: finished ({stored['status']}) in {folder.result_path(run)}"
         print(terminal(f"  {run.name}  env={env} ({where})  device={run.spec.device}  key={run.key}  {why}"))
     for stray in folder.strays(plan) if folder.runs.is_dir() else []:
         print(terminal(f"  stray: {stray} (not a planned run's file: not counted, not resumed from)"))

@@ -184,8 +184,8 @@ def loss_difference(base: list[float], new: list[float]) -> dict:
 
 def _quality(runs: list[dict], section: str, metric: str) -> float | None:
     values = [((r.get("evaluation") or {}).get(section) or {}).get(metric) for r in runs]
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+    found = [v for v in values if v is not None]
+    return float(np.mean(found)) if found else None
 
 
 def _env(folder: Folder, run: dict) -> dict:
@@ -221,7 +221,8 @@ def compare_pair(name: str, key: str, base: Folder, base_runs: list[dict], new: 
     pair = Pair(name, key, [r["status"] for r in base_runs], [r["status"] for r in new_runs])
     pair.environment = differing([_env(base, base_runs[0]), _env(new, new_runs[0])])
     ok_base, ok_new = ([r for r in runs if r["status"] in MEASURED] for runs in (base_runs, new_runs))
-    pair.warnings = [f"{side} repeat {r['spec']['repeat']}: {note}" for side, runs in (("base", ok_base), ("new", ok_new))
+    pair.warnings = [f"{side} repeat {r['spec']['repeat']}: {note}"
+                     for side, runs in (("base", ok_base), ("new", ok_new))
                      for r in runs for _, note in measurement_warnings(r)]
     if not (ok_base and ok_new):
         return pair
@@ -270,13 +271,13 @@ def compare(base: Folder, new: Folder, threshold: float) -> Comparison:
                          f"({len(groups_b)} and {len(groups_n)} settings): nothing to compare")
     pairs = sorted((compare_pair(label[k], k, base, groups_b[k], new, groups_n[k], threshold) for k in common),
                    key=lambda p: p.name)
-    one_side = [[{"name": label[k], "key": k, "status": [r["status"] for r in groups[k]]}
-                 for k in sorted(groups, key=label.get) if k not in other] for groups, other in
-                ((groups_b, groups_n), (groups_n, groups_b))]
+    only_base, only_new = ([{"name": label[k], "key": k, "status": [r["status"] for r in groups[k]]}
+                            for k in sorted(groups, key=lambda k: label[k]) if k not in other]
+                           for groups, other in ((groups_b, groups_n), (groups_n, groups_b)))
     folders = {side: {"path": ",".join(f.meta.get("folders") or [str(f.path)]), "created": f.created,
                       "commit": f.commit}
                for side, f in (("base", base), ("new", new))}
-    return Comparison(str(base.path), str(new.path), threshold, folders, pairs, *one_side,
+    return Comparison(str(base.path), str(new.path), threshold, folders, pairs, only_base, only_new,
                       strays={"base": base.strays, "new": new.strays})
 
 
@@ -323,7 +324,8 @@ def _delta(p: Pair, name: str) -> str:
 
 def _row(p: Pair) -> list[str]:
     status = "" if p.speed is not None else f" (base {'/'.join(p.base_status)}, new {'/'.join(p.new_status)})"
-    return [p.name + (" !" if p.warnings else ""), number((p.speed or {}).get("base_median"), 0), number((p.speed or {}).get("new_median"), 0),
+    return [p.name + (" !" if p.warnings else ""), number((p.speed or {}).get("base_median"), 0),
+            number((p.speed or {}).get("new_median"), 0),
             _ratio_text(p), p.verdict + status, _loss_text(p), *(_delta(p, q) for q in QUALITY),
             _bound_text(p), _roof_share_text(p), ", ".join(k for k in p.environment if k != "commit") or "–"]
 
@@ -374,7 +376,7 @@ def terminal(c: Comparison) -> str:
     return "\n".join([*map(terminal_text, head), table, *map(terminal_text, lines)])
 
 
-def ratio_figure(c: Comparison) -> str:
+def ratio_figure(c: Comparison) -> str | None:
     """Each pair's ratio with its interval, the threshold band shaded."""
     import matplotlib.pyplot as plt
 
@@ -386,8 +388,10 @@ def ratio_figure(c: Comparison) -> str:
     ax.axvspan(1 - c.threshold, 1 + c.threshold, color="#eeeeee", label=f"±{c.threshold:.0%} threshold")
     ax.axvline(1, color="#888", lw=1)
     for y, p in enumerate(pairs):
-        low, high = p.speed["ci"]
-        ax.errorbar([p.speed["ratio"]], [y], xerr=[[p.speed["ratio"] - low], [high - p.speed["ratio"]]],
+        speed = p.speed
+        assert speed is not None  # pairs holds only those with a speed
+        low, high = speed["ci"]
+        ax.errorbar([speed["ratio"]], [y], xerr=[[speed["ratio"] - low], [high - speed["ratio"]]],
                     fmt="o", capsize=3, color=colour[p.verdict])
     ax.set_yticks(range(len(pairs)), [plot_text(p.name) for p in pairs])
     ax.set(xlabel=f"examples/s, new / base (ratio of medians, {CONFIDENCE:.0%} bootstrap interval)")

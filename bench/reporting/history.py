@@ -46,7 +46,10 @@ def collect(folders: list[Folder]) -> tuple[dict[str, str], dict[str, list[Point
             versions: dict[str, str] = {}
             for r in ok:
                 versions.update((r.get("env") or {}).get("versions") or {})
-            quartiles = tuple(float(q) for q in np.percentile(rates, [25, 50, 75])) if rates else None
+            quartiles = None
+            if rates:
+                low, mid, high = (float(q) for q in np.percentile(rates, [25, 50, 75]))
+                quartiles = (low, mid, high)
             specs.setdefault(key, ok[0]["spec"])
             series.setdefault(key, []).append(Point(x, folder, quartiles, float(np.mean(losses)) if losses else None,
                                                     versions, median_bound(ok)))
@@ -82,11 +85,13 @@ def figure(folders: list[Folder], labels: dict[str, str], series: dict[str, list
 
     fig, (speed_ax, loss_ax) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     titles: dict[str, str] = {}
-    for key in sorted(series, key=labels.get):
+    for key in sorted(series, key=lambda k: labels[k]):
         points = series[key]
         timed = [p for p in points if p.rates]
-        line, = speed_ax.plot([p.x for p in timed], [p.rates[1] for p in timed], lw=1.2, label=plot_text(labels[key]))
-        speed_ax.fill_between([p.x for p in timed], [p.rates[0] for p in timed], [p.rates[2] for p in timed],
+        line, = speed_ax.plot([p.x for p in timed], [p.rates[1] for p in timed if p.rates], lw=1.2,
+                              label=plot_text(labels[key]))
+        speed_ax.fill_between([p.x for p in timed], [p.rates[0] for p in timed if p.rates],
+                              [p.rates[2] for p in timed if p.rates],
                               color=line.get_color(), alpha=0.15, lw=0)
         bounded = [p for p in points if p.bound]
         speed_ax.plot([p.x for p in bounded], [p.bound for p in bounded], ":", lw=1, color=line.get_color())
@@ -121,7 +126,8 @@ def folder_rows(folders: list[Folder]) -> list[tuple[str, list[str]]]:
             versions.update((r.get("env") or {}).get("versions") or {})
         ok = sum(r["status"] in MEASURED for r in f.results)
         rows.append(("", [f.created, f.commit, str(f.path),
-                          ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–", f"{ok} of {len(f.results)}"]))
+                          ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–",
+                          f"{ok} of {len(f.results)}"]))
     return rows
 
 

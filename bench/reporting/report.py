@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,8 @@ def load_results(folder: Path) -> tuple[dict, list[dict]]:
     files, strays = store.run_files(folder, meta)
     for path in files:
         try:
-            result = store.load_result(path)  # Refused (a symlink, a FIFO, too large or deep, mistyped): one line, exit 2
+            # Refused (a symlink, a FIFO, too large or deep, mistyped): one line, exit 2
+            result = store.load_result(path)
         except Unreadable as exc:
             result = _corrupt(path, exc.reason)
         else:
@@ -290,7 +292,8 @@ def throughput_figure(results: list[dict]):
     panels = [(title, chosen) for title, chosen in (
         ("frameworks", [r for r in runs if r["spec"]["runner"] not in BASELINES]),
         ("baselines (their own scale)", [r for r in runs if r["spec"]["runner"] in BASELINES])) if chosen]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 0.4 * len(runs) + 1.2 * len(panels)), squeeze=False, layout="constrained",
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 0.4 * len(runs) + 1.2 * len(panels)), squeeze=False,
+                             layout="constrained",
                              gridspec_kw={"height_ratios": [len(chosen) + 1 for _, chosen in panels]})
     for ax, (title, chosen) in zip(axes[:, 0], panels):
         medians = [r["rate_median"] for r in chosen]
@@ -333,12 +336,13 @@ def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
     """The book's exercise 1, answered from this run's numbers: each backend and device with a
     dense and a sparse run of the same settings; and per device, the fused kernel's sparse/dense
     ratio: the same lazy-Adam math without a framework's sparse machinery."""
-    pairs = {}
+    pairs: dict[tuple[str, str, str], dict[str, dict]] = {}
     for r in measured(results):
         s = r["spec"]
         key = (s["backend"], s["device"], settings_key(s, "sparse"))
         pairs.setdefault(key, {})["sparse" if s["sparse"] else "dense"] = r
-    rows, limit_ratios = [], {}
+    rows: list[dict] = []
+    limit_ratios: dict[str, float] = {}
     sizes = len({r.get("vocab_size") for r in measured(results)})  # several: each sentence names its V
     for (backend, device, _), pair in sorted(pairs.items(), key=lambda item: (*item[0][:2], _vocab(item[1]))):
         size = f" at V {_vocab(pair):,}" if _vocab(pair) and sizes > 1 else ""
@@ -348,7 +352,8 @@ def sparse_answer(results: list[dict]) -> tuple[list[dict], dict[str, float]]:
         if backend == LIMIT_BACKEND:
             limit_ratios.setdefault(f"{device}{size}", ratio)
         dense_spec = pair["dense"]["spec"]  # plain, compiled and packed: answers of their own
-        how = (" compiled" if dense_spec.get("compile") else "") + (" packed" if dense_spec.get("layout") == "packed" else "")
+        how = ((" compiled" if dense_spec.get("compile") else "")
+               + (" packed" if dense_spec.get("layout") == "packed" else ""))
         rows.append({"backend": backend + how, "device": device, "size": size, "vocab": _vocab(pair), "ratio": ratio,
                      "verdict": "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "about as fast",
                      "loss": [p.get("final_loss") for p in (pair["dense"], pair["sparse"])],
@@ -368,7 +373,9 @@ def agreement(results: list[dict]) -> tuple[list[dict], object]:
     groups: dict[tuple, list[dict]] = {}
     for r in measured(results):
         groups.setdefault((r["data_hash"], settings_key(r["spec"], "backend", "device", "compile")), []).append(r)
-    rows, fig, ax = [], None, None
+    rows: list[dict] = []
+    fig: Any = None  # matplotlib's Figure and Axes once a pair of runs is found
+    ax: Any = None
     for (_, settings), runs in groups.items():
         if len(runs) < 2:
             continue
@@ -383,7 +390,8 @@ def agreement(results: list[dict]) -> tuple[list[dict], object]:
         n = min(len(r["losses"]) for r in runs)
         stack = np.array([r["losses"][:n] for r in runs])
         ax.semilogy(np.arange(1, n + 1), stack.max(axis=0) - stack.min(axis=0) + 1e-12, lw=1,
-                    label=plot_text(f"{variant}: {', '.join(r['spec']['backend'] + ' ' + r['spec']['device'] for r in runs)}"))
+                    label=plot_text(f"{variant}: "
+                                    f"{', '.join(r['spec']['backend'] + ' ' + r['spec']['device'] for r in runs)}"))
     if not rows:
         return [], None
     ax.set(xlabel="step", ylabel="max - min loss across backends")
@@ -418,12 +426,13 @@ def neighbours(results: list[dict]) -> tuple[list[str], list[tuple[str, list[str
 
 
 def metadata(meta: dict, results: list[dict]) -> dict[str, object]:
-    machine = meta.get("machine") or next((r["env"] for r in results if r.get("env")), {})
+    machine: dict = meta.get("machine") or next((r["env"] for r in results if r.get("env")), {})
     versions: dict[str, str] = {}
     for r in results:
         versions.update(((r.get("env") or {}).get("versions")) or {})
     items = {"date": meta.get("created", "–"), "git commit": meta.get("commit") or "–",
-             "machine": machine.get("hostname", "–"), "CPU": f"{machine.get('cpu', '–')} ({machine.get('cpu_count', '?')} cores)",
+             "machine": machine.get("hostname", "–"),
+             "CPU": f"{machine.get('cpu', '–')} ({machine.get('cpu_count', '?')} cores)",
              "GPU": ", ".join(str(g) for g in (meta.get("machine") or {}).get("gpus", [])) or "none found",
              "python": machine.get("python", "–"),
              "frameworks": ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "–",
@@ -446,11 +455,13 @@ def render(folder: Path) -> Path:
         from bench.reporting.scale import section as scale_section  # it draws with this module's helpers
 
         context.update(
-            finished=len(measured(results, None)), total=len(results), skips=[r for r in results if r["status"] == SKIPPED],
+            finished=len(measured(results, None)), total=len(results),
+            skips=[r for r in results if r["status"] == SKIPPED],
             summary=summary(results), warned=warned(results), loss_figure=loss_figures(results),
             throughput_figure=throughput_figure(results),
             roofline_figure=roofline.figure(measured(results, None), _label), batch_figure=batch_size_figure(results),
-            sparse=sparse, limit_ratios=limit_ratios, padding=padding_cost(results), scale=scale_section(results), agreement=agreeing, agreement_figure=agreement_figure,
+            sparse=sparse, limit_ratios=limit_ratios, padding=padding_cost(results), scale=scale_section(results),
+            agreement=agreeing, agreement_figure=agreement_figure,
             bare_loop=bool(measured(results, "bare-loop")), overhead=harness_overhead(results),
             neighbours=neighbours(results), failed=[r for r in results if r["status"] not in MEASURED + (SKIPPED,)],
             busy_fraction=BUSY_FRACTION, spread_ratio=SPREAD_RATIO, spread_segments=SPREAD_MIN_SEGMENTS)

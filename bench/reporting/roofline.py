@@ -48,7 +48,7 @@ def figure(runs: list[dict], label) -> object | None:
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
-    machines = {}
+    machines: dict[str, dict] = {}
     for r, _ in points:
         probe = r["roofline"].get("probe") or {}
         if probe.get("bandwidth") and probe.get("peak_flops"):
@@ -64,9 +64,11 @@ def figure(runs: list[dict], label) -> object | None:
         ax.annotate(plot_text(f"peak {peak / 1e9:,.0f} GFLOP/s ({name})"), (x[-1], peak), fontsize=7, ha="right",
                     va="bottom")
     for r, (intensity, attained) in points:
-        dot, = ax.plot([intensity], [attained], "o", label=plot_text(f"{label(r)}: {100 * share(r):.0f} %"))
-        ax.plot([intensity], [attained / share(r)], "o", mfc="none", color=dot.get_color())
-        ax.plot([intensity, intensity], [attained, attained / share(r)], color=dot.get_color(), lw=0.5)
+        fraction = share(r)
+        assert fraction is not None  # _attained gave a point: the run has a rate and a bound
+        dot, = ax.plot([intensity], [attained], "o", label=plot_text(f"{label(r)}: {100 * fraction:.0f} %"))
+        ax.plot([intensity], [attained / fraction], "o", mfc="none", color=dot.get_color())
+        ax.plot([intensity, intensity], [attained, attained / fraction], color=dot.get_color(), lw=0.5)
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs per compulsory byte)",
            ylabel="FLOP/s attained (model FLOPs x examples/s / B)",
            title="roofline: each run (filled) and its bound (hollow)")

@@ -109,7 +109,8 @@ def rows(found: dict[tuple[str, str, str], list[Point]]) -> list[tuple[str, list
             ratio = q.rate / p.rate if q and q.rate and p.rate else None
             out.append(("", [backend, device, p.corpus, f"{p.vocab:,}", _fmt(p.rate, 0), _fmt(q.rate if q else None, 0),
                              _fmt(ratio, 2), f"{len(p.rates)} / {len(q.rates) if q else 0}", _mib(p.rss),
-                             _mib(q.rss if q else None), f"{_mib(p.device_peak)} / {_mib(q.device_peak if q else None)}"]))
+                             _mib(q.rss if q else None),
+                             f"{_mib(p.device_peak)} / {_mib(q.device_peak if q else None)}"]))
     return out
 
 
@@ -125,7 +126,7 @@ def figure(found: dict[tuple[str, str, str], list[Point]]) -> str:
         rated = [p for p in line if p.rate]
         rate_ax.plot([p.vocab for p in rated], [p.rate for p in rated], **style)
         sized = [p for p in line if p.rss]
-        memory_ax.plot([p.vocab for p in sized], [p.rss / 2 ** 20 for p in sized], **style)
+        memory_ax.plot([p.vocab for p in sized], [p.rss / 2 ** 20 for p in sized if p.rss], **style)
     rate_ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel="examples/s (median of repeats)",
                 title="speed (solid dense, dashed sparse)")
     memory_ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel="peak RSS of the worker (MiB)",
@@ -139,5 +140,6 @@ def section(results: list[dict]) -> dict | None:
     found = points(results)
     if len({p.vocab for line in found.values() for p in line}) < 2:
         return None
-    return {"sentences": [f"{backend} on {device}: {crossover(pairs)}" for (backend, device), pairs in sorted(ratios(found).items())],
+    return {"sentences": [f"{backend} on {device}: {crossover(pairs)}"
+                          for (backend, device), pairs in sorted(ratios(found).items())],
             "figure": figure(found), "head": HEAD, "rows": rows(found)}

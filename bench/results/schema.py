@@ -154,8 +154,8 @@ class Result(msgspec.Struct):
         if self.status in NEEDS_ERROR and not self.error:
             raise ValueError(f"a {self.status} run must say why (error), and this one does not")
         if self.status in TRAINED and self.losses is msgspec.UNSET:
-            raise ValueError(f"an {self.status} run must record its losses, and this one does not" if
-                             self.status == "ok" else f"a {self.status} run must record its losses, and this one does not")
+            article = "an" if self.status == "ok" else "a"
+            raise ValueError(f"{article} {self.status} run must record its losses, and this one does not")
 
 
 class PlanEntry(msgspec.Struct):

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -196,7 +196,8 @@ def read_result(path: Path, key: str) -> dict | None:
     except Unreadable:
         return None
     check(result, Result, path)
-    return result if spec_key(result["spec"]) == key else None  # type: ignore[index]
+    record = cast(dict, result)  # check() has validated it as a Result object
+    return record if spec_key(record["spec"]) == key else None
 
 
 def load_meta(path: Path) -> dict | None:

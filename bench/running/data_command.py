@@ -7,6 +7,7 @@ import json
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def dump(dataset: Dataset, path: Path) -> None:
     """The first epoch exactly as backends receive it, concatenated, plus vocab and init weights."""
     check_writable(path, "--dump", needed=dump_bytes(dataset))  # now that its size is known
     batches = list(dataset.epoch(0))
-    arrays = {name: np.concatenate([getattr(b, name) for b in batches]) for name in batches[0]._fields}
+    arrays: dict[str, Any] = {name: np.concatenate([getattr(b, name) for b in batches]) for name in batches[0]._fields}
     center, context = initial_weights(dataset.spec.seed, len(dataset.vocab), dataset.spec.embed)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, tokens=np.array(dataset.vocab.tokens), counts=dataset.vocab.counts,

@@ -36,7 +36,9 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     check_vectors(export_vectors, len(model.wv.index_to_key) + 1, d.embed)
     # No first step: each call trains a whole epoch in C threads (vocabulary and tables are load_seconds).
     timings = {"load_seconds": time.perf_counter() - t0, "first_step_seconds": None}
-    timeline, epoch_losses, epoch_seconds = Timeline(), [], []
+    epoch_losses: list[float] = []
+    epoch_seconds: list[float] = []
+    timeline = Timeline()
     load, machine_load = MachineLoad(), None
     decay = (model.alpha - model.min_alpha) / d.epochs
     for e in range(d.epochs):  # one call per epoch, so each epoch is a timed segment; alpha decays as in one call

@@ -79,7 +79,8 @@ def run_roofline(args: argparse.Namespace) -> int:
                 records = [roofline(vocab, spec.embed, stats, update, layout, m) for _, m in machines]
                 first = records[0]
                 bounds = "  ".join(_bound_text(r) for r in records)
-                print(f"{update:>9} {layout:>6} {first['bytes_per_step'] / 1e6:8.1f} {first['flops_per_step'] / 1e6:10.1f} "
+                print(f"{update:>9} {layout:>6} {first['bytes_per_step'] / 1e6:8.1f} "
+                      f"{first['flops_per_step'] / 1e6:10.1f} "
                       f"{_size(first['working_set_bytes']):>11}  {bounds}")
     return 0
 

@@ -153,7 +153,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     dataset = load_dataset(spec.data, data_dir, download)
     check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
-    timings = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0, "train_seconds": 0.0}
+    timings: dict[str, Any] = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0,
+                               "train_seconds": 0.0}
     load, machine_load = MachineLoad(), None
     limit = total_steps(spec, dataset)
     digest, timeline, epoch_losses, epoch_seconds = StreamHash(), Timeline(), [], []
@@ -196,7 +197,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     timings["compile_seconds"] = backend.compile_seconds  # ahead of the clock, in prepare (part of prepare_seconds)
     timings["peak_memory_bytes"] = backend.peak_memory_bytes()
     timings["peak_rss_bytes"] = peak_rss_bytes()  # the worker process, beside the device peak above
-    env = {"backend": spec.backend, "versions": backend_cls.versions(), "device_name": backend.device_name()}
+    env: dict[str, Any] = {"backend": spec.backend, "versions": backend_cls.versions(),
+                           "device_name": backend.device_name()}
     result = record(spec, status, error, env, digest.hexdigest(), timeline, epoch_losses, epoch_seconds, timings,
                     machine_load)
     if stats is not None:

@@ -40,8 +40,12 @@ def test_gradients_match_central_differences():
 def test_loss_is_masked_mean_of_bce_then_mean_over_rows():
     batch = Batch(center=np.array([1], np.int32), context_negative=np.array([[2, 3, 0]], np.int32),
                   mask=np.array([[1, 1, 0]], np.uint8), label=np.array([[1, 0, 0]], np.uint8))
-    v = np.zeros((4, 2)); v[1] = [1.0, 0.0]
-    u = np.zeros((4, 2)); u[2] = [2.0, 0.0]; u[3] = [-1.0, 0.0]; u[0] = [50.0, 0.0]  # padding ignored
+    v = np.zeros((4, 2))
+    v[1] = [1.0, 0.0]
+    u = np.zeros((4, 2))
+    u[2] = [2.0, 0.0]
+    u[3] = [-1.0, 0.0]
+    u[0] = [50.0, 0.0]  # padding ignored
     loss, _, _ = loss_and_grads(v, u, batch)
     expected = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 2
     assert loss == pytest.approx(expected, rel=1e-12)

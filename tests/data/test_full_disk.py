@@ -191,9 +191,9 @@ def test_atomic_file_on_a_full_disk_leaves_nothing(tmpfs):
 
 def test_atomic_dir_on_a_full_disk_leaves_nothing(tmpfs):
     disk = tmpfs("1m")
-    with pytest.raises(BenchError, match="no space left on device"):
-        with atomic_dir(disk / "folder", needed=2_000_000) as tmp:
-            (tmp / "a").write_bytes(b"x" * 2_000_000)
+    with pytest.raises(BenchError, match="no space left on device"), \
+            atomic_dir(disk / "folder", needed=2_000_000) as tmp:
+        (tmp / "a").write_bytes(b"x" * 2_000_000)
     assert list(disk.iterdir()) == []
 
 
