@@ -8,7 +8,7 @@ Needs numpy 1.23: it lives in its own env."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 # Two engine threads on the CPU, as MXNet already uses on a GPU (MXNET_GPU_WORKER_NTHREADS=2):
 # the two tables are independent, so their Adam updates and embedding gradients run side by

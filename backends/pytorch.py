@@ -21,7 +21,8 @@ import ctypes
 import ctypes.util
 import time
 import warnings
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -189,7 +190,7 @@ class GraphedStep:
 
     WARMUP = 3
 
-    def __init__(self, backend: "TorchBackend", batch: Tensors) -> None:
+    def __init__(self, backend: TorchBackend, batch: Tensors) -> None:
         self.inputs = batch._make(t.clone() for t in batch)  # real indices: warm-up must gather valid rows
         saved = backend.snapshot()
         side = torch.cuda.Stream(backend.device)
@@ -363,10 +364,7 @@ class TorchBackend(Backend):
     def train(self, prepared: list[Tensors]) -> np.ndarray:
         losses = []
         for batch in prepared:
-            if self.spec.graph:
-                loss = self._graph_for(batch)(batch)
-            else:
-                loss = self.eager_step(batch)
+            loss = self._graph_for(batch)(batch) if self.spec.graph else self.eager_step(batch)
             # a graph's (or cudagraph tree's) loss buffer is overwritten next step: keep a copy
             losses.append(loss.clone() if self.spec.graph or self._new_cudagraph_step else loss)
         return torch.stack(losses).cpu().numpy().astype(np.float64) if losses else np.zeros(0)
@@ -384,7 +382,8 @@ class TorchBackend(Backend):
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(self.prepare([batch])[0])
         loss.backward()
-        grads = [(p.grad.to_dense() if p.grad.is_sparse else p.grad)[self._unperm] for p in (self.center_w, self.context_w)]
+        grads = [(p.grad.to_dense() if p.grad.is_sparse else p.grad)[self._unperm]
+                 for p in (self.center_w, self.context_w)]
         result = loss.item(), *(g.cpu().double().numpy() for g in grads)
         self.optimizer.zero_grad(set_to_none=True)
         return result  # type: ignore[return-value]

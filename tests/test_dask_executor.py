@@ -412,11 +412,11 @@ def test_a_run_a_cluster_restarts_keeps_its_place_in_the_count(tmp_path, capsys)
 
 
 def test_the_readmes_tls_recipe_keeps_every_dashboard_off_the_network():
-    """TLS does not cover Dask's HTTP dashboards: every scheduler and worker the README starts
+    """TLS does not cover Dask's HTTP dashboards: every scheduler and worker docs/cluster.md starts
     binds its dashboard to 127.0.0.1 or has none (the default is 0.0.0.0:8787)."""
     import re
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "cluster.md").read_text(encoding="utf-8")
     starts = [line for line in readme.splitlines() if re.search(r"\bdask (scheduler|worker)\b", line)
               and line.startswith("    ")]
     assert len(starts) >= 5
