@@ -18,7 +18,7 @@ def test_worker_and_bare_loop_record_the_first_step_and_the_report_shows_it(ptb_
     assert report.first_step_seconds(results[0]) == results[0]["timings"]["first_step_seconds"] + 2.5
     rows = [row for _, group in report.summary([{**r, "_name": name} for r, name in zip(results, ("worker", "bare"))])
             for row in group]
-    worker_row = next(row for row in rows if row["runner"] == "backend")  # rows run fastest first
+    worker_row = next(row for row in rows if row["label"] == "worker")  # rows run fastest first
     assert worker_row["first"] == results[0]["timings"]["first_step_seconds"] + 2.5
 
 

@@ -64,9 +64,9 @@ def test_a_gpu_without_kernels_for_a_framework_plans_a_skipped_row():
     plan = default_plan(["torch", "mxnet", "jax"], ["cuda"], {}, baselines=False)
     on_h100 = for_machine(plan, [H100])
     skipped = {r.spec.label: r.skip for r in on_h100 if r.skip}
-    assert set(skipped) == {"mxnet dense cuda", "mxnet sparse cuda"}
+    assert set(skipped) == {"mxnet dense cuda", "mxnet dense packed cuda", "mxnet sparse packed cuda"}
     assert all("compute capability 8.6" in why and "is 9.0" in why and "H100" in why for why in skipped.values())
-    assert "torch dense graphed cuda" in {r.spec.label for r in on_h100}
+    assert "torch dense graphed packed cuda" in {r.spec.label for r in on_h100}
     assert not any(r.skip for r in for_machine(plan, [A100]))  # Ampere: MXNet's kernels exist
     stored = PlannedRun.from_dict(on_h100[-1].to_dict() if on_h100[-1].skip else
                                   next(r for r in on_h100 if r.skip).to_dict())
@@ -97,13 +97,14 @@ def test_dry_run_shows_skipped_rows_and_gpu_envs(tmp_path, ptb_dir):
                     env={"PATH": path, "SKIPGRAM_PYTHON_TORCH": "python3", "CUDA_VISIBLE_DEVICES": "0"})
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    # torch: dense, sparse, each compiled, graphed
-    assert "plan: 7 runs" in lines[0] and "(5 to run, 2 skipped)" in lines[0]
-    assert any("torch-sparse-compiled-cuda" in line.split()[0] for line in lines[1:])
+    # torch: dense, sparse, each compiled, graphed, all packed, and dense padded; mxnet: the same, less its
+    # compiler and graphs
+    assert "plan: 9 runs" in lines[0] and "(6 to run, 3 skipped)" in lines[0]
+    assert any("torch-sparse-compiled-packed-cuda" in line.split()[0] for line in lines[1:])
     mxnet = [line for line in lines if "mxnet-" in line.split()[0]]
-    assert len(mxnet) == 2 and all("env=mxnet-cuda" in line and "skip: mxnet's GPU build has kernels up to "
+    assert len(mxnet) == 3 and all("env=mxnet-cuda" in line and "skip: mxnet's GPU build has kernels up to "
                                    "compute capability 8.6" in line for line in mxnet)
-    graphed = next(line for line in lines if "torch-dense-graphed-cuda" in line)
+    graphed = next(line for line in lines if "torch-dense-graphed-packed-cuda" in line)
     assert "env=torch (named by SKIPGRAM_PYTHON_TORCH)" in graphed and "run: not run yet" in graphed
     assert not (tmp_path / "out").exists()
 
