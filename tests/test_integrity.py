@@ -26,11 +26,20 @@ def suite_file(tmp_path: Path, text: str) -> Path:
     return write_text(tmp_path / "s.toml", text)
 
 
-def start_suite(*args: str) -> subprocess.Popen:
+def start_suite(*args: str, env: dict | None = None) -> subprocess.Popen:
     """A suite in the background, its stdout readable line by line."""
     return subprocess.Popen([sys.executable, "-m", "bench", "suite", *args], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def start_wrapped_suite(tmp_path: Path, ptb_dir: Path, script: str) -> subprocess.Popen:
+    """A slow suite whose tests-env python is a shell script (`script`, then python with the
+    worker's arguments): what SKIPGRAM_PYTHON_* may name instead of an interpreter."""
+    wrapper = write_text(tmp_path / "python-wrapper", f'#!/bin/sh\n{script}"{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return start_suite("--suite", str(suite_file(tmp_path, SLOW)), "--out", str(tmp_path / "out"),
+                       "--data-dir", str(ptb_dir), env={"SKIPGRAM_PYTHON_TESTS": str(wrapper)})
 
 
 def wait_for_worker(proc: subprocess.Popen, timeout: float = 120) -> int:
@@ -275,18 +284,12 @@ def test_a_worker_behind_a_wrapper_ends_with_its_harness(tmp_path, ptb_dir):
     """SKIPGRAM_PYTHON_* may name a wrapper that does not exec python (a shell script, a container
     runner): the kernel's parent-death signal then reaches the wrapper only, and the worker
     watches the harness itself."""
-    wrapper = write_text(tmp_path / "python-wrapper", f'#!/bin/sh\n"{sys.executable}" "$@"\n')
-    wrapper.chmod(0o755)
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "suite", "--suite", str(suite_file(tmp_path, SLOW)),
-                             "--out", str(out), "--data-dir", str(ptb_dir)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "SKIPGRAM_PYTHON_TESTS": str(wrapper)})
+    proc = start_wrapped_suite(tmp_path, ptb_dir, "")
     shell = wait_for_worker(proc)
     deadline = time.time() + 30
-    while time.time() < deadline and not Path(f"/proc/{shell}/task/{shell}/children").read_text().split():
+    while time.time() < deadline and not _children(shell):
         time.sleep(0.05)
-    worker = int(Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
+    worker = _children(shell)[0]
     proc.kill()
     proc.wait()
     assert gone(shell) and gone(worker, within=10)
@@ -327,14 +330,7 @@ def test_a_wrappers_own_child_ends_with_the_harness(tmp_path, ptb_dir):
     """The worker's watcher ends its whole process group, not only itself: what a wrapper named
     by SKIPGRAM_PYTHON_* starts beside python (here a `sleep`) goes too."""
     pid_file = tmp_path / "sleep.pid"
-    wrapper = write_text(tmp_path / "python-wrapper",
-                         f'#!/bin/sh\nsleep 300 &\necho $! > "{pid_file}"\n"{sys.executable}" "$@"\n')
-    wrapper.chmod(0o755)
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "suite", "--suite", str(suite_file(tmp_path, SLOW)),
-                             "--out", str(out), "--data-dir", str(ptb_dir)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "SKIPGRAM_PYTHON_TESTS": str(wrapper)})
+    proc = start_wrapped_suite(tmp_path, ptb_dir, f'sleep 300 &\necho $! > "{pid_file}"\n')
     wait_for_worker(proc)
     sleeper = int(pid_file.read_text())
     try:
