@@ -11,12 +11,12 @@ least disturbed), with the spread kept beside it:
   (vectorised), or numpy's float32 matmul (BLAS) without numba.
 
 About two seconds. A probe that cannot run returns {"error": why}: "no bound", never a made-up
-figure. One probe serves a whole process (`cached_probe`) or suite (the harness passes its probe to
-every run in PROBE_VARIABLE); nothing here runs per step.
+figure. One probe serves a whole process (`cached_probe`) or suite (the harness hands its probe to
+every run in a file named by PROBE_VARIABLE, which the run checks and `use`s); nothing here runs
+per step.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-PROBE_VARIABLE = "SKIPGRAM_MACHINE_PROBE"  # a probe as JSON, handed to a run by the harness
+PROBE_VARIABLE = "SKIPGRAM_MACHINE_PROBE_FILE"  # a file holding the probe the harness hands a run
 SCHEMA = 1
 REPEATS = 5            # timed repeats per kernel and size (their spread is recorded)
 STREAM_BYTES = 256e6   # bytes one timed repeat moves: 2.5 ms at 100 GB/s, 25 ms at 10 GB/s
@@ -225,16 +225,15 @@ def bandwidth_at(result: Probe, working_set: float) -> float | None:
 _CACHED: Probe | None = None
 
 
+def use(result: Probe) -> None:
+    """Make `result` this process's probe (the one its harness handed it)."""
+    global _CACHED
+    _CACHED = check(result)
+
+
 def cached_probe() -> Probe:
-    """This process's probe: the one its harness handed it (PROBE_VARIABLE), else measured once."""
+    """This process's probe: the one `use`d, else measured once."""
     global _CACHED
     if _CACHED is None:
-        handed = os.environ.get(PROBE_VARIABLE)
-        if handed:
-            try:
-                _CACHED = check(json.loads(handed))
-            except (ValueError, TypeError, AttributeError):
-                _CACHED = unavailable(f"{PROBE_VARIABLE} is not a probe record")
-        else:
-            _CACHED = probe()
+        _CACHED = probe()
     return _CACHED

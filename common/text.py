@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-# C0 and C1 controls and DEL, and the bidirectional overrides that reorder what a reader sees.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls and DEL, the bidirectional overrides that reorder what a reader sees, and lone
+# surrogates (a JSON escape that is no character: no terminal encoding can write one).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 # What a page shows of one field: longer than any line the suite writes itself (a command line,
 # an error naming a log file); the whole value stays in the JSON file.
 PAGE_FIELD_CHARS = 500

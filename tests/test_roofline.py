@@ -14,7 +14,7 @@ from common.batches import Batch, load_dataset
 from common.probe import PROBE_VARIABLE, bandwidth_at, cached_probe, check, unavailable
 from common.roofline import BatchStats, bound, measure, published_gpu, roofline, step_cost, update_rule
 from common.spec import DataSpec
-from tests.conftest import run_bench, run_plan
+from tests.conftest import run_bench, run_plan, write_text
 
 # A step small enough to count by hand: V 10, D 4, 2 examples of L 6 (12 padded slots), 5 real
 # slots, 2 distinct centers and 3 distinct context words.
@@ -104,12 +104,25 @@ def test_a_probe_without_usable_figures_is_refused(figures):
     assert "no usable figure" in result["error"]
 
 
-def test_a_handed_probe_that_is_not_one_is_no_bound(monkeypatch):
+@pytest.mark.parametrize("text, error", [
+    ("[1, 2", "is corrupt: not JSON"),
+    (json.dumps({**FAKE_PROBE, "sizes": ["1"]}), "sizes[0] is a string"),
+    (json.dumps({**FAKE_PROBE, "peak_flops": True}), "peak_flops is a boolean"),
+    (json.dumps({**FAKE_PROBE, "sizes": [1, 2, 3]}), "one bandwidth a size"),
+    (json.dumps({**FAKE_PROBE, "sizes": [2, 1]}), "sizes increase"),
+])
+def test_a_handed_probe_that_is_not_one_is_no_bound(monkeypatch, tmp_path, text, error):
+    """What a run does with the file its harness handed it: a probe it can use, or no bound saying why."""
+    from bench.running.train_command import take_handed_probe
+
     monkeypatch.setattr(probe_module, "_CACHED", None)
-    monkeypatch.setenv(PROBE_VARIABLE, "[1, 2")
-    assert cached_probe()["error"] == f"{PROBE_VARIABLE} is not a probe record"
+    monkeypatch.setenv(PROBE_VARIABLE, str(write_text(tmp_path / "probe.json", text)))
+    take_handed_probe()
+    assert cached_probe()["error"].startswith(f"the handed machine probe: {tmp_path / 'probe.json'}")
+    assert error in cached_probe()["error"]
     monkeypatch.setattr(probe_module, "_CACHED", None)
-    monkeypatch.setenv(PROBE_VARIABLE, json.dumps(FAKE_PROBE))
+    write_text(tmp_path / "probe.json", json.dumps(FAKE_PROBE))
+    take_handed_probe()
     assert cached_probe()["peak_flops"] == 1e12
 
 

@@ -273,7 +273,7 @@ def run_task(entry: dict, client_data_dir: str, timeout: float, timing_env: dict
     watcher.start()
     try:
         result = attempt(run, data_dir, timeout, scratch, stop=stop,
-                         extra_env={**child_env(timing_env), **probe_env(machine_probe())})  # this node's own
+                         extra_env={**child_env(timing_env), **probe_env(machine_probe(), scratch)})  # this node's own
     finally:
         done.set()
     return {**result, **where}

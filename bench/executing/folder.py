@@ -18,7 +18,7 @@ from bench.executing.gpus import gpu_names
 from bench.executing.suite import PlannedRun
 from bench.results import store
 from bench.results.schema import CONCLUDED, RETRYABLE
-from bench.results.store import FolderFileError, Refused, read_result
+from bench.results.store import FolderFileError, Refused
 from common.cache import open_in_place
 from common.errors import BenchError
 from common.machine import code_version, git_commit, machine_info
@@ -164,7 +164,7 @@ class ResultsFolder:
 
     def stored_result(self, run: PlannedRun) -> dict | None:
         """The run's result if it is a whole, readable record of exactly this spec that says how it ended."""
-        result = read_result(self.result_path(run), run.key)
+        result = store.result_of(run.to_dict(), self.runs)  # the rule report and compare count by
         return result if result is not None and result["status"] in CONCLUDED + RETRYABLE else None
 
     def todo(self, plan: list[PlannedRun], retry_failed: bool) -> list[tuple[PlannedRun, str]]:

@@ -11,8 +11,11 @@ import functools
 import json
 import os
 import subprocess
+from pathlib import Path
 
 from bench.executing import envs
+from bench.results import store
+from bench.results.schema import MachineProbe
 from common.probe import PROBE_VARIABLE, Probe, check, probe, unavailable
 
 NUMBA_ENV = "fused"
@@ -39,9 +42,16 @@ def machine_probe() -> Probe:
         return unavailable(f"the probe in {python} gave no record (exit status {out.returncode}: {tail})")
 
 
-def probe_env(result: Probe) -> dict[str, str]:
-    """What a run's environment needs to be read against `result`."""
-    return {PROBE_VARIABLE: json.dumps(result)}
+PROBE_FILE = "machine-probe.json"
+
+
+def probe_env(result: Probe, folder: Path) -> dict[str, str]:
+    """What a run's environment needs to be read against `result`: the path of a file in `folder`
+    holding it, checked as it will be read. A file, not the record itself: a variable's value is
+    limited in size (a crafted 200 KB probe would stop every worker's start, E2BIG)."""
+    path = folder.absolute() / PROBE_FILE
+    store.write_json(path, result, MachineProbe)
+    return {PROBE_VARIABLE: str(path)}
 
 
 def summary(result: Probe) -> str:

@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             warn_steps(plan, args.data_dir, not args.no_download, counted=getattr(args, "executor", "local") == "local")
             say(f"suite: {len(plan)} runs -> {folder.path} (interrupted? resume with: {resume_command(folder.path)})")
             if isinstance(executor, LocalExecutor):  # a Dask node probes itself (dask_executor.run_task)
-                executor.run_env = probe_env(suite_probe(folder))
+                executor.run_env = probe_env(suite_probe(folder), folder.logs)
             harness = Harness(folder, executor, require_quiet=args.require_quiet)
             harness.run(plan, retry_failed=args.retry_failed)
             say(f"report: {report.render(folder.path).resolve()}")

@@ -16,9 +16,8 @@ import numpy as np
 
 from bench.reporting.limit import share_text
 from bench.reporting.pages import headless_matplotlib, number, plot_text, render, signed, svg
-from bench.reporting.report import load_results, measurement_warnings
+from bench.reporting.report import load_runs, measurement_warnings
 from bench.reporting.roofline import median_bound
-from bench.results import store
 from bench.results.schema import MEASURED
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
@@ -88,7 +87,7 @@ def load_side(value: str) -> Folder:
 
 def load_folder(path: Path) -> Folder:
     """A results folder, or a one-line BenchError: missing, without suite.json, without runs, corrupt."""
-    meta, results = load_results(path)  # raises for a missing folder and for one without results
+    meta, results, strays = load_runs(path)  # raises for a missing folder and for one without results
     if not meta or "warning" in meta:
         raise BenchError(f"{path / 'suite.json'} is missing or corrupt: is {path} a results folder?")
     for r in results:
@@ -96,7 +95,7 @@ def load_folder(path: Path) -> Folder:
             raise BenchError(f"corrupt result in {path / 'runs'}: {r['error']}")
     if not results:
         raise BenchError(f"no run results in {path / 'runs'}")
-    return Folder(path, meta, results, [str(p) for p in store.run_files(path, meta)[1]])
+    return Folder(path, meta, results, [str(p) for p in strays])
 
 
 def settings_key(spec: dict) -> str:

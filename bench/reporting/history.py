@@ -8,6 +8,7 @@ and a vertical mark shows where a framework version changed.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from bench.reporting.compare import Folder, group, load_folder, names, write_file
 from bench.reporting.limit import share_text
-from bench.reporting.pages import headless_matplotlib, number, plot_text, render, svg
+from bench.reporting.pages import drawable, headless_matplotlib, number, plot_text, render, svg
 from bench.reporting.roofline import median_bound
 from bench.results.schema import MEASURED
 
@@ -95,7 +96,7 @@ def figure(folders: list[Folder], labels: dict[str, str], series: dict[str, list
                               color=line.get_color(), alpha=0.15, lw=0)
         bounded = [p for p in points if p.bound]
         speed_ax.plot([p.x for p in bounded], [p.bound for p in bounded], ":", lw=1, color=line.get_color())
-        scored = [p for p in points if p.final_loss is not None]
+        scored = [p for p in points if not math.isnan(drawable([p.final_loss])[0])]
         loss_ax.plot([p.x for p in scored], [p.final_loss for p in scored], lw=1.2, color=line.get_color())
         for ax, shown, value in ((speed_ax, timed, lambda p: p.rates[1]), (loss_ax, scored, lambda p: p.final_loss)):
             for p in shown:

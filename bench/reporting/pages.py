@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 from functools import cache
 from numbers import Real
 from pathlib import Path
@@ -18,10 +19,19 @@ from pathlib import Path
 from common.text import cap
 
 DASH = "–"  # what a page shows for a number that is missing or not finite
+# The largest magnitude a figure draws: matplotlib's ticks fail on an axis spanning more than a
+# float holds (a crafted loss of 1e308 beside one of -1e308). Past it a value is a gap in the
+# figure, never left out of a table.
+DRAWABLE = 1e100
 
 
 def _real(x: object) -> bool:
     return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def drawable(values: Iterable[object]) -> list[float]:
+    """`values` as a figure may draw them: each beyond +-DRAWABLE, or not finite, as NaN (a gap)."""
+    return [float(v) if _real(v) and abs(v) <= DRAWABLE else math.nan for v in values]  # type: ignore[operator]
 
 
 def number(x: object, digits: int = 3) -> str:
@@ -79,8 +89,10 @@ def _capped(value: object) -> object:
 
 
 def render(template: str, **context: object) -> str:
-    """One page (or fragment) from its template."""
-    return environment().get_template(template).render(**context)
+    """One page (or fragment) from its template, writable as UTF-8: a lone surrogate (valid in a
+    folder's JSON as an escape, and no character) is shown as its escape, not an encoding error."""
+    text = environment().get_template(template).render(**context)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def plot_text(text: object) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from bench.reporting import roofline
 from bench.reporting.limit import LIMIT_BACKEND, limit_rates, share, share_text
 from bench.reporting.padding import padding_cost
-from bench.reporting.pages import headless_matplotlib, number, plot_text, svg
+from bench.reporting.pages import drawable, headless_matplotlib, number, plot_text, svg
 from bench.reporting.pages import render as render_page
 from bench.results import store
 from bench.results.schema import MEASURED, SKIPPED, measured, settings_key
@@ -24,59 +24,49 @@ from bench.results.store import Unreadable
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
 from common.machine import BUSY_FRACTION
-from common.spec import BASELINES, DataSpec, RunSpec, spec_key
+from common.spec import BASELINES, DataSpec, RunSpec
 
 
 def load_results(folder: Path) -> tuple[dict, list[dict]]:
-    """Suite metadata and the result of every planned run (bench.results reads and checks each
+    """Suite metadata and the result of every planned run (see load_runs)."""
+    meta, results, _ = load_runs(folder)
+    return meta, results
+
+
+def load_runs(folder: Path) -> tuple[dict, list[dict], list[Path]]:
+    """Suite metadata, the result of every planned run (bench.results reads and checks each
     file); a file cut short or not JSON, or of a spec the planner would not make, becomes a row
     marked corrupt. A file that is no plain file, too large or too deep, or whose fields are not of
-    the types the suite writes, is refused: one line naming it (BenchError). Strays (files in runs/
-    that are not a planned run's own) are not results: see store.run_files."""
+    the types the suite writes, is refused: one line naming it (BenchError). Which file holds which
+    planned run, and which are strays (never results), is store.holding's one rule; a file of the
+    plan's holding no run of it is a row marked stale."""
     if not folder.is_dir():
         raise BenchError(f"results folder {folder} not found")
     try:
         meta = store.load_meta(folder / "suite.json") or {}
     except Unreadable:
         meta = {"warning": f"{folder / 'suite.json'} is corrupt: the plan, date and command are unknown"}
+    held, strays = store.holding(folder, meta)
     results = []
-    files, strays = store.run_files(folder, meta)
-    for path in files:
-        try:
-            # Refused (a symlink, a FIFO, too large or deep, mistyped): one line, exit 2
-            result = store.load_result(path)
-        except Unreadable as exc:
-            result = _corrupt(path, exc.reason)
+    for item in held:
+        if item.record is None:
+            result = _corrupt(item.path, item.corrupt or "unreadable")
         else:
-            try:
-                RunSpec.from_dict(result["spec"])
-            except BenchError as exc:  # a spec the planner would not make
-                result = _corrupt(path, str(exc))
-            except TypeError as exc:  # data that is not an object
-                result = _corrupt(path, exc.__class__.__name__)
-        result["_name"] = path.stem
+            result = item.record
+            if item.stale:
+                result["status"], result["error"] = "stale", item.stale
+        result["_name"] = item.path.stem
         results.append(result)
-    _mark_stale(meta, results)
     _name_by_settings(results)
     if not results and not list((folder / "microbench").glob("*.json")):
         also = f" (only {len(strays)} stray file(s), not this plan's runs)" if strays else ""
         raise BenchError(f"no results in {folder / 'runs'}{also}: run `python -m bench suite` first")
-    return meta, results
+    return meta, results, strays
 
 
 def _corrupt(path: Path, why: str) -> dict:
     """The row of a result file that is cut short, not JSON, or lacks what every result holds."""
     return {"status": "corrupt", "error": f"{path.name}: unreadable result ({why})", "spec": None}
-
-
-def _mark_stale(meta: dict, results: list[dict]) -> None:
-    """A result of a spec the folder's plan does not hold (left by an earlier run) is not one of
-    this suite's: `--resume` would redo the run, and the report must not show it as done. Folders
-    written before plans carried keys have nothing to check against."""
-    planned = {entry["key"] for entry in meta.get("plan") or [] if isinstance(entry, dict) and entry.get("key")}
-    for r in results:
-        if planned and r["spec"] and spec_key(r["spec"]) not in planned:
-            r["status"], r["error"] = "stale", "a result of a spec this folder's plan does not hold; not counted"
 
 
 _IN_LABEL = ("backend", "device", "sparse", "compile", "graph", "layout", "runner")
@@ -266,12 +256,12 @@ def loss_figures(results: list[dict]):
         return None
     fig, (per_step, per_epoch) = plt.subplots(1, 2, figsize=(12, 4))
     for r in runs:
-        losses = np.array(r["losses"])
+        losses = np.array(drawable(r["losses"]))
         window = max(1, min(50, losses.size // 20))
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         per_step.plot(np.arange(smooth.size) + window, smooth, label=plot_text(_label(r)), lw=1)
         if r["epoch_losses"]:
-            per_epoch.plot(range(1, len(r["epoch_losses"]) + 1), r["epoch_losses"], marker="o",
+            per_epoch.plot(range(1, len(r["epoch_losses"]) + 1), drawable(r["epoch_losses"]), marker="o",
                            label=plot_text(_label(r)))
     per_step.set(xlabel="step", ylabel="loss (moving mean)", title="loss per step")
     per_epoch.set(xlabel="epoch", ylabel="example-weighted mean loss", title="loss per epoch")
@@ -388,7 +378,7 @@ def agreement(results: list[dict]) -> tuple[list[dict], object]:
         if fig is None:
             fig, ax = plt.subplots(figsize=(10, 3))
         n = min(len(r["losses"]) for r in runs)
-        stack = np.array([r["losses"][:n] for r in runs])
+        stack = np.array([drawable(r["losses"][:n]) for r in runs])
         ax.semilogy(np.arange(1, n + 1), stack.max(axis=0) - stack.min(axis=0) + 1e-12, lw=1,
                     label=plot_text(f"{variant}: "
                                     f"{', '.join(r['spec']['backend'] + ' ' + r['spec']['device'] for r in runs)}"))
@@ -445,9 +435,8 @@ def metadata(meta: dict, results: list[dict]) -> dict[str, object]:
 def render(folder: Path) -> Path:
     """Write folder/index.html from folder/suite.json and folder/runs/*.json."""
     headless_matplotlib()
-    meta, results = load_results(folder)
-    context: dict = {"meta": metadata(meta, results), "results": bool(results),
-                     "strays": [path.name for path in store.run_files(folder, meta)[1]],
+    meta, results, strays = load_runs(folder)
+    context: dict = {"meta": metadata(meta, results), "results": bool(results), "strays": [p.name for p in strays],
                      "microbench": microbench(load_microbench(folder))}
     if results:
         agreeing, agreement_figure = agreement(results)

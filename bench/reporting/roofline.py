@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.reporting.pages import plot_text, svg
+from bench.reporting.pages import DRAWABLE, plot_text, svg
 
 
 def bound(r: dict) -> float | None:
@@ -35,7 +35,11 @@ def _attained(r: dict) -> tuple[float, float] | None:
     if not (rate and bound(r) and examples and model.get("bytes_per_step") and model.get("flops_per_step")):
         return None
     per_example = model["flops_per_step"] / examples
-    return model["flops_per_step"] / model["bytes_per_step"], rate * per_example
+    intensity, attained = model["flops_per_step"] / model["bytes_per_step"], rate * per_example
+    roof = bound(r) * per_example  # type: ignore[operator]  # checked above
+    if not all(1 / DRAWABLE <= v <= DRAWABLE for v in (intensity, attained, roof)):  # past what a log axis draws
+        return None  # (a crafted 5e-324 bytes a step): in the table, not in the figure
+    return intensity, attained
 
 
 def figure(runs: list[dict], label) -> object | None:

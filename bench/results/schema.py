@@ -96,6 +96,39 @@ class Env(msgspec.Struct):
     threads_env: dict[str, Scalar] | None = None
 
 
+Positive = Annotated[int, msgspec.Meta(ge=1, le=2 ** 63 - 1)]
+
+
+class MachineProbe(msgspec.Struct):
+    """A machine probe (common/probe.py): bandwidth at each working-set size and the peak FLOP
+    rate, or why there is none (`error`). Every run's bound is read from it, so a crafted one is
+    refused here like any other stored field: sizes and rates positive numbers, one bandwidth a
+    size, sizes increasing."""
+
+    schema: int | None = None
+    method: str | None = None
+    threads: Count | None = None
+    sizes: list[Positive] = []
+    bandwidth: list[Rate] = []
+    kernels: dict[str, list[dict[str, Finite]]] | None = None
+    peak_flops: Rate | None = None
+    peak_flops_spread: dict[str, Finite] | None = None
+    seconds: Seconds | None = None
+    caches: dict[str, Count] | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            return
+        if not self.sizes or self.peak_flops is None:
+            raise ValueError("a probe without an error must have its sizes, bandwidth and peak_flops")
+        if len(self.bandwidth) != len(self.sizes):
+            raise ValueError(f"a probe has one bandwidth a size, and this one has {len(self.bandwidth)} for "
+                             f"{len(self.sizes)} sizes")
+        if any(a >= b for a, b in zip(self.sizes, self.sizes[1:])):
+            raise ValueError("a probe's sizes increase, and these do not")
+
+
 class Roofline(msgspec.Struct):
     """A run's bound from the machine (common/roofline.py): the cost model's bytes and FLOPs a step,
     the probe's bandwidth at its working set and peak FLOP rate, and the examples/s they allow
@@ -111,7 +144,7 @@ class Roofline(msgspec.Struct):
     update: str | None = None
     layout: str | None = None
     stats: dict[str, Finite] | None = None  # examples, row_length, slots, center_rows, context_rows, batches
-    probe: dict[str, Any] | None = None     # the machine probe it was read against (common/probe.py)
+    probe: MachineProbe | None = None  # the machine probe it was read against
     unavailable: str | None = None
 
 
@@ -171,7 +204,7 @@ class PlanEntry(msgspec.Struct):
 
 class Machine(Env):
     gpus: list[Scalar] = []
-    probe: dict[str, Any] | None = None  # the suite's machine probe (common/probe.py), handed to every run
+    probe: MachineProbe | None = None  # the suite's machine probe, handed to every run
 
 
 class Meta(msgspec.Struct):

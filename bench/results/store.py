@@ -16,15 +16,16 @@ import math
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import msgspec
 
-from bench.results.schema import Meta, MicrobenchFile, Result
+from bench.results.schema import MachineProbe, Meta, MicrobenchFile, Result
 from common.cache import atomic_write_bytes
 from common.errors import BenchError
-from common.spec import spec_key
+from common.spec import RunSpec, spec_key
 from common.text import cap
 
 # What a results folder's JSON files may be: far above any record the suite writes (a result of
@@ -209,6 +210,13 @@ def load_meta(path: Path) -> dict | None:
     return value  # type: ignore[return-value]  # check() proved it an object; every field optional (read with .get)
 
 
+def load_probe(path: Path) -> dict:
+    """A machine probe handed to a run in a file (bench/executing/probing.py), checked."""
+    value = read_json(path)
+    check(value, MachineProbe, path)
+    return value  # type: ignore[return-value]  # check() proved it an object
+
+
 def load_microbench(path: Path) -> list[dict]:
     """The benchmarks of one env's pytest-benchmark file, checked as results are."""
     value = read_json(path)
@@ -216,25 +224,107 @@ def load_microbench(path: Path) -> list[dict]:
     return value["benchmarks"]  # type: ignore[index]
 
 
-def plan_files(meta: dict | None) -> set[str] | None:
-    """The file names in runs/ the plan gives its runs; None when the folder holds no plan of
-    named runs to check against (none, or written before plans were stored)."""
-    plan = (meta or {}).get("plan") or []
-    names = [entry.get("name") for entry in plan]
-    if not plan or not all(isinstance(name, str) and name for name in names):
+def record_key(record: dict) -> str | None:
+    """The key of the spec a result carries; None for a spec no digest can be taken of."""
+    try:
+        return spec_key(record["spec"])
+    except (TypeError, AttributeError, ValueError):  # `data` that is no object; a value JSON cannot hold
         return None
-    return {f"{name}.json" for name in names}
 
 
-def run_files(folder: Path, meta: dict | None) -> tuple[list[Path], list[Path]]:
-    """The result files of `folder`'s planned runs, and its strays: files in runs/ that are not a
-    planned run's own ("x (copy).json", a result left by another plan). Strays are listed, never
-    read, counted or pooled: one planned run has one result."""
-    found = sorted((folder / "runs").glob("*.json"))
-    own = plan_files(meta)
-    if own is None:
-        return found, []
-    return [p for p in found if p.name in own], [p for p in found if p.name not in own]
+def holds(entry: dict, path: Path, key: str | None) -> bool:
+    """The one rule of which file holds which planned run: a file holds plan entry `entry` when it
+    is the entry's own file (runs/NAME.json; any file where the entry has no name) and carries the
+    entry's key (any key where the plan predates keys). Report, compare, history and --resume all
+    ask this, so a run one of them counts as finished is one the others count, and resume keeps."""
+    name, planned = entry.get("name"), entry.get("key")
+    return (not _is_name(name) or path.name == f"{name}.json") and (not planned or key == planned)
+
+
+def result_of(entry: dict, runs: Path) -> dict | None:
+    """The result runs/ holds for a planned run with a name (`--resume`, the harness): its own
+    file as written (nothing added: the harness adds to it and stores it again) if that file holds
+    it by `holds`; None if missing, cut short or of another spec; Refused if no file the suite writes."""
+    path = runs / f"{entry['name']}.json"
+    try:
+        value = read_json(path)
+    except Unreadable:
+        return None
+    check(value, Result, path)
+    record = cast(dict, value)  # check() validated it as a Result object
+    return record if holds(entry, path, record_key(record)) else None
+
+
+def _is_name(name: object) -> bool:
+    return isinstance(name, str) and bool(name)
+
+
+@dataclass
+class Held:
+    """A file of runs/ read as a run of its folder: its record (fields it lacks at their defaults,
+    its spec in full: a spec written without `repeat`, `runner` or `data` reads as the planner's),
+    or why it cannot be used: `corrupt` (cut short, not JSON, a spec the planner would not make) or
+    `stale` (it holds no run of the plan)."""
+
+    path: Path
+    record: dict | None = None
+    key: str | None = None  # of the spec as written
+    corrupt: str | None = None
+    stale: str | None = None
+
+
+def holding(folder: Path, meta: dict | None) -> tuple[list[Held], list[Path]]:
+    """What `folder`'s runs/ holds for its plan, by `holds`: the files read as its runs (by name),
+    and its strays, never counted or pooled. Where every planned run has a name, only those names'
+    files are read (the others are strays, unread: "x (copy).json", a FIFO); otherwise every file
+    is. Either way a planned key counts once: of the files holding one, the one of the shortest
+    name (then the first by name) is its run and the rest are strays. A file of the plan's that
+    holds no planned run (another run's result copied over it) is `stale`: a run not finished. A
+    file Refused (a symlink, mistyped fields) stops the reader: one line naming it."""
+    plan = [e for e in (meta or {}).get("plan") or [] if isinstance(e, dict)]
+    found = sorted((folder / "runs").glob("*.json"), key=lambda p: (len(p.name), p.name))
+    if plan and all(_is_name(e.get("name")) for e in plan):
+        names = {f"{e['name']}.json" for e in plan}
+        read, strays = [p for p in found if p.name in names], [p for p in found if p.name not in names]
+    else:
+        read, strays = found, []
+    items = list(map(_read_held, read))
+    for item in items:
+        if item.record is not None and plan and not any(holds(e, item.path, item.key) for e in plan):
+            item.stale = _stale_reason(plan, item.key)
+    held: list[Held] = []
+    seen: set[str] = set()
+    for item in items:  # in name order (shortest first): the first of a key's files is its run
+        if item.stale is None and item.key is not None:
+            if item.key in seen:
+                strays.append(item.path)
+                continue
+            seen.add(item.key)
+        held.append(item)
+    return sorted(held, key=lambda h: h.path.name), sorted(strays)
+
+
+def _read_held(path: Path) -> Held:
+    try:
+        record = load_result(path)
+    except Unreadable as exc:
+        return Held(path, corrupt=exc.reason)
+    try:
+        spec = RunSpec.from_dict(record["spec"])
+    except BenchError as exc:  # a spec the planner would not make
+        return Held(path, corrupt=str(exc))
+    except TypeError as exc:  # data that is not an object
+        return Held(path, corrupt=exc.__class__.__name__)
+    key = record_key(record)
+    record["spec"] = spec.to_dict()
+    return Held(path, record, key)
+
+
+def _stale_reason(plan: list[dict], key: str | None) -> str:
+    other = next((e.get("name") for e in plan if key and e.get("key") == key), None)
+    if _is_name(other):
+        return f"it holds the result of the planned run {cap(str(other), 100)}, not its own; not counted"
+    return "a result of a spec this folder's plan does not hold; not counted"
 
 
 def write_json(path: Path, value: Any, shape: type | None = None) -> None:

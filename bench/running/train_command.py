@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -11,12 +12,13 @@ import numpy as np
 
 from bench.options import data_spec
 from bench.results.schema import failed_result
-from bench.results.store import read_json, write_result
+from bench.results.store import FolderFileError, load_probe, read_json, write_result
 from bench.running import worker
 from common.cache import check_writable, is_write_failure, write_error
 from common.errors import BenchError
 from common.evaluate import neighbours, read_word2vec
 from common.machine import exit_with_harness
+from common.probe import PROBE_VARIABLE, unavailable, use
 from common.spec import RunSpec
 
 
@@ -86,9 +88,22 @@ def crash_message(backend: str, exc: BaseException) -> str:
     return f"{backend} run failed: {line}"
 
 
+def take_handed_probe() -> None:
+    """The machine probe the harness handed this run (a file named by PROBE_VARIABLE), checked as
+    every stored record is: one that is no probe gives the run no bound, saying why, never a
+    wrong one or a crash after training."""
+    path = os.environ.get(PROBE_VARIABLE)
+    if path:
+        try:
+            use(load_probe(Path(path)))
+        except FolderFileError as exc:
+            use(unavailable(f"the handed machine probe: {exc}"))
+
+
 def run(args: argparse.Namespace) -> int:
     exit_with_harness()
     spec = run_spec(args)
+    take_handed_probe()
     out = Path(args.out) if args.out else None
     vectors = Path(args.export_vectors) if args.export_vectors else None
     check_outputs(out, vectors)
