@@ -189,6 +189,13 @@ def measurement_warnings(r: dict) -> list[tuple[str, str]]:
                       f"{number(load.get('loadavg_after'), 1)} after)"))
     rates = r.get("segment_rates") or []
     median, iqr = r.get("rate_median"), r.get("rate_iqr")
+    beyond = roofline.share(r)
+    if beyond is not None and beyond > 1:
+        notes.append((f"faster than its bound ({share_text(beyond)})",
+                      f"faster than its roofline bound: a median of {number(median, 0)} examples/s is "
+                      f"{share_text(beyond)} of the {number(roofline.bound(r), 0)} the machine probe allows; a "
+                      f"bound is an upper limit, so the probe it was read against (suite.json's machine.probe, "
+                      f"in the result's roofline.probe) is wrong for this machine, or was edited"))
     if len(rates) >= SPREAD_MIN_SEGMENTS and median and iqr and (iqr[1] - iqr[0]) / median > SPREAD_RATIO:
         spread = (iqr[1] - iqr[0]) / median
         notes.append((f"unsteady rate (IQR {spread:.0%} of median)",
@@ -209,12 +216,13 @@ def framework(r: dict) -> str:
     return "baselines" if r["spec"]["runner"] in BASELINES else r["spec"]["backend"]
 
 
-def first_step_seconds(result: dict) -> float | None:
-    """A run's one-time cost before its steady rate: its first step (compilation, allocator
-    warm-up) plus what its backend compiled or captured ahead of the clock, in prepare."""
+def start_costs(result: dict) -> tuple[float | None, float | None]:
+    """A run's one-time costs before its steady rate, apart: its first step (what a framework
+    compiles on first use, allocator warm-up), and what its backend compiled or captured ahead of
+    the clock, in prepare (torch.compile of each batch shape, or of the lazy-Adam pass of a plain
+    sparse run): a plain run that compiles its optimiser is not slow to take its first step."""
     timings = result.get("timings") or {}
-    first = timings.get("first_step_seconds")
-    return None if first is None else first + (timings.get("compile_seconds") or 0.0)
+    return timings.get("first_step_seconds"), timings.get("compile_seconds")
 
 
 def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -238,7 +246,7 @@ def summary(results: list[dict]) -> list[tuple[str, list[dict]]]:
                      "loss": r.get("final_loss"), "speed": speed, "iqr": r.get("rate_iqr") or [None, None],
                      "up": speed / base if speed and base else None, "share": share(r, limits),
                      "bound": roofline.bound(r), "roof_share": roofline.share(r),
-                     "first": first_step_seconds(r),
+                     "first": start_costs(r)[0], "compile": start_costs(r)[1],
                      "quality": [((ev.get("wordsim353") or {}).get("spearman")),
                                  ((ev.get("simlex999") or {}).get("spearman")),
                                  ((ev.get("analogy") or {}).get("accuracy"))],
