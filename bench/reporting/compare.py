@@ -95,7 +95,8 @@ def load_folder(path: Path) -> Folder:
             raise BenchError(f"corrupt result in {path / 'runs'}: {r['error']}")
     if not results:
         raise BenchError(f"no run results in {path / 'runs'}")
-    return Folder(path, meta, results, [str(p) for p in strays])
+    stale = [r["_file"] for r in results if r["status"] == "stale"]  # the plan's file, another run's result
+    return Folder(path, meta, [r for r in results if r["status"] != "stale"], sorted([*map(str, strays), *stale]))
 
 
 def settings_key(spec: dict) -> str:

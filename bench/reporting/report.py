@@ -55,7 +55,7 @@ def load_runs(folder: Path) -> tuple[dict, list[dict], list[Path]]:
             result = item.record
             if item.stale:
                 result["status"], result["error"] = "stale", item.stale
-        result["_name"] = item.path.stem
+        result["_name"], result["_file"] = item.path.stem, str(item.path)
         results.append(result)
     _name_by_settings(results)
     if not results and not list((folder / "microbench").glob("*.json")):
