@@ -77,6 +77,6 @@ def run_plan(out: Path, plan: list, data_dir: Path, timeout: float = 120) -> lis
     with ResultsFolder(out) as folder:
         folder.adopt(plan, ["python", "-m", "bench", "suite", "(test fixture)"])
         executor = LocalExecutor(data_dir, timeout, folder.logs)
-        executor.run_env = probe_env(machine_probe(), folder.logs)  # one probe a test session, as the suite has one a suite
+        executor.run_env = probe_env(machine_probe(), folder.logs)  # one probe a test session, as a suite has
         Harness(folder, executor).run(plan)
         return [folder.stored_result(run) for run in plan]

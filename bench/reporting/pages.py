@@ -31,7 +31,7 @@ def _real(x: object) -> bool:
 
 def drawable(values: Iterable[object]) -> list[float]:
     """`values` as a figure may draw them: each beyond +-DRAWABLE, or not finite, as NaN (a gap)."""
-    return [float(v) if _real(v) and abs(v) <= DRAWABLE else math.nan for v in values]  # type: ignore[operator]
+    return [float(v) if isinstance(v, Real) and _real(v) and abs(float(v)) <= DRAWABLE else math.nan for v in values]
 
 
 def number(x: object, digits: int = 3) -> str:

@@ -36,7 +36,7 @@ def _attained(r: dict) -> tuple[float, float] | None:
         return None
     per_example = model["flops_per_step"] / examples
     intensity, attained = model["flops_per_step"] / model["bytes_per_step"], rate * per_example
-    roof = bound(r) * per_example  # type: ignore[operator]  # checked above
+    roof = bound(r) * per_example
     if not all(1 / DRAWABLE <= v <= DRAWABLE for v in (intensity, attained, roof)):  # past what a log axis draws
         return None  # (a crafted 5e-324 bytes a step): in the table, not in the figure
     return intensity, attained

@@ -192,13 +192,7 @@ def read_result(path: Path, key: str) -> dict | None:
     """The result at `path` as it was written (checked, nothing added: the harness adds to it and
     stores it again) if it carries the spec whose key is `key`; None if it is missing, cut short or
     of another spec (the run is redone); Refused if it is no file the suite writes."""
-    try:
-        result = read_json(path)
-    except Unreadable:
-        return None
-    check(result, Result, path)
-    record = cast(dict, result)  # check() has validated it as a Result object
-    return record if spec_key(record["spec"]) == key else None
+    return _as_written(path, {"key": key})
 
 
 def load_meta(path: Path) -> dict | None:
@@ -243,9 +237,11 @@ def holds(entry: dict, path: Path, key: str | None) -> bool:
 
 def result_of(entry: dict, runs: Path) -> dict | None:
     """The result runs/ holds for a planned run with a name (`--resume`, the harness): its own
-    file as written (nothing added: the harness adds to it and stores it again) if that file holds
-    it by `holds`; None if missing, cut short or of another spec; Refused if no file the suite writes."""
-    path = runs / f"{entry['name']}.json"
+    file, as read_result reads one, if that file holds it by `holds`."""
+    return _as_written(runs / f"{entry['name']}.json", entry)
+
+
+def _as_written(path: Path, entry: dict) -> dict | None:
     try:
         value = read_json(path)
     except Unreadable:
