@@ -132,16 +132,19 @@ def test_report_opens_in_headless_chromium(suite_dir, page, tmp_path):
     assert_renders(suite_dir / "index.html", tmp_path)
 
 
-def test_results_outside_the_plan_are_stale_but_keyless_plans_check_nothing():
+def test_results_outside_the_plan_are_stale_but_keyless_plans_check_nothing(tmp_path):
     """Folders written before plans carried keys (older commits) keep every result they hold."""
+    from bench.results import store
+    from bench.results.schema import failed_result
     from common.spec import RunSpec
 
-    spec = RunSpec(backend="numpy").to_dict()
-    results = [{"spec": spec, "status": "ok"}, {"spec": {**spec, "lr": 0.5}, "status": "ok"}]
-    report._mark_stale({"plan": [{"name": "old-style entry", "spec": spec}]}, results)
-    assert [r["status"] for r in results] == ["ok", "ok"]
-    report._mark_stale({"plan": [{"key": RunSpec(backend="numpy").key}]}, results)
-    assert [r["status"] for r in results] == ["ok", "stale"]
+    spec = RunSpec(backend="numpy")
+    store.write_result(tmp_path / "runs" / "a.json", failed_result(spec, "x"))
+    store.write_result(tmp_path / "runs" / "b.json", failed_result(RunSpec(backend="numpy", lr=0.5), "x"))
+    held, _ = store.holding(tmp_path, {"plan": [{"name": "a", "spec": spec.to_dict()}, {"name": "b"}]})
+    assert [h.stale for h in held] == [None, None]
+    held, _ = store.holding(tmp_path, {"plan": [{"key": spec.key}]})
+    assert [h.stale is None for h in held] == [True, False]
 
 
 def test_matplotlibs_warnings_stay_off_stderr():
