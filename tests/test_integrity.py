@@ -57,7 +57,7 @@ def wait_for_worker(proc: subprocess.Popen, timeout: float = 120) -> int:
     raise AssertionError("the suite started no worker")
 
 
-def gone(pid: int, within: float = 10) -> bool:
+def gone(pid: int, within: float = 60) -> bool:
     """Whether process `pid` has ended (or is a zombie nobody reaps) within `within` seconds."""
     deadline = time.time() + within
     while time.time() < deadline:
@@ -258,7 +258,7 @@ def test_a_signal_ends_the_worker_records_nothing_and_says_how_to_resume(tmp_pat
     proc = start_suite("--suite", str(suite_file(tmp_path, SLOW)), "--out", str(out), "--data-dir", str(ptb_dir))
     worker = wait_for_worker(proc)
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=30)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, stderr
     assert stderr.strip().splitlines()[-1].endswith(f"resume with: python -m bench suite --resume {out}")
     assert "Traceback" not in stderr and gone(worker)
@@ -286,13 +286,13 @@ def test_a_worker_behind_a_wrapper_ends_with_its_harness(tmp_path, ptb_dir):
     watches the harness itself."""
     proc = start_wrapped_suite(tmp_path, ptb_dir, "")
     shell = wait_for_worker(proc)
-    deadline = time.time() + 30
+    deadline = time.time() + 120
     while time.time() < deadline and not _children(shell):
         time.sleep(0.05)
     worker = _children(shell)[0]
     proc.kill()
     proc.wait()
-    assert gone(shell) and gone(worker, within=10)
+    assert gone(shell, within=60) and gone(worker, within=60)  # the watcher polls once a second
 
 
 def test_a_relative_out_outside_the_checkout_is_written_where_it_names(tmp_path, ptb_dir):
@@ -336,7 +336,7 @@ def test_a_wrappers_own_child_ends_with_the_harness(tmp_path, ptb_dir):
     try:
         proc.kill()
         proc.wait()
-        assert gone(sleeper, within=10)
+        assert gone(sleeper, within=60)
     finally:
         if not gone(sleeper, within=0):
             os.kill(sleeper, signal.SIGKILL)
@@ -457,7 +457,7 @@ def test_the_recipe_loops_dataloader_workers_end_with_it(tmp_path, ptb_dir):
         time.sleep(1)  # past worker_init_fn
         worker.kill()
         worker.wait()
-        assert all(gone(pid, within=2) for pid in loaders)
+        assert all(gone(pid, within=4) for pid in loaders)  # under torch's 5 s watchdog: the signal did it
     finally:
         worker.kill()
         worker.wait()
