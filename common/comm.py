@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from common.batches import Batch
+
 KINDS = ("allreduce", "allgather", "push", "pull")
 ITEM_BYTES = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
 
@@ -64,3 +66,19 @@ def per_step(steps: Sequence[Sequence[Collective]]) -> list[dict]:
              "elements": float(np.mean([s[i].elements for s in steps])),
              "bytes_sent": float(np.mean([s[i].bytes_sent for s in steps]))}
             for i, (n, k, d) in enumerate(names)]
+
+
+class SliceRows(NamedTuple):
+    """What one rank's slice of one step names: the lookups and distinct rows of each table, which
+    set a sparse gradient's size (real slots only: padding names row 0, which no real slot does)."""
+
+    centers: int           # center lookups: the slice's examples
+    contexts: int          # context and noise lookups: its real slots
+    unique_centers: int
+    unique_contexts: int
+
+
+def slice_rows(batch: Batch) -> SliceRows:
+    real = batch.context_negative[batch.mask.astype(bool)]
+    return SliceRows(int(batch.center.size), int(real.size), int(np.unique(batch.center).size),
+                     int(np.unique(real).size))
