@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 
 from common.batches import Batch
+from common.errors import BenchError
+from common.spec import RunSpec
 
 KINDS = ("allreduce", "allgather", "push", "pull")
 ITEM_BYTES = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
@@ -66,6 +68,15 @@ def per_step(steps: Sequence[Sequence[Collective]]) -> list[dict]:
              "elements": float(np.mean([s[i].elements for s in steps])),
              "bytes_sent": float(np.mean([s[i].bytes_sent for s in steps]))}
             for i, (n, k, d) in enumerate(names)]
+
+
+def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """What `spec`'s engine sends for rank `rank` in one step whose ranks' slices name `rows`: the
+    backend's own model, `model_<backend>` below (each reproduces what its backend counts)."""
+    found = globals().get(f"model_{spec.backend}")
+    if found is None:
+        raise BenchError(f"{spec.backend} has no communication model (common/comm.py)")
+    return found(spec, vocab, rows, rank)
 
 
 class SliceRows(NamedTuple):
