@@ -83,10 +83,10 @@ class SliceRows(NamedTuple):
     """What one rank's slice of one step names: the lookups and distinct rows of each table, which
     set a sparse gradient's size (real slots only: padding names row 0, which no real slot does)."""
 
-    centers: int           # center lookups: the slice's examples
-    contexts: int          # context and noise lookups: its real slots
-    unique_centers: int
-    unique_contexts: int
+    centers: float         # center lookups: the slice's examples (a profile's means are fractional)
+    contexts: float        # context and noise lookups: its real slots
+    unique_centers: float
+    unique_contexts: float
 
 
 def slice_rows(batch: Batch) -> SliceRows:

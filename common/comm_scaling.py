@@ -23,7 +23,7 @@ import numpy as np
 
 from common import comm
 from common.batches import Batch
-from common.comm import SliceRows, slice_rows
+from common.comm import SliceRows
 from common.spec import RunSpec
 
 WORKER_COUNTS = tuple(2 ** k for k in range(1, 11))   # 2 ... 1,024

@@ -5,7 +5,7 @@ import numpy as np
 
 from common.batches import Batch, load_dataset
 from common.comm import SliceRows, slice_rows
-from common.comm_scaling import Point, slice_counts, crossover, slice_profile, slice_sizes
+from common.comm_scaling import Point, crossover, slice_counts, slice_profile, slice_sizes
 from common.spec import DataSpec
 
 

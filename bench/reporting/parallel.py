@@ -57,8 +57,9 @@ def modelled(results: list[dict]) -> list[dict]:
     for r in measured(results):
         comm = r.get("communication") or {}
         if r["spec"].get("workers", 1) > 1 and comm.get("slice_profile") and r.get("vocab_size"):
-            spec = RunSpec.from_dict(r["spec"])
-            seen.setdefault((spec.backend, spec.layout, spec.data.corpus, r["vocab_size"]), {"spec": spec, "run": r})
+            run_spec = RunSpec.from_dict(r["spec"])
+            seen.setdefault((run_spec.backend, run_spec.layout, run_spec.data.corpus, r["vocab_size"]),
+                            {"spec": run_spec, "run": r})
     out = []
     for (backend, layout, corpus, vocab), found in sorted(seen.items()):
         spec: RunSpec = found["spec"]
