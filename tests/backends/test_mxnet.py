@@ -130,26 +130,8 @@ def test_a_library_folder_others_can_write_is_refused(fake_cxx):
 
 def test_the_compiler_and_its_children_end_with_a_killed_run(fake_cxx, tmp_path):
     """g++ and its cc1plus once outlived a SIGKILLed harness by seconds."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import ROOT
-    from tests.test_cache_trust import _gone
+    from tests.test_cache_trust import outlives_its_killed_parent
 
     hang = tmp_path / "child.pid"
-    code = "from tests.backends.test_mxnet import _build; _build()"
-    run = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
-                           env={**os.environ, "PYTHONPATH": str(ROOT), "FAKE_HANG": str(hang)})
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (hang.exists() and hang.read_text().strip()):
-            time.sleep(0.05)
-        child = int(hang.read_text())
-        run.send_signal(signal.SIGKILL)
-        run.wait()
-        assert _gone(child, within=2), "the compiler's child outlived the killed run"
-    finally:
-        run.kill()
+    assert not outlives_its_killed_parent("from tests.backends.test_mxnet import _build; _build()", hang,
+                                          {"FAKE_HANG": str(hang)})
