@@ -56,7 +56,9 @@ def text_blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
 
 def check_text_file(path: Path) -> None:
     """Reject what cannot be a corpus before reading it: missing, no plain file (a device such as
-    /dev/zero, a FIFO, a folder), a symbolic link loop, empty, or binary in its first block."""
+    /dev/zero, a FIFO, a folder), a symbolic link loop, a kernel pseudo-file (/proc/self/status:
+    a plain file of size 0 whose text is made as it is read), unreadable, empty, or binary in its
+    first block."""
     try:
         info = path.stat()
     except FileNotFoundError:
