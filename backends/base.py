@@ -14,7 +14,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from backends.registry import info
+from backends.registry import info, refusal
 from common.batches import Batch
 from common.errors import BenchError
 from common.spec import RunSpec
@@ -41,15 +41,9 @@ class Backend(ABC):
         if spec.device not in caps.devices and not (spec.device == "cuda" and "cuda:0" in caps.devices):
             raise BenchError(f"device {spec.device!r} is not available to {self.name}; "
                              f"available: {', '.join(caps.devices)}")
-        if spec.sparse and not caps.sparse:
-            raise BenchError(f"{self.name} has no sparse-gradient variant; drop --sparse")
-        if spec.compile and not caps.compile:
-            raise BenchError(f"{self.name} has no compiled variant; drop --compile")
-        if spec.graph and not caps.graph:
-            raise BenchError(f"{self.name} has no CUDA-graph variant; drop --graph")
-        if spec.layout not in caps.layouts:
-            raise BenchError(f"{self.name} cannot train on the {spec.layout} layout; "
-                             f"use --layout {' or '.join(caps.layouts)}")
+        reason = refusal(spec)
+        if reason is not None:
+            raise BenchError(reason)
         self.spec = spec
 
     @classmethod

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, NamedTuple
 
 from common.errors import BenchError
+from common.spec import RunSpec
 
 if TYPE_CHECKING:  # base.py reads the registry's declarations: a runtime import would be a cycle
     from backends.base import Backend
@@ -26,6 +27,11 @@ class BackendInfo(NamedTuple):
     max_compute_capability: tuple[int, int] | None = None
     graph: bool = False  # has a variant that replays each step as one captured CUDA graph
     layouts: tuple[str, ...] = ("padded",)  # the batch layouts it trains on (common/packing.py)
+    # Its data-parallel engine (docs/data-parallel.md), in words; None: it trains in one process only.
+    engine: str | None = None
+    # What that engine cannot run, each with why: a feature of the spec (FEATURES) or several
+    # joined by "+" (all present), e.g. ("compile+sparse", "inductor refuses sparse embeddings").
+    parallel_refusals: tuple[tuple[str, str], ...] = ()
 
 
 BACKENDS = {
@@ -51,6 +57,35 @@ def info(name: str) -> BackendInfo:
     if name not in BACKENDS:
         raise BenchError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
     return BACKENDS[name]
+
+
+def features(spec: RunSpec) -> set[str]:
+    """The names a refusal can be declared against: the variant, the layout, the optimiser, the device kind."""
+    names = {spec.layout, spec.optimizer, "cuda" if spec.device.startswith("cuda") else "cpu"}
+    names |= {name for name, on in (("sparse", spec.sparse), ("dense", not spec.sparse), ("compile", spec.compile),
+                                    ("graph", spec.graph)) if on}
+    return names
+
+
+def refusal(spec: RunSpec) -> str | None:
+    """The one-line reason `spec.backend` cannot run `spec` as declared here (variant, layout,
+    data-parallel engine), or None: planning and the backend itself ask this one function."""
+    entry = info(spec.backend)
+    lacking = [(spec.sparse and not entry.sparse, "no sparse-gradient variant (drop sparse)"),
+               (spec.compile and not entry.compile, "no compiled variant (drop compile)"),
+               (spec.graph and not entry.graph, "no CUDA-graph variant (drop graph)"),
+               (spec.layout not in entry.layouts,
+                f"no {spec.layout} layout (it trains on: {', '.join(entry.layouts)})"),
+               (spec.workers > 1 and entry.engine is None, "no data-parallel engine (drop workers)")]
+    for missing, what in lacking:
+        if missing:
+            return f"{spec.backend} has {what}"
+    if spec.workers > 1:
+        have = features(spec)
+        for feature, why in entry.parallel_refusals:
+            if set(feature.split("+")) <= have:
+                return f"{spec.backend} cannot run {feature.replace('+', ' + ')} on {spec.workers} workers: {why}"
+    return None
 
 
 def tox_env(name: str, device: str = "cpu") -> str:

@@ -14,6 +14,7 @@ SAMPLING_MODES = ("static", "dynamic")
 # How a batch is laid out for the step: the recipe's (B, L) rows with padding, or only the real
 # slots, flat (common/packing.py). A property of the run, not of the data: the stream is one.
 LAYOUTS = ("padded", "packed")
+MAX_WORKERS = 1024  # the cost model's range (common/comm.py); a local run is also bounded by its cores
 SEED_LIMIT = 2 ** 63  # SplitMix64 keys hold the seed in 64 bits; larger seeds would alias smaller ones
 # Upper bounds past which a data setting cannot be meant (without them a 40-digit batch size is
 # planned, "needs about 1.8e35 GiB", or overflows deep inside numpy), each from what holds it:
@@ -139,6 +140,9 @@ class RunSpec:
     graph: bool = False  # replay each dense step as one captured CUDA graph (backends declaring it)
     layout: str = "padded"  # padded (the recipe's rows) or packed (real slots only): LAYOUTS
     runner: str = "backend"
+    # Data-parallel ranks, each on its framework's own engine (docs/data-parallel.md): the global
+    # batch split into `workers` consecutive slices, gradients averaged: the same function as one process.
+    workers: int = 1
     repeat: int = 0  # which of several otherwise identical runs (noise estimates); changes nothing in training
 
     def __post_init__(self) -> None:
@@ -153,6 +157,12 @@ class RunSpec:
             (self.eps > 0 and math.isfinite(self.eps), f"eps must be > 0 and finite, got {self.eps}"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
             (self.repeat >= 0, f"repeat must be >= 0, got {self.repeat}"),
+            (1 <= self.workers <= MAX_WORKERS, f"workers must be between 1 and {MAX_WORKERS}, got {self.workers}"),
+            (self.workers == 1 or self.runner == "backend",
+             f"the {self.runner} runner trains in one process: drop --workers"),
+            (self.data.batch_size % self.workers == 0,
+             f"{self.workers} workers cannot split a batch of {self.data.batch_size} into equal slices: "
+             f"use a --workers that divides it"),
             (self.layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}"),
             (self.runner in RUNNERS, f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}"),
             (re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
@@ -183,7 +193,8 @@ class RunSpec:
         loop = " bare-loop" if self.runner == "bare-loop" else ""
         how = " compiled" if self.compile else " graphed" if self.graph else ""
         packed = " packed" if self.layout == "packed" else ""
-        return f"{self.backend} {self.variant}{how}{packed} {self.device}{loop}"
+        ranks = f" x{self.workers}" if self.workers > 1 else ""
+        return f"{self.backend} {self.variant}{how}{packed} {self.device}{ranks}{loop}"
 
     def to_dict(self) -> dict:
         """Every field, except those added after results were first stored (ADDED_LATER) while they
@@ -206,7 +217,8 @@ class RunSpec:
         return cls(**data)
 
 
-ADDED_LATER = {"graph": False, "layout": "padded"}  # field -> the default a spec leaves out of its dict and key
+# field -> the default a spec leaves out of its dict and key
+ADDED_LATER = {"graph": False, "layout": "padded", "workers": 1}
 DATA_ADDED_LATER = {"corpus": PTB, "corpus_path": None}
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backends.registry import BACKENDS, info, tox_env
+from backends.registry import BACKENDS, info, refusal, tox_env
 from bench.executing.gpus import Gpu
 from bench.reporting.limit import LIMIT_BACKEND
 from common.corpora import spec_fields
@@ -87,14 +87,9 @@ def check_backend(spec: RunSpec, where: str) -> RunSpec:
         return spec
     if spec.backend not in BACKENDS:
         raise BenchError(f"{where}: unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
-    entry = info(spec.backend)
-    lacking = [(spec.sparse and not entry.sparse, "no sparse-gradient variant (drop sparse)"),
-               (spec.compile and not entry.compile, "no compiled variant (drop compile)"),
-               (spec.layout not in entry.layouts,
-                f"no {spec.layout} layout (it trains on: {', '.join(entry.layouts)})")]
-    for missing, what in lacking:
-        if missing:
-            raise BenchError(f"{where}: {spec.backend} has {what}")
+    reason = refusal(spec)
+    if reason is not None:
+        raise BenchError(f"{where}: {reason}")
     return spec
 
 
@@ -136,7 +131,7 @@ def run_name(spec: RunSpec) -> str:
     recipe's, then the first 8 digits of the key (names of two different specs never collide)."""
     default_run, default_data = RunSpec(backend=spec.backend), DataSpec()
     extras = [f"{k}-{getattr(spec, k)}" for k in sorted(_RUN_FIELDS - {"backend", "device", "sparse", "runner",
-                                                                     "compile", "graph", "layout"})
+                                                                     "compile", "graph", "layout", "workers"})
               if getattr(spec, k) != getattr(default_run, k)]
     extras += [f"{k}-{_short(getattr(spec.data, k))}" for k in sorted(_DATA_FIELDS)
                if getattr(spec.data, k) != getattr(default_data, k)]

@@ -1,0 +1,95 @@
+"""What a data-parallel step communicates: one record per collective, and the algorithms' byte counts.
+
+A backend counts the tensors it hands its engine (a comm hook's bucket, the IndexedSlices a
+strategy reduces, the buffer under `all_gather`, the arrays pushed to and pulled from a
+kvstore) as Collectives; the model here says what the engine's algorithm sends for them, per
+rank, so a counted step and a modelled one are the same record and can be compared exactly.
+
+The algorithms (gloo, TF's collective ops, ps-lite), for N ranks and a payload of M bytes a rank:
+
+    ring allreduce     reduce-scatter then allgather of N chunks: each rank sends 2 (N - 1) / N x M
+    ring allgather(v)  N - 1 steps, each forwarding one rank's chunk to the next rank: a rank sends
+                       every chunk but its successor's (r + 1 mod N), sizes as each rank gave them
+    push / pull        a worker sends its payload to the servers / the servers send it back
+
+Bytes are payload bytes: the headers of TCP, gloo's preambles and ps-lite's message metadata
+are not in them (a loopback counter sees them: `loopback` in a result).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from common.batches import Batch
+from common.errors import BenchError
+from common.spec import RunSpec
+
+KINDS = ("allreduce", "allgather", "push", "pull")
+ITEM_BYTES = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
+
+
+class Collective(NamedTuple):
+    """One collective of a step, as this rank takes part in it."""
+
+    name: str           # what it carries, e.g. "context gradient values"
+    kind: str           # KINDS
+    dtype: str          # ITEM_BYTES
+    elements: int       # elements this rank hands the engine
+    bytes_sent: float   # payload bytes this rank sends for it, by the engine's algorithm
+
+    def to_dict(self) -> dict:
+        return self._asdict()
+
+
+def ring_allreduce(name: str, dtype: str, elements: int, world: int) -> Collective:
+    """A dense allreduce of `elements` on a ring of `world` ranks."""
+    return Collective(name, "allreduce", dtype, elements, 2 * (world - 1) / world * elements * ITEM_BYTES[dtype])
+
+
+def ring_allgather(name: str, dtype: str, elements: Sequence[int], rank: int) -> Collective:
+    """An allgather(v) on a ring, each rank r giving `elements[r]`: what rank `rank` hands and sends."""
+    world = len(elements)
+    sent = sum(elements) - (elements[(rank + 1) % world] if world > 1 else elements[0])
+    return Collective(name, "allgather", dtype, int(elements[rank]), float(sent * ITEM_BYTES[dtype]))
+
+
+def per_step(steps: Sequence[Sequence[Collective]]) -> list[dict]:
+    """Each collective's mean over the steps counted (sparse payloads vary a step), in the order of the
+    first step: the record a result keeps. Steps must name the same collectives in the same order."""
+    if not steps:
+        return []
+    names = [(c.name, c.kind, c.dtype) for c in steps[0]]
+    for s in steps:
+        if [(c.name, c.kind, c.dtype) for c in s] != names:
+            raise ValueError("steps name different collectives: count them per kind, not per step")
+    return [{"name": n, "kind": k, "dtype": d,
+             "elements": float(np.mean([s[i].elements for s in steps])),
+             "bytes_sent": float(np.mean([s[i].bytes_sent for s in steps]))}
+            for i, (n, k, d) in enumerate(names)]
+
+
+def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """What `spec`'s engine sends for rank `rank` in one step whose ranks' slices name `rows`: the
+    backend's own model, `model_<backend>` below (each reproduces what its backend counts)."""
+    found = globals().get(f"model_{spec.backend}")
+    if found is None:
+        raise BenchError(f"{spec.backend} has no communication model (common/comm.py)")
+    return found(spec, vocab, rows, rank)
+
+
+class SliceRows(NamedTuple):
+    """What one rank's slice of one step names: the lookups and distinct rows of each table, which
+    set a sparse gradient's size (real slots only: padding names row 0, which no real slot does)."""
+
+    centers: float         # center lookups: the slice's examples (a profile's means are fractional)
+    contexts: float        # context and noise lookups: its real slots
+    unique_centers: float
+    unique_contexts: float
+
+
+def slice_rows(batch: Batch) -> SliceRows:
+    real = batch.context_negative[batch.mask.astype(bool)]
+    return SliceRows(int(batch.center.size), int(real.size), int(np.unique(batch.center).size),
+                     int(np.unique(real).size))
