@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 _PR_SET_PDEATHSIG = 1
@@ -56,13 +57,19 @@ def run_own_group(command: Sequence[str], timeout: float | None = None) -> subpr
     the group's leader is told by the kernel and ends the group, grandchildren too (the parent-death
     signal alone reaches only a direct child: `g++` would go, its `cc1plus` finish its work).
     subprocess.TimeoutExpired after `timeout` seconds, the group ended."""
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LEADER, *command], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=die_with(os.getpid(), signal.SIGTERM))
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return subprocess.CompletedProcess(list(command), proc.returncode, out, err)
+    # Output to files, not pipes: a child the command leaves behind holding them (a wrapper's
+    # `sleep &`) must not keep this call waiting for their end after the command has exited.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LEADER, *command], stdout=out, stderr=err,
+                                start_new_session=True, preexec_fn=die_with(os.getpid(), signal.SIGTERM))
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        texts = []
+        for f in (out, err):
+            f.seek(0)
+            texts.append(f.read().decode(errors="replace"))
+    return subprocess.CompletedProcess(list(command), proc.returncode, *texts)

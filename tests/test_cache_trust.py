@@ -150,3 +150,13 @@ def test_a_named_interpreter_that_is_not_python_fails_its_runs_saying_so(tmp_pat
     assert done.returncode == 0, done.stderr
     (result,) = [p.read_text() for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert "is not a python 3 interpreter" in result and "SKIPGRAM_PYTHON_TESTS=false" in result
+
+
+def test_a_command_that_leaves_a_child_holding_its_output_is_not_waited_for():
+    """A wrapper named by SKIPGRAM_PYTHON_* may start `sleep 300 &` beside python: asking it
+    whether it is a python must end when it answers, not when its child does."""
+    from common.processes import run_own_group
+
+    started = time.monotonic()
+    done = run_own_group(["sh", "-c", "sleep 300 & echo 3"], timeout=60)
+    assert done.stdout.strip() == "3" and time.monotonic() - started < 30

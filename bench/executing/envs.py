@@ -12,10 +12,12 @@ with "device 'cuda' is not available", never trains on the CPU instead.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
@@ -24,10 +26,10 @@ from common.errors import BenchError
 from common.processes import run_own_group
 
 ROOT = Path(__file__).resolve().parents[2]
-# Variables tox sets for the env it runs in; a nested tox must not inherit them.
 # What a named interpreter is asked once, before any run: a python prints its major version.
 _VERSION_CHECK = "import sys; print(sys.version_info[0])"
 _CHECK_SECONDS = 120  # a container runner named as the python may start slowly; nothing takes longer
+# Variables tox sets for the env it runs in; a nested tox must not inherit them.
 _TOX_VARS = ("TOX_ENV_NAME", "TOX_WORK_DIR", "TOX_ENV_DIR", "TOX_PACKAGE", "VIRTUAL_ENV", "PYTHONHOME")
 
 
@@ -63,6 +65,15 @@ def chosen_python(env: str) -> Path | None:
     if problem:
         raise BenchError(f"{variable}={value} ({found}) is not a python 3 interpreter: {problem}; {fix}")
     return Path(found)
+
+
+def ask_named(envs: Iterable[str]) -> None:
+    """Ask each interpreter a SKIPGRAM_PYTHON_* names for these envs whether it is a python, now,
+    before any run starts: its answer is kept for python_for, which gives a run named so its error,
+    and while a run trains its worker is the only process the harness started."""
+    for env in set(envs):
+        with contextlib.suppress(BenchError):  # said by python_for, in that run's failed result
+            chosen_python(env)
 
 
 @cache
