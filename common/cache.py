@@ -5,10 +5,17 @@ Every file the suite writes (results, caches, the report, dumps, exported vector
 forbidden disk becomes one line naming the path and the space it needed (a BenchError), with
 the temporary file removed. Temporary names carry the writer's pid, so a later writer can tell
 a killed process's leftovers (removed) from a live one's (kept).
+
+The cache holds what later processes trust: tokenised corpora, row tables, and a compiled
+operator library that MXNet loads into the training process. So its folders are private to their
+owner (0700, whatever the umask), a folder someone else could have written is refused with one
+line rather than read, and a file that will be executed is checked against the digest recorded
+beside it when it was made (`verified_file`): a planted or truncated one is made again.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -43,6 +50,88 @@ def cache_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "skipgram-bench"
+
+
+# Owner-only: no group or other bit survives on a cache folder or what atomic_dir puts in it.
+PRIVATE_MODE = 0o700
+DIGEST_SUFFIX = ".sha256"  # the file beside a verified one holding its SHA-256 (hex, one line)
+
+
+def check_private(folder: Path) -> None:
+    """Refuse (BenchError, one line) a cache folder that someone else owns or can write: what it
+    holds could have been planted there. A missing folder passes; it is made private when made."""
+    try:
+        info = os.stat(folder)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BenchError(f"cache folder {folder} cannot be read ({os.strerror(exc.errno or 0).lower()}); "
+                         f"set SKIPGRAM_BENCH_CACHE to a folder of your own") from None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a folder"
+    elif info.st_uid != os.geteuid():
+        problem = f"belongs to another user (uid {info.st_uid}), so what it holds could have been planted"
+    elif info.st_mode & 0o022:
+        problem = (f"can be written by others (mode {stat.filemode(info.st_mode)}), so what it holds could "
+                   f"have been planted")
+    else:
+        return
+    raise BenchError(f"cache folder {folder} {problem}: remove it (what it held is made again) or set "
+                     f"SKIPGRAM_BENCH_CACHE to a folder only you can write")
+
+
+def cache_root() -> Path:
+    """cache_dir(), created private (0700) if missing, refused (check_private) if it is not ours alone."""
+    root = cache_dir()
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(root, PRIVATE_MODE)
+        os.chmod(root, PRIVATE_MODE)  # mkdir's mode is cut by the umask, and a umask may cut the owner's bits
+    except FileExistsError:
+        pass
+    except NotADirectoryError:
+        raise BenchError(f"cannot create the cache folder {root}: part of that path is a file; "
+                         f"set SKIPGRAM_BENCH_CACHE to a writable folder elsewhere") from None
+    except OSError as exc:
+        raise write_error(exc, root) from None
+    check_private(root)
+    return root
+
+
+def cache_folder(name: str) -> Path:
+    """The cache's folder `name` (it may not exist yet), after refusing a cache, or an existing
+    folder of that name, that is not private to this user (check_private)."""
+    folder = cache_root() / name
+    check_private(folder)
+    return folder
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of `path`'s bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def record_digest(path: Path) -> None:
+    """Write `path`'s SHA-256 beside it, atomically: call once the file is whole (a build succeeded)."""
+    atomic_write_bytes(digest_path(path), f"{file_sha256(path)}\n".encode("ascii"))
+
+
+def verified_file(path: Path) -> bool:
+    """Whether `path` is exactly the file its recorded digest was taken of (record_digest): False
+    for a missing, truncated, replaced or unrecorded one, which the caller makes again."""
+    try:
+        recorded = digest_path(path).read_text(encoding="ascii", errors="replace").strip()
+        return stat.S_ISREG(os.lstat(path).st_mode) and recorded == file_sha256(path)
+    except OSError:
+        return False
 
 
 def _mib(n: int) -> str:
@@ -132,6 +221,14 @@ def _umask() -> int:
     return mask
 
 
+def _make_private(folder: Path) -> None:
+    """`folder` and everything in it owner-only (a compiler or numpy made its files by the umask)."""
+    os.chmod(folder, PRIVATE_MODE)
+    for entry in folder.rglob("*"):
+        if not entry.is_symlink():
+            os.chmod(entry, stat.S_IMODE(entry.stat().st_mode) & PRIVATE_MODE)
+
+
 def _prefix(target: Path) -> str:
     return f".tmp-{target.name}-p{os.getpid()}-"
 
@@ -142,12 +239,23 @@ def is_write_failure(exc: OSError) -> bool:
     return exc.errno in WRITE_ERRNOS or (exc.errno is None and "written" in str(exc))
 
 
+def _in_the_way(folder: Path) -> str:
+    """What stops `folder` being made: the first part of its path that is a dangling symbolic link
+    or not a folder, in words."""
+    for part in (*reversed(folder.parents), folder):
+        if part.is_symlink() and not part.exists():
+            return f"{part} is a dangling symbolic link (to {os.readlink(part)}, which does not exist)"
+        if part.exists() and not part.is_dir():
+            return f"{part} is a file, not a folder"
+    return "part of that path is a file"
+
+
 def _make_parent(target: Path, needed: int | None) -> None:
     """Create `target`'s folder; any failure is the path's fault, so it is one line."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise BenchError(f"cannot create folder {target.parent}: part of that path is a file; "
+        raise BenchError(f"cannot create folder {target.parent}: {_in_the_way(target.parent)}; "
                          f"{_fix(target.parent, False)}") from None
     except OSError as exc:
         raise write_error(exc, target.parent, needed) from None
@@ -200,6 +308,7 @@ def _check_writable(path: Path, what: str, needed: int, target: Path) -> None:
 @contextmanager
 def atomic_dir(target: Path, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; rename it into place only if the block succeeds.
+    `target` is a cache folder: it and what the block wrote are private to this user (0700).
 
     An interrupted run leaves at most a `.tmp-*-p<pid>-*` folder, never a half-written
     `target`, and the next writer in that folder removes it once its pid is dead. A write that
@@ -217,7 +326,7 @@ def atomic_dir(target: Path, needed: int | None = None) -> Iterator[Path]:
     try:
         yield tmp
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide a shared cache from others
+            _make_private(tmp)
             os.replace(tmp, target)
         except OSError:  # another process got there first: theirs is as good as ours
             if not target.exists():

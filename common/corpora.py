@@ -18,7 +18,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.cache import atomic_write_bytes, cache_dir, free_bytes
+from common.cache import atomic_write_bytes, cache_dir, cache_root, free_bytes
 from common.errors import BenchError
 from common.ptb import TRAIN_SHA256, check_text_file, find_ptb, sha256_file
 
@@ -38,6 +38,7 @@ _CHUNK = 1 << 20  # words per block when planning a generated corpus: its memory
 # Up to this min_freq a word's chance to reach it is summed exactly (min_freq Poisson terms);
 # above, the Wilson-Hilferty approximation (one term, error < 2e-4 there): planning stays O(WORDS).
 _EXACT_MIN_FREQ = 32
+SEED_FORM = "a whole number from 0 to 2^63 - 1, such as 42"
 _FORMS = "ptb, zipf:TOKENS:WORDS[:SEED] (e.g. zipf:10M:100k) or the path of a text file"
 
 
@@ -82,16 +83,16 @@ def harmonic(n: int) -> float:
                      for start in range(0, n, _CHUNK))
 
 
-def parse_size(text: str, what: str, value: str) -> int:
+def parse_size(text: str, what: str, value: str, form: str = "a whole number such as 1M or 10k") -> int:
     """`100M`, `10k`, `1.5M` or `250000` as an exact integer (never through a float: seeds above
-    2^53 must not alias their neighbours); anything else names `value`'s form."""
+    2^53 must not alias their neighbours); anything else says `what` must be `form`."""
     match = re.fullmatch(r"(\d{1,30})(?:\.(\d{1,30}))?([kKmMgG]?)", text.strip())
     number = None
     if match:
         whole, fraction, scale = match.group(1), match.group(2) or "", _SUFFIXES[match.group(3).lower()]
         number = Fraction(int(whole + fraction) * scale, 10 ** len(fraction))
     if number is None or number.denominator != 1:
-        raise BenchError(f"invalid corpus {value!r}: {what} must be a whole number such as 1M or 10k, got {text!r}")
+        raise BenchError(f"invalid corpus {value!r}: {what} must be {form}, got {text!r}")
     return int(number)
 
 
@@ -108,11 +109,11 @@ def parse_zipf(value: str) -> Zipf:
     if not match:
         raise BenchError(f"invalid corpus {value!r}: write zipf:TOKENS:WORDS[:SEED], e.g. zipf:10M:100k")
     tokens, words = parse_size(match.group(1), "TOKENS", value), parse_size(match.group(2), "WORDS", value)
-    seed = parse_size(match.group(3), "SEED", value) if match.group(3) is not None else 0
+    seed = parse_size(match.group(3), "SEED", value, SEED_FORM) if match.group(3) is not None else 0
     checks = [(1 <= tokens <= MAX_TOKENS, f"TOKENS must be between 1 and {format_size(MAX_TOKENS)}"),
               (2 <= words <= MAX_WORDS, f"WORDS must be between 2 and {format_size(MAX_WORDS)}"),
               (words <= tokens, "WORDS cannot exceed TOKENS (most words would never occur)"),
-              (seed < 2 ** 63, "SEED must be < 2^63")]
+              (seed < 2 ** 63, f"SEED must be {SEED_FORM}")]
     for ok, message in checks:
         if not ok:
             raise BenchError(f"invalid corpus {value!r}: {message}")
@@ -187,13 +188,13 @@ def generated_digest(zipf: Zipf) -> str:
     recording its digest beside it) if either is missing: the digest a cached copy is checked by."""
     from common.zipf import write_zipf_corpus
 
+    cache_root()  # refused here if others could have written the file or its digest
     sidecar = zipf.path.with_name(zipf.path.name + ".sha256")
     if zipf.path.exists() and sidecar.exists():
         recorded = sidecar.read_text(encoding="ascii", errors="replace").strip()
         if re.fullmatch(r"[0-9a-f]{64}", recorded):
             return recorded
     folder = zipf.path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     free = free_bytes(folder)  # None: unknown, the write itself says if the disk fills
     if free is not None and free < zipf.text_bytes():
         raise BenchError(f"corpus {zipf.name} needs up to {zipf.text_bytes() / 2 ** 30:.1f} GiB in {folder}, "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cache import atomic_dir, cache_dir
+from common.cache import atomic_dir, cache_dir, cache_folder, file_sha256
 from common.errors import BenchError
 from common.ptb import check_text_file, sha256_file, text_blocks
 
@@ -112,7 +112,7 @@ def load_corpus(path: Path, expected: str | None = None) -> Corpus:
         np.save(tmp / "word_ids.npy", word_ids)
         np.save(tmp / "line_lengths.npy", lengths)
         (tmp / "words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-        manifest = {"sha256": actual, "files": {name: _file_sha256(tmp / name) for name in _FILES}}
+        manifest = {"sha256": actual, "files": {name: file_sha256(tmp / name) for name in _FILES}}
         (tmp / _MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     found = cached_corpus(actual)
     if found is None:
@@ -122,15 +122,7 @@ def load_corpus(path: Path, expected: str | None = None) -> Corpus:
 
 
 def _folder(digest: str) -> Path:
-    return cache_dir() / f"corpus-{digest[:24]}"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
+    return cache_folder(f"corpus-{digest[:24]}")
 
 
 @lru_cache(maxsize=64)
@@ -141,7 +133,7 @@ def _verified(folder: Path, digest: str, stamp: tuple) -> bool:
     try:
         manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
         return manifest["sha256"] == digest and all(
-            manifest["files"][name] == _file_sha256(folder / name) for name in _FILES)
+            manifest["files"][name] == file_sha256(folder / name) for name in _FILES)
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

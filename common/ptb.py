@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from common.cache import atomic_dir, cache_dir
+from common.cache import atomic_dir, cache_folder
 from common.errors import BenchError
 
 TRAIN_FILE = "ptb.train.txt"
@@ -56,7 +56,9 @@ def text_blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
 
 def check_text_file(path: Path) -> None:
     """Reject what cannot be a corpus before reading it: missing, no plain file (a device such as
-    /dev/zero, a FIFO, a folder), a symbolic link loop, empty, or binary in its first block."""
+    /dev/zero, a FIFO, a folder), a symbolic link loop, a kernel pseudo-file (/proc/self/status:
+    a plain file of size 0 whose text is made as it is read), unreadable, empty, or binary in its
+    first block."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -69,9 +71,17 @@ def check_text_file(path: Path) -> None:
         raise BenchError(f"corpus {path} is a folder: name a text file (or ptb, or zipf:TOKENS:WORDS)")
     if not stat.S_ISREG(info.st_mode):
         raise BenchError(f"corpus file {path} is not a plain file (a device, FIFO or socket): name a text file")
-    if info.st_size == 0:
+    try:
+        first = next(text_blocks(path, 1 << 16), None)
+    except OSError as exc:  # opened, then refused to read (/proc/self/mem: EIO)
+        raise BenchError(f"corpus file {path} could not be read as text ({os.strerror(exc.errno or 0).lower()}): "
+                         f"name a text file") from None
+    if info.st_size == 0 and first:  # procfs and sysfs: a size of 0, and text made as it is read
+        raise BenchError(f"corpus file {path} is not a regular file (a kernel pseudo-file, as under /proc or "
+                         f"/sys: its size reads 0 and its text changes as it is read): copy it to a text file "
+                         f"and name that")
+    if first is None:
         raise BenchError(f"corpus file {path} is empty: replace it with the real file")
-    next(text_blocks(path, 1 << 16), None)
 
 
 def verify_ptb(directory: Path, origin: str) -> Path:
@@ -117,7 +127,7 @@ def find_ptb(data_dir: str | None = None, download: bool = True) -> Path:
         return verify_ptb(Path(data_dir), "--data-dir")
     if os.environ.get("PTB_DIR"):
         return verify_ptb(Path(os.environ["PTB_DIR"]), "PTB_DIR")
-    cached = cache_dir() / "ptb"
+    cached = cache_folder("ptb")
     if (cached / TRAIN_FILE).exists():
         return verify_ptb(cached, "cache folder")
     if not download:

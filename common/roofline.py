@@ -30,7 +30,7 @@ in registers, launches, latency of the gathers) is why real runs fall below it.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sized
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -65,18 +65,26 @@ class BatchStats:
         return asdict(self)
 
 
-def measure(batches: Sequence[Batch], limit: int = STATS_BATCHES) -> BatchStats:
-    """Means over up to `limit` of `batches`, evenly spread (the counts are np.unique's: a few ms
-    a batch at V = 1M, so an epoch of 671 is sampled, not walked)."""
-    if not batches:
+def measure(batches: Iterable[Batch], count: int | None = None, limit: int = STATS_BATCHES) -> BatchStats:
+    """Means over up to `limit` of the `count` batches `batches` yields (a sequence's length by
+    default), evenly spread. Each chosen batch is counted as it streams by and none is kept, so an
+    epoch of any size costs one batch's memory (the counts are np.unique's: a few ms a batch at
+    V = 1M, so an epoch of 671 is sampled, not walked)."""
+    total = len(batches) if count is None and isinstance(batches, Sized) else count
+    if not total:
         raise ValueError("no batch to measure")
-    chosen = [batches[i] for i in np.unique(np.linspace(0, len(batches) - 1, min(limit, len(batches))).astype(int))]
-    touched = np.array([touched_rows(b) for b in chosen], dtype=np.float64)
-    return BatchStats(examples=float(np.mean([b.center.size for b in chosen])),
-                      row_length=int(chosen[0].context_negative.shape[1]),
-                      slots=float(np.mean([np.count_nonzero(b.mask) for b in chosen])),
-                      center_rows=float(touched[:, 0].mean()), context_rows=float(touched[:, 1].mean()),
-                      batches=len(chosen))
+    wanted = set(np.linspace(0, total - 1, min(limit, total)).astype(int).tolist())
+    rows: list[tuple[int, int, int, int]] = []  # examples, real slots, U_c, U_x of each chosen batch
+    row_length = 0
+    for i, batch in enumerate(batches):
+        if i in wanted:
+            row_length = int(batch.context_negative.shape[1])
+            rows.append((batch.center.size, int(np.count_nonzero(batch.mask)), *touched_rows(batch)))
+    if not rows:
+        raise ValueError("no batch to measure")
+    means = np.array(rows, dtype=np.float64).mean(axis=0)
+    return BatchStats(examples=float(means[0]), row_length=row_length, slots=float(means[1]),
+                      center_rows=float(means[2]), context_rows=float(means[3]), batches=len(rows))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from common.cache import atomic_dir, cache_dir, free_bytes
+from common.cache import atomic_dir, cache_folder, free_bytes
 from common.errors import BenchError
 from common.sampling import Rows, Sampler
 from common.spec import DataSpec
@@ -86,7 +86,7 @@ def cached_rows(corpus_sha256: str, spec: DataSpec, sampler: Sampler) -> RowTabl
     n = sampler.draw.centers.size
     if n * spec.row_length * 4 > MAX_BYTES:
         return None
-    folder = cache_dir() / f"rows-{_key(corpus_sha256, spec)}"
+    folder = cache_folder(f"rows-{_key(corpus_sha256, spec)}")
     names = Rows._fields
     if not folder.exists():
         needed = table_bytes(n, spec)

@@ -16,6 +16,18 @@ SAMPLING_MODES = ("static", "dynamic")
 LAYOUTS = ("padded", "packed")
 MAX_WORKERS = 1024  # the cost model's range (common/comm.py); a local run is also bounded by its cores
 SEED_LIMIT = 2 ** 63  # SplitMix64 keys hold the seed in 64 bits; larger seeds would alias smaller ones
+# Upper bounds past which a data setting cannot be meant (without them a 40-digit batch size is
+# planned, "needs about 1.8e35 GiB", or overflows deep inside numpy), each from what holds it:
+# - a batch's B x L slots are one tensor, indexed with int32 by MXNet's wheels (built without int64
+#   tensor sizes) and by the packed layout's ids (common/packing.py): B x L < 2^31;
+# - a row counts its contexts in a uint8 (common/sampling.py): 2 x window <= 255;
+# - an embedding is one dimension of a table tensor, indexed with int32 the same way: embed < 2^31;
+# - a word's count is an int64 (common/corpus.py): min_freq < 2^63;
+# - an epoch is at least one step and a result records each step's loss: epochs < 2^31 (already
+#   about 50 GB of losses).
+INDEX_LIMIT = 2 ** 31
+MAX_WINDOW = 127
+COUNT_LIMIT = 2 ** 63
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
@@ -61,11 +73,14 @@ class DataSpec:
         object.__setattr__(self, "corpus", check_name(self.corpus))
         checks = [
             (self.batch_size > 0, f"batch size must be > 0, got {self.batch_size}"),
-            (self.window >= 1, f"window must be >= 1, got {self.window}"),
+            (1 <= self.window <= MAX_WINDOW, f"window must be from 1 to {MAX_WINDOW}, got {self.window}"),
             (self.noise >= 0, f"noise must be >= 0, got {self.noise}"),
-            (self.min_freq >= 1, f"min_freq must be >= 1, got {self.min_freq}"),
-            (self.embed >= 1, f"embedding size must be >= 1, got {self.embed}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size * self.row_length < INDEX_LIMIT,
+             f"a batch's slots (batch size x 2 window x (1 + noise)) must be < 2^31, got {self.batch_size} x "
+             f"{self.row_length}: lower the batch size or the noise"),
+            (1 <= self.min_freq < COUNT_LIMIT, f"min_freq must be >= 1 and < 2^63, got {self.min_freq}"),
+            (1 <= self.embed < INDEX_LIMIT, f"embedding size must be >= 1 and < 2^31, got {self.embed}"),
+            (1 <= self.epochs < INDEX_LIMIT, f"epochs must be >= 1 and < 2^31, got {self.epochs}"),
             (self.subsample > 0 and math.isfinite(self.subsample),
              f"subsample threshold must be > 0 and finite, got {self.subsample}"),
             (0 <= self.seed < SEED_LIMIT, f"seed must be >= 0 and < 2^63, got {self.seed}"),

@@ -257,3 +257,31 @@ def test_a_harness_that_cannot_read_its_memory_says_so_in_one_line(tmp_path, mon
     assert for_memory(plan, None)[0].skip is None
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("warning: this machine's memory cannot be read") and "no-meminfo" in line
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_a_cgroups_reclaimable_page_cache_counts_as_available(tmp_path, monkeypatch, version):
+    """A 2 GiB cgroup whose usage is mostly page cache (a corpus just read) has room for a run: the
+    kernel drops clean file pages before it kills anyone, as MemAvailable counts them."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:    8000000 kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    monkeypatch.setattr(memory, "CGROUP", tmp_path / "fs")
+    monkeypatch.setattr(memory, "PROC_CGROUP", tmp_path / "self")
+    if version == "v2":
+        (tmp_path / "self").write_text("0::/job\n")
+        folder, limit, usage, prefix = tmp_path / "fs" / "job", "memory.max", "memory.current", ""
+    else:
+        (tmp_path / "self").write_text("4:memory:/job\n")
+        folder, limit, usage = tmp_path / "fs" / "memory" / "job", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        prefix = "total_"
+    _cgroup_file(folder / limit, f"{2 * GIB}\n")
+    _cgroup_file(folder / usage, f"{int(1.7 * GIB)}\n")
+    assert memory.machine_memory() == (2 * GIB - int(1.7 * GIB), 2 * GIB)  # no memory.stat: usage as it is
+    # The other version's names, and anon memory, count for nothing; its own file pages do.
+    other = "total_" if prefix == "" else ""
+    _cgroup_file(folder / memory.STAT_FILE, f"anon {GIB // 2}\n{other}inactive_file {GIB}\n"
+                                            f"{prefix}inactive_file {GIB}\n{prefix}active_file {GIB // 5}\n")
+    assert memory.machine_memory() == (2 * GIB - (int(1.7 * GIB) - GIB - GIB // 5), 2 * GIB)
+    _cgroup_file(folder / memory.STAT_FILE, f"{prefix}inactive_file {3 * GIB}\n")  # more than the usage
+    assert memory.machine_memory() == (2 * GIB, 2 * GIB)  # never above the limit

@@ -186,3 +186,40 @@ def test_the_suite_records_its_probe_and_a_resume_keeps_it(tmp_path, monkeypatch
     with ResultsFolder(tmp_path / "suite") as folder:
         folder.adopt(plan, ["test"])
         assert suite_command.suite_probe(folder) == FAKE_PROBE
+
+
+def test_measure_streams_an_epoch_holding_no_batch_it_has_counted(ptb_dir):
+    """`roofline --corpus zipf:20M:1M` once held a whole epoch to sample 128 of its batches (OOM
+    in 3 GiB): now each chosen batch is counted as it goes by, and the means are the same."""
+    import gc
+    import weakref
+
+    dataset = load_dataset(DataSpec(epochs=1, batch_size=4096), str(ptb_dir), download=False)
+    batches = list(dataset.epoch(0))
+    alive: set[int] = set()
+    most = 0
+
+    def stream():
+        nonlocal most
+        for i, batch in enumerate(dataset.epoch(0)):
+            copy = Batch(*(a.copy() for a in batch))  # a batch of its own, not a view of a shared chunk
+            alive.add(i)
+            weakref.finalize(copy.center, alive.discard, i)
+            del batch
+            gc.collect()
+            most = max(most, len(alive))
+            yield copy
+
+    streamed = measure(stream(), dataset.batches_per_epoch(0), limit=8)
+    assert streamed == measure(batches, limit=8) and streamed.batches == 8
+    assert most <= 2  # the batch handed out and the one before it, never the epoch's
+    with pytest.raises(ValueError, match="no batch"):
+        measure(iter([]), 0)
+
+
+@pytest.mark.parametrize("vocab", ["0", "-5", "1" + "0" * 400, str(2 ** 31)])
+def test_roofline_refuses_a_vocabulary_no_table_can_have(vocab):
+    result = run_bench("roofline", "--vocab", vocab, "--no-probe", "--corpus", "zipf:1k:100")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "--vocab must be a whole number from 1 to 2,147,483,647" in line and len(line) < 200

@@ -12,16 +12,23 @@ with "device 'cuda' is not available", never trains on the CPU instead.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 
 from bench.executing.processes import die_with, end_group
 from common.errors import BenchError
+from common.processes import run_own_group
 
 ROOT = Path(__file__).resolve().parents[2]
+# What a named interpreter is asked once, before any run: a python prints its major version.
+_VERSION_CHECK = "import sys; print(sys.version_info[0])"
+_CHECK_SECONDS = 120  # a container runner named as the python may start slowly; nothing takes longer
 # Variables tox sets for the env it runs in; a nested tox must not inherit them.
 _TOX_VARS = ("TOX_ENV_NAME", "TOX_WORK_DIR", "TOX_ENV_DIR", "TOX_PACKAGE", "VIRTUAL_ENV", "PYTHONHOME")
 
@@ -51,10 +58,38 @@ def chosen_python(env: str) -> Path | None:
         return None
     value = os.environ[variable]
     found = shutil.which(value)
+    fix = f"point it at an interpreter that has the {env!r} env's packages, or unset it to let tox build the env"
     if found is None:
-        raise BenchError(f"{variable}={value} is not an executable python; point it at an interpreter that "
-                         f"has the {env!r} env's packages, or unset it to let tox build the env")
+        raise BenchError(f"{variable}={value} is not an executable python; {fix}")
+    problem = _not_python(found)
+    if problem:
+        raise BenchError(f"{variable}={value} ({found}) is not a python 3 interpreter: {problem}; {fix}")
     return Path(found)
+
+
+def ask_named(envs: Iterable[str]) -> None:
+    """Ask each interpreter a SKIPGRAM_PYTHON_* names for these envs whether it is a python, now,
+    before any run starts: its answer is kept for python_for, which gives a run named so its error,
+    and while a run trains its worker is the only process the harness started."""
+    for env in set(envs):
+        with contextlib.suppress(BenchError):  # said by python_for, in that run's failed result
+            chosen_python(env)
+
+
+@cache
+def _not_python(path: str) -> str | None:
+    """Why `path` is not a python 3 (run once with -c and its answer kept); None if it is one.
+    Without this a wrong program named there fails every run with only its exit status."""
+    asked = f"`{path} -c '{_VERSION_CHECK}'`"
+    try:
+        done = run_own_group([path, "-c", _VERSION_CHECK], timeout=_CHECK_SECONDS)
+    except subprocess.TimeoutExpired:
+        return f"{asked} gave no answer in {_CHECK_SECONDS} s"
+    answer = done.stdout.strip()
+    if done.returncode == 0 and answer == "3":
+        return None
+    shown = f"printed {answer[:60]!r}" if answer else "printed nothing"
+    return f"{asked} {shown} and exited with status {done.returncode}"
 
 
 def python_for(env: str, build: bool = True) -> Path:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.executing import envs
 from bench.executing.attempt import attempt
 from bench.executing.events import Finished, Started
 from bench.executing.suite import PlannedRun
@@ -21,6 +22,7 @@ class LocalExecutor:
         self.run_env: dict[str, str] = {}  # the suite's machine probe, for every run (bench/executing/probing.py)
 
     def run(self, runs: list[PlannedRun], started: Started, finished: Finished) -> None:
+        envs.ask_named(run.env for run in runs if run.env)
         for run in runs:
             started(run)
             with _bar(run.name) as bar:

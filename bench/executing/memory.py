@@ -21,9 +21,10 @@ E dimensions, batch size B, row length L, S steps per epoch (max_steps caps it) 
                                          (3 V E 8) before any optimiser state exists
     runtime     RUNTIME_BYTES            interpreter, framework and allocator pools, measured
 
-A plan marks a run whose estimate exceeds the memory available to it (MemAvailable, or the cgroup's
-limit less its usage where that is lower) as skipped, with both figures, so the suite never starts a
-run the OOM killer would end halfway through the others.
+A plan marks a run whose estimate exceeds the memory available to it (MemAvailable, or where it is
+lower, the cgroup's limit less its usage plus the page cache it holds, which the kernel reclaims
+before it kills anyone: MemAvailable's rule, applied to the cgroup) as skipped, with both figures,
+so the suite never starts a run the OOM killer would end halfway through the others.
 """
 from __future__ import annotations
 
@@ -158,9 +159,13 @@ def for_memory(plan: list[PlannedRun], data_dir: str | None, download: bool = Tr
 MEMINFO = Path("/proc/meminfo")
 CGROUP = Path("/sys/fs/cgroup")  # where cgroup file systems are mounted
 PROC_CGROUP = Path("/proc/self/cgroup")  # which cgroup this process is in
-# Each version's files: (its folder under CGROUP, limit, usage, events, the events' kill counter).
+# Each version's files: (its folder under CGROUP, limit, usage, events with the kill counter).
 _V2 = ("", "memory.max", "memory.current", "memory.events")
 _V1 = ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.oom_control")
+# memory.stat's page cache the usage counts and reclaim can take back (file pages, inactive and
+# active, as MemAvailable counts them): v2's own, v1's `total_` ones (the subtree, as its usage is).
+STAT_FILE = "memory.stat"
+_RECLAIMABLE = {_V2: ("inactive_file", "active_file"), _V1: ("total_inactive_file", "total_active_file")}
 
 
 def _meminfo() -> dict[str, int]:
@@ -177,6 +182,17 @@ def _read_int(path: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def _reclaimable(folder: Path, version: tuple[str, str, str, str]) -> int:
+    """Bytes of page cache `folder`'s usage includes that the kernel reclaims before an OOM kill
+    (0 where memory.stat cannot be read: the usage is then taken as it is, erring low)."""
+    try:
+        lines = (folder / STAT_FILE).read_text().splitlines()
+    except OSError:
+        return 0
+    values = dict(line.split(" ", 1) for line in lines if " " in line)
+    return sum(int(values[name]) for name in _RECLAIMABLE[version] if values.get(name, "").strip().isdigit())
 
 
 def own_cgroups() -> list[tuple[Path, tuple[str, str, str, str]]]:
@@ -211,19 +227,20 @@ def own_cgroups() -> list[tuple[Path, tuple[str, str, str, str]]]:
 def machine_memory() -> tuple[int, int] | None:
     """(available, total) bytes for a new process here: the kernel's MemAvailable and MemTotal,
     lowered to the tightest memory limit of this process's own cgroup or any ancestor (v2
-    memory.max, v1 memory.limit_in_bytes) and that cgroup's headroom; None where /proc/meminfo
+    memory.max, v1 memory.limit_in_bytes) and that cgroup's headroom (the limit less its usage,
+    plus the reclaimable page cache that usage counts, at most the limit); None where /proc/meminfo
     cannot be read (not Linux), in which case nothing is skipped. On a Dask node it is the
     node's worker process that asks, so its own cgroup is the one read."""
     info = _meminfo()
     if "MemAvailable" not in info:
         return None
     available, total = info["MemAvailable"], info["MemTotal"]
-    for folder, (_, limit_file, usage_file, _) in own_cgroups():
-        limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
+    for folder, version in own_cgroups():
+        limit, usage = _read_int(folder / version[1]), _read_int(folder / version[2])
         if limit is not None and limit < total:
             total = limit
         if limit is not None and limit < info["MemTotal"]:
-            available = min(available, limit - (usage or 0))
+            available = min(available, limit - max(0, (usage or 0) - _reclaimable(folder, version)))
     return max(available, 0), total
 
 

@@ -5,7 +5,8 @@ A results folder travels (a colleague's, a CI artefact): every string in it is t
 Autoescaping makes that the default rather than a call each f-string had to remember; matplotlib
 escapes what it writes into the SVG, and `plot_text` keeps it from reading a `$` as mathtext. Every
 value a template prints, plot label and tooltip is capped (common.text.cap): a 60 MB string in a
-result is a line with an ellipsis on the page, whole in the JSON.
+result is a line with an ellipsis on the page, whole in the JSON; and its control characters
+(ESC, a bidirectional override) are written as escapes (common.text.page_text), never raw.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from functools import cache
 from numbers import Real
 from pathlib import Path
 
-from common.text import cap
+from common.text import cap, page_text
 
 DASH = "–"  # what a page shows for a number that is missing or not finite
 # The largest magnitude a figure draws: matplotlib's ticks fail on an axis spanning more than a
@@ -84,8 +85,8 @@ def _capped(value: object) -> object:
     if isinstance(value, Markup):
         return value
     if isinstance(value, str):
-        return cap(value)
-    return cap(str(value)) if isinstance(value, (list, tuple, dict)) else value
+        return cap(page_text(value))
+    return cap(page_text(value)) if isinstance(value, (list, tuple, dict)) else value
 
 
 def render(template: str, **context: object) -> str:
@@ -98,7 +99,7 @@ def render(template: str, **context: object) -> str:
 def plot_text(text: object) -> str:
     """Text from a results folder as matplotlib must get it: a `$` is a literal dollar sign, not
     the start of mathtext (which would parse the rest as TeX and fail on most of it)."""
-    return cap(str(text)).replace("$", r"\$")
+    return cap(page_text(text)).replace("$", r"\$")
 
 
 def headless_matplotlib() -> None:
@@ -133,5 +134,5 @@ def svg(fig, titles: dict[str, str] | None = None):
         opening = f'<g id="{gid}">'
         if opening not in text:
             raise RuntimeError(f"matplotlib wrote no group {opening}: the points' titles would be lost")
-        text = text.replace(opening, f"{opening}<title>{escape(cap(title))}</title>", 1)
+        text = text.replace(opening, f"{opening}<title>{escape(cap(page_text(title)))}</title>", 1)
     return Markup(text)  # noqa: S704 (matplotlib's own output; the text in it is escaped by its writer)

@@ -8,9 +8,19 @@ import sys
 
 from bench.options import data_spec
 from common.batches import load_dataset
+from common.errors import BenchError
 from common.machine import cpu_model
 from common.probe import Probe, probe
 from common.roofline import PUBLISHED_GPUS, UPDATES, gpu_probe, measure, roofline
+
+# The largest vocabulary the model is asked about: word ids are int32 everywhere in the stream.
+MAX_VOCAB = 2 ** 31 - 1
+
+
+def _shown(n: int) -> str:
+    """An integer as a message shows it: a 400-digit one by its size, not its digits."""
+    text = str(n)
+    return text if len(text) <= 20 else f"a number of {len(text.lstrip('-'))} digits"
 
 
 def _size(n: float) -> str:
@@ -55,10 +65,13 @@ def run_roofline(args: argparse.Namespace) -> int:
     """The model on the first epoch of the data the flags describe: each update and layout's bytes
     and FLOPs a step, and its bound on this machine (unless --no-probe) and on each published GPU;
     --vocab N repeats it with V = N and the same touched rows (the step of a larger vocabulary)."""
+    if args.vocab is not None and not 1 <= args.vocab <= MAX_VOCAB:
+        raise BenchError(f"--vocab must be a whole number from 1 to {MAX_VOCAB:,} (word ids are int32), "
+                         f"got {_shown(args.vocab)}")
     spec = data_spec(args)
     dataset = load_dataset(spec, args.data_dir, not args.no_download)
-    batches = list(dataset.epoch(0))
-    stats = measure(batches)
+    count = dataset.batches_per_epoch(0)
+    stats = measure(dataset.epoch(0), count)  # streamed: the epoch is never held whole
     machines: list[tuple[str, Probe]] = [] if args.no_probe else [("this machine", probe())]
     machines += [(name, gpu_probe(name, figures)) for name, figures in PUBLISHED_GPUS.items()]
     for name, m in machines:
@@ -67,10 +80,10 @@ def run_roofline(args: argparse.Namespace) -> int:
         else:
             print(f"{name}: {m['method']}, peak {m['peak_flops'] / 1e12:.3g} TFLOP/s, bandwidth "
                   f"{min(m['bandwidth']) / 1e9:,.0f}-{max(m['bandwidth']) / 1e9:,.0f} GB/s")
-    print(f"touched a step (mean of {stats.batches} of {len(batches)} batches): {stats.examples:.0f} examples, "
+    print(f"touched a step (mean of {stats.batches} of {count} batches): {stats.examples:.0f} examples, "
           f"{stats.slots:.0f} real slots of {stats.examples * stats.row_length:.0f}, {stats.center_rows:.0f} center "
           f"rows, {stats.context_rows:.0f} context rows")
-    for vocab in [len(dataset.vocab), *([args.vocab] if args.vocab else [])]:
+    for vocab in [len(dataset.vocab), *([args.vocab] if args.vocab is not None else [])]:
         print(f"\nV = {vocab:,}, D = {spec.embed}")
         print(f"{'update':>9} {'layout':>6} {'MB/step':>8} {'MFLOP/step':>10} {'working set':>11}  " +
               "  ".join(f"{name + ' ex/s':>22}" for name, _ in machines))

@@ -20,6 +20,7 @@ from common.evaluate import neighbours, read_word2vec
 from common.machine import exit_with_harness
 from common.probe import PROBE_VARIABLE, unavailable, use
 from common.spec import RunSpec
+from common.text import terminal
 
 
 def run_spec(args: argparse.Namespace) -> RunSpec:
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     optimizer = f", {spec.optimizer} lr {spec.lr}" if spec.runner != "gensim" else ""
     print(f" on {result['env']['device_name']} [{spec.label}{optimizer}]")
     for word, near in result["neighbours"].items():
-        print(f"{word}: " + ", ".join(f"{w} ({c:.3f})" for w, c in near))
+        print(f"{terminal(word)}: " + ", ".join(f"{terminal(w)} ({c:.3f})" for w, c in near))
     for name, score in result["evaluation"].items():
         print(f"{name}: {score}")
     return 0
@@ -140,5 +141,5 @@ def run_neighbours(args: argparse.Namespace) -> int:
         raise BenchError(f"-k must be >= 1, got {args.k}")
     tokens, vectors = read_word2vec(Path(args.vectors))
     for word, cos in neighbours(vectors, tokens, args.word, args.k):
-        print(f"cosine sim={cos:.3f}: {word}")
+        print(f"cosine sim={cos:.3f}: {terminal(word)}")  # a vectors file's words are anyone's text
     return 0

@@ -25,8 +25,9 @@ BEFORE_WORK_SECONDS = 5.0
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    """mount_tmpfs(size, readonly=False) -> a fresh tmpfs folder, unmounted after the test.
-    Skips where mounting is not permitted (not root, or a container without CAP_SYS_ADMIN)."""
+    """mount_tmpfs(size, readonly=False) -> a fresh tmpfs folder, unmounted after the test, private
+    to its owner (a tmpfs is 1777 by default, which a cache folder may not be). Skips where
+    mounting is not permitted (not root, or a container without CAP_SYS_ADMIN)."""
     mounted: list[Path] = []
 
     def mount_tmpfs(size: str, readonly: bool = False) -> Path:
@@ -34,7 +35,7 @@ def tmpfs(tmp_path):
             pytest.skip("mounting a tmpfs needs root")
         folder = tmp_path / f"tmpfs{len(mounted)}"
         folder.mkdir()
-        options = f"size={size}" + (",ro" if readonly else "")
+        options = f"size={size},mode=0700" + (",ro" if readonly else "")
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
