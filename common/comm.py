@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 
 from common.batches import Batch
+from common.errors import BenchError
+from common.spec import RunSpec
 
 KINDS = ("allreduce", "allgather", "push", "pull")
 ITEM_BYTES = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
@@ -68,6 +70,15 @@ def per_step(steps: Sequence[Sequence[Collective]]) -> list[dict]:
             for i, (n, k, d) in enumerate(names)]
 
 
+def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """What rank `rank` hands and sends in one step of `spec` by its engine's model, `model_<backend>`
+    below (rows: one SliceRows per rank for that step); a BenchError for a backend without one."""
+    function = globals().get(f"model_{spec.backend}")
+    if function is None:
+        raise BenchError(f"{spec.backend} has no communication model in common/comm.py (model_{spec.backend})")
+    return function(spec, vocab, rows, rank)
+
+
 class SliceRows(NamedTuple):
     """What one rank's slice of one step names: the lookups and distinct rows of each table, which
     set a sparse gradient's size (real slots only: padding names row 0, which no real slot does)."""
@@ -82,3 +93,4 @@ def slice_rows(batch: Batch) -> SliceRows:
     real = batch.context_negative[batch.mask.astype(bool)]
     return SliceRows(int(batch.center.size), int(real.size), int(np.unique(batch.center).size),
                      int(np.unique(real).size))
+

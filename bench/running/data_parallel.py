@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -301,9 +302,26 @@ def child_env() -> dict[str, str]:
     """The ranks' environment: this one's, naming the launcher they must not outlive, and without
     the harness's variable (only the launcher, the group's leader, ends the group)."""
     env = {k: v for k, v in os.environ.items() if k != HARNESS_VARIABLE}
-    env[LAUNCHER_VARIABLE] = process_identity(os.getpid()) or ""
+    env[LAUNCHER_VARIABLE] = own_identity()
     env["PYTHONPATH"] = os.pathsep.join([str(worker_root()), *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+RANK_DIR_PREFIX = "skipgram-ranks-"  # then the launcher's identity (pid_start time): whose folder it is
+
+
+def own_identity() -> str:
+    return process_identity(os.getpid()) or str(os.getpid())
+
+
+def remove_stale_rank_dirs() -> None:
+    """Rank folders of launchers that are gone (SIGKILLed with their group: no cleanup ran), which may
+    hold a center table of hundreds of MB each."""
+    for path in Path(tempfile.gettempdir()).glob(f"{RANK_DIR_PREFIX}*"):
+        owner = path.name.removeprefix(RANK_DIR_PREFIX).rsplit("-", 1)[0].replace("_", ":")
+        pid = owner.split(":")[0]
+        if pid.isdigit() and ":" in owner and process_identity(int(pid)) != owner:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def check_last_batch(spec: RunSpec, dataset: Dataset) -> None:
@@ -327,7 +345,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     worker.check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     check_last_batch(spec, dataset)
     available = cores()
-    with tempfile.TemporaryDirectory(prefix="skipgram-ranks-") as tmp:
+    remove_stale_rank_dirs()
+    with tempfile.TemporaryDirectory(prefix=f"{RANK_DIR_PREFIX}{own_identity().replace(':', '_')}-") as tmp:
         rank_dir = Path(tmp)
         spec_file = rank_dir / "spec.json"
         spec_file.write_text(json.dumps(spec.to_dict()))

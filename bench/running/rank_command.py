@@ -38,7 +38,7 @@ def exit_with_launcher(interval: float = 0.5) -> None:
     torchrun, whose own parent may be killed after it)."""
     die_with(os.getppid())()
     launcher = os.environ.get(LAUNCHER_VARIABLE)
-    if not launcher:
+    if not launcher or ":" not in launcher:  # no /proc to watch it through: the parent's signal alone
         return
     pid = int(launcher.split(":")[0])
 
