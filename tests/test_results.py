@@ -143,8 +143,9 @@ def test_the_writer_refuses_what_the_reader_would(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+COLLECTIVE = {"name": "g", "kind": "allreduce", "dtype": "float32", "elements": 2.0, "bytes_sent": 8.0}
 COMMUNICATION = {"engine": "gloo", "threads_per_rank": 1, "cores": 2, "oversubscribed": False, "bytes_per_step": 8.0,
-                 "ranks": [[{"name": "g", "kind": "allreduce", "dtype": "float32", "elements": 2.0, "bytes_sent": 8.0}]]}
+                 "ranks": [[COLLECTIVE]]}
 
 
 @pytest.mark.parametrize("change, expected", [
