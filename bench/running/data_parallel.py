@@ -78,11 +78,13 @@ def rank_env(launch: Launch, rank: int) -> dict[str, str]:
 
 
 def plan_torchrun(launch: Launch) -> list[Process]:
-    """torchrun starts the N ranks and sets their RANK, WORLD_SIZE, MASTER_ADDR/PORT (its c10d store,
-    bound to HOST); OMP_NUM_THREADS set here, so it does not force 1. Gloo on the loopback only."""
+    """torchrun starts the N ranks and sets their RANK, WORLD_SIZE, MASTER_ADDR/PORT; OMP_NUM_THREADS
+    set here, so it does not force 1. Gloo on the loopback only. The static rendezvous binds its store
+    on HOST:port as the server and fails at once when the port is taken; c10d's would connect to
+    whatever listens there as a client and wait out its join timeout (600 s, seen with torch 2.13)."""
     argv = [launch.python, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(launch.workers),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{HOST}:{launch.ports[0]}", "--local-addr", HOST,
-            "--max-restarts", "0", "--module", *launch.rank_args[1:]]
+            "--rdzv-backend", "static", "--master-addr", HOST, "--master-port", str(launch.ports[0]),
+            "--local-addr", HOST, "--max-restarts", "0", "--module", *launch.rank_args[1:]]
     return [Process("torchrun", argv, {WORLD_VARIABLE: str(launch.workers), "GLOO_SOCKET_IFNAME": "lo",
                                        **threads_env(launch.threads)})]
 
