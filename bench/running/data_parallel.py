@@ -423,5 +423,6 @@ def merge(spec: RunSpec, ranks: list[dict[str, Any]], launch: Launch, available:
         "engine": engine, "threads_per_rank": launch.threads, "cores": available,
         "oversubscribed": spec.workers > available, "ranks": collectives,
         "bytes_per_step": float(np.mean([sum(c["bytes_sent"] for c in rank) for rank in collectives])),
+        "seconds_per_step": [r.get("communication_seconds") for r in ranks],
     }
     return result
