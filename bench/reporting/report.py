@@ -187,6 +187,11 @@ def measurement_warnings(r: dict) -> list[tuple[str, str]]:
                       f"busy machine: other processes took {other:.0%} of its CPU during the clock "
                       f"(over {BUSY_FRACTION:.0%}; 1-minute load {number(load.get('loadavg_before'), 1)} before, "
                       f"{number(load.get('loadavg_after'), 1)} after)"))
+    placed = r.get("communication") or {}
+    if placed.get("oversubscribed"):
+        ranks = len(placed.get("ranks") or [])
+        notes.append(("oversubscribed", f"oversubscribed: {ranks} ranks on {placed.get('cores')} cores (one thread "
+                      f"each): its rate measures the ranks' contention for the cores, not the engine"))
     rates = r.get("segment_rates") or []
     median, iqr = r.get("rate_median"), r.get("rate_iqr")
     beyond = roofline.share(r)
