@@ -39,7 +39,6 @@ from backends.torch_ddp import Counter, join
 from backends.torch_lazy_adam import LazyAdam
 from common.batches import Batch
 from common.packing import pack_epoch
-from common.sharding import World
 from common.spec import RunSpec
 
 
@@ -287,7 +286,6 @@ class TorchBackend(Backend):
         params = [self.center_w, self.context_w]
         self.loss_of: Callable[[Tensors], torch.Tensor] = self.model.forward
         self.counter: Counter | None = None
-        self.world = World(0, 1)  # TEMP until dp-core's base.py sets it
         if spec.workers > 1:  # after the tables, before the optimiser: DDP broadcasts rank 0's weights
             self.loss_of, self.counter, self.world = join(self.model, TABLES)
         if spec.optimizer == "sgd":

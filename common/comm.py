@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from common.batches import Batch
+from common.errors import BenchError
 from common.spec import RunSpec
 
 KINDS = ("allreduce", "allgather", "push", "pull")
@@ -67,6 +68,15 @@ def per_step(steps: Sequence[Sequence[Collective]]) -> list[dict]:
              "elements": float(np.mean([s[i].elements for s in steps])),
              "bytes_sent": float(np.mean([s[i].bytes_sent for s in steps]))}
             for i, (n, k, d) in enumerate(names)]
+
+
+def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """What rank `rank` hands and sends in one step of `spec` by its engine's model, `model_<backend>`
+    below (rows: one SliceRows per rank for that step); a BenchError for a backend without one."""
+    function = globals().get(f"model_{spec.backend}")
+    if function is None:
+        raise BenchError(f"{spec.backend} has no communication model in common/comm.py (model_{spec.backend})")
+    return function(spec, vocab, rows, rank)
 
 
 class SliceRows(NamedTuple):
