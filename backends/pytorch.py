@@ -14,11 +14,17 @@ whole dense step (forward, backward, fused capturable Adam) as one CUDA graph pe
 replayed after each batch is copied into its static inputs on the device; `compile` is
 torch.compile's reduce-overhead mode, whose CUDA graphs cover forward and backward. TF32 is off:
 every matmul is full float32, as on the CPU.
+
+Data-parallel (spec.workers > 1, started by torchrun): the tables live in one nn.Module (SkipGram)
+whose forward is the step's loss, wrapped in DistributedDataParallel on gloo (backends/torch_ddp.py):
+the same math, with DDP's allreduce inside backward. One process calls the module's forward
+directly, as it called the loss before.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from backends.base import Backend
+from backends.torch_ddp import Counter, join
 from backends.torch_lazy_adam import LazyAdam
 from common.batches import Batch
 from common.packing import pack_epoch
@@ -53,9 +60,20 @@ class PackedTensors(NamedTuple):
 
 
 Tensors = PaddedTensors | PackedTensors
+
+
+class Scaled(NamedTuple):
+    """A data-parallel rank's slice with its loss factor (common.sharding.Shard.scale)."""
+    batch: Tensors
+    scale: float
+
+
+Prepared = Tensors | Scaled
 RowsLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 RELABEL_SEED = 26  # the fixed permutation of the vocabulary's rows (any fixed seed: it is a relabelling)
+THREADS_VARIABLE = "SKIPGRAM_THREADS"  # a rank's share of the cores (the launcher's; torchrun sets OMP_NUM_THREADS=1)
+TABLES = ("center", "context")
 
 
 def relabelling(vocab: int) -> np.ndarray:
@@ -169,6 +187,26 @@ def packed_skipgram_loss(center_w: torch.Tensor, context_w: torch.Tensor, batch:
     return rows_loss(*packed_rows(center_w, context_w, batch, sparse, padding_row), batch.label, batch.weight)
 
 
+class SkipGram(torch.nn.Module):
+    """The two tables as nn.Embedding modules, and the step's loss as forward: DDP finds the
+    parameters that give sparse gradients by their module (nn.Embedding(sparse=True)) and starts
+    each step's reduction in forward, so the loss must be computed inside the module it wraps."""
+
+    def __init__(self, center: torch.Tensor, context: torch.Tensor, sparse: bool, rows_loss: RowsLoss,
+                 padding_row: int | None) -> None:
+        super().__init__()
+        self.center = torch.nn.Embedding.from_pretrained(center, freeze=False, sparse=sparse)
+        self.context = torch.nn.Embedding.from_pretrained(context, freeze=False, sparse=sparse)
+        self.sparse, self.rows_loss, self.padding_row = sparse, rows_loss, padding_row  # rows_loss: the layout's
+
+    def forward(self, batch: Tensors) -> torch.Tensor:
+        if isinstance(batch, PackedTensors):
+            return packed_skipgram_loss(self.center.weight, self.context.weight, batch, self.sparse,
+                                        self.rows_loss, self.padding_row)
+        return skipgram_loss(self.center.weight, self.context.weight, *batch, self.sparse, self.rows_loss,
+                             self.padding_row)
+
+
 def full_float32() -> None:
     """No TF32 anywhere: GPU losses must match the CPU's (and the contract tests' tolerances)."""
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -222,6 +260,8 @@ class TorchBackend(Backend):
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
         super().__init__(spec, init_center, init_context)
         self.device = torch.device(spec.device)
+        if os.environ.get(THREADS_VARIABLE):
+            torch.set_num_threads(int(os.environ[THREADS_VARIABLE]))
         keep_freed_memory()
         full_float32()
         self.perm = relabelling(init_center.shape[0])  # perm[r]: where the caller's row r lives here
@@ -229,11 +269,25 @@ class TorchBackend(Backend):
         inverse = np.argsort(self.perm)
         # Padding's row (0 before the relabelling), never in a real slot (common/packing.py):
         # dropped from sparse gradients. LazyAdam then leaves it unmarked, which changes nothing:
-        # marked, its zero gradient moved neither it nor its moments.
-        self.padding_row: int | None = int(self.perm[0]) if self.drop_padding else None
-        self.center_w = torch.nn.Parameter(torch.tensor(init_center[inverse], device=self.device))
-        self.context_w = torch.nn.Parameter(torch.tensor(init_context[inverse], device=self.device))
+        # marked, its zero gradient moved neither it nor its moments. Always dropped across
+        # ranks: a rank then hands gloo only the rows its slice names (common.comm.model_torch).
+        dropped = self.drop_padding or spec.workers > 1
+        self.padding_row: int | None = int(self.perm[0]) if dropped else None
+        self.packed = spec.layout == "packed"
+        on_gpu = self.device.type == "cuda"
+        rows_loss = packed_loss_of_rows if self.packed else loss_of_rows
+        # reduce-overhead: forward and backward replayed as CUDA graphs (cudagraph trees) on cuda.
+        self.rows_loss = torch.compile(rows_loss, mode="reduce-overhead" if on_gpu else None, fullgraph=True,
+                                       dynamic=False) if spec.compile else rows_loss
+        self.model = SkipGram(torch.tensor(init_center[inverse], device=self.device),
+                              torch.tensor(init_context[inverse], device=self.device), spec.sparse,
+                              self.rows_loss, self.padding_row)
+        self.center_w, self.context_w = self.model.center.weight, self.model.context.weight
         params = [self.center_w, self.context_w]
+        self.loss_of: Callable[[Tensors], torch.Tensor] = self.model.forward
+        self.counter: Counter | None = None
+        if spec.workers > 1:  # after the tables, before the optimiser: DDP broadcasts rank 0's weights
+            self.loss_of, self.counter, self.world = join(self.model, TABLES)
         if spec.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=spec.lr)
         elif spec.sparse:
@@ -241,14 +295,8 @@ class TorchBackend(Backend):
         else:
             self.optimizer = torch.optim.Adam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
                                               foreach=False, fused=True, capturable=spec.graph)
-        on_gpu = self.device.type == "cuda"
         if on_gpu:  # graph capture and side streams act on the current device: make it this one
             torch.cuda.set_device(self.gpu_index)
-        self.packed = spec.layout == "packed"
-        rows_loss = packed_loss_of_rows if self.packed else loss_of_rows
-        # reduce-overhead: forward and backward replayed as CUDA graphs (cudagraph trees) on cuda.
-        self.rows_loss = torch.compile(rows_loss, mode="reduce-overhead" if on_gpu else None, fullgraph=True,
-                                       dynamic=False) if spec.compile else rows_loss
         # cudagraph trees reuse their output buffers at the next step: mark each step, keep copies.
         self._new_cudagraph_step = spec.compile and on_gpu
         self._graphs: dict[tuple, GraphedStep] = {}
@@ -274,10 +322,17 @@ class TorchBackend(Backend):
     def peak_memory_bytes(self) -> int | None:
         return int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
 
-    def prepare(self, batches: Sequence[Batch]) -> list[Tensors]:
+    def prepare(self, batches: Sequence[Batch], scales: Sequence[float] | None = None) -> list[Prepared]:
         """Tensors on the device (mask and label cast there, after the 1-byte copy); on CUDA
         the whole epoch is resident before timing starts. Packed: re-laid by common.packing
-        first, one length for the epoch (one compiled graph or CUDA graph for all of it)."""
+        first, one length for the epoch (one compiled graph or CUDA graph for all of it). On a
+        data-parallel rank each slice goes with its loss factor (`scales`)."""
+        prepared = self._prepared(batches)
+        if scales is None:
+            return list(prepared)
+        return [Scaled(batch, scale) for batch, scale in zip(prepared, scales, strict=True)]
+
+    def _prepared(self, batches: Sequence[Batch]) -> list[Tensors]:
         def move(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(self.device, non_blocking=True)
         prepared: list[Tensors]
@@ -297,8 +352,9 @@ class TorchBackend(Backend):
             for batch in prepared:
                 self._compile_for(batch)
         lazy = isinstance(self.optimizer, LazyAdam)
-        if lazy:  # its dense-shaped update is compiled, likewise now
-            for ids in {(b[0].numel(), b[1].numel()) for b in prepared}:
+        if lazy:  # its dense-shaped update is compiled, likewise now; across ranks the gradient is
+            # the ranks' coalesced union, at most N slices' ids: compiled wherever it may be taken
+            for ids in {(b[0].numel() * self.world.size, b[1].numel() * self.world.size) for b in prepared}:
                 self.optimizer.compile_for(ids)
         if self.spec.graph or self.spec.compile or lazy:
             self.compile_seconds += time.perf_counter() - t
@@ -345,26 +401,25 @@ class TorchBackend(Backend):
                  if torch.is_tensor(v)}
         return {(0, "weight"): self.center_w, (1, "weight"): self.context_w, **state}
 
-    def eager_step(self, batch: Tensors) -> torch.Tensor:
-        """Loss, gradients and the update, launched op by op (what a graph captures)."""
+    def eager_step(self, batch: Tensors, scale: float = 1.0) -> torch.Tensor:
+        """Loss, gradients and the update, launched op by op (what a graph captures); the
+        gradients are of the loss times `scale`, the loss returned is the slice's own."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(batch)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         self.optimizer.step()
         return loss.detach()
 
     def _loss(self, batch: Tensors) -> torch.Tensor:
         if self._new_cudagraph_step:
             torch.compiler.cudagraph_mark_step_begin()
-        if isinstance(batch, PackedTensors):
-            return packed_skipgram_loss(self.center_w, self.context_w, batch, self.spec.sparse, self.rows_loss,
-                                        self.padding_row)
-        return skipgram_loss(self.center_w, self.context_w, *batch, self.spec.sparse, self.rows_loss, self.padding_row)
+        return self.loss_of(batch)
 
-    def train(self, prepared: list[Tensors]) -> np.ndarray:
+    def train(self, prepared: list[Prepared]) -> np.ndarray:
         losses = []
-        for batch in prepared:
-            loss = self._graph_for(batch)(batch) if self.spec.graph else self.eager_step(batch)
+        for item in prepared:
+            batch, scale = item if isinstance(item, Scaled) else (item, 1.0)
+            loss = self._graph_for(batch)(batch) if self.spec.graph else self.eager_step(batch, scale)
             # a graph's (or cudagraph tree's) loss buffer is overwritten next step: keep a copy
             losses.append(loss.clone() if self.spec.graph or self._new_cudagraph_step else loss)
         return torch.stack(losses).cpu().numpy().astype(np.float64) if losses else np.zeros(0)
@@ -380,13 +435,22 @@ class TorchBackend(Backend):
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(self.prepare([batch])[0])
+        loss = self._loss(self._prepared([batch])[0])
         loss.backward()
         grads = [(p.grad.to_dense() if p.grad.is_sparse else p.grad)[self._unperm]
                  for p in (self.center_w, self.context_w)]
         result = loss.item(), *(g.cpu().double().numpy() for g in grads)
         self.optimizer.zero_grad(set_to_none=True)
         return result  # type: ignore[return-value]
+
+    def communication(self) -> list[dict]:
+        """What DDP handed gloo a step (counted by its comm hook), on a data-parallel rank; a
+        collective: every rank calls it, after training."""
+        return self.counter.collectives(self.world.rank) if self.counter is not None else []
+
+    def communication_seconds(self) -> float | None:
+        """The mean seconds a step spent in its collectives (first bucket handed over to last one reduced)."""
+        return self.counter.seconds_per_step() if self.counter is not None else None
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():

@@ -42,7 +42,11 @@ BACKENDS = {
     "numpy": BackendInfo("backends.reference", "NumpyBackend", "tests", sparse=True, compile=False),
     # The index's torch wheel on Linux is a CUDA build: one env serves both devices.
     "torch": BackendInfo("backends.pytorch", "TorchBackend", "torch", sparse=True, compile=True,
-                         cuda_env="torch", graph=True, layouts=("padded", "packed"), launcher="torchrun"),
+                         cuda_env="torch", graph=True, layouts=("padded", "packed"), launcher="torchrun",
+                         engine="DistributedDataParallel on gloo (torchrun)",
+                         parallel_refusals=(("cuda", "GPU data-parallel is not built here: NCCL has no sparse "
+                                                     "allreduce, CUDA graphs would have to capture DDP's allreduce, "
+                                                     "and no GPU run of it is measured (run the ranks on the CPU)"),)),
     # mxnet-cu117 1.9.1 ships sm_50-86 kernels and no PTX: no H100 / H200.
     "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False,
                          cuda_env="mxnet-cuda", max_compute_capability=(8, 6), layouts=("padded", "packed"),

@@ -93,3 +93,28 @@ def slice_rows(batch: Batch) -> SliceRows:
     real = batch.context_negative[batch.mask.astype(bool)]
     return SliceRows(int(batch.center.size), int(real.size), int(np.unique(batch.center).size),
                      int(np.unique(real).size))
+
+
+# torch (backends/torch_ddp.py): DistributedDataParallel on gloo. gloo's sparse allreduce shares
+# each rank's sizes first: an allgather of SparseTensorMetadata, 4 sparse dims, 4 dense dims, nnz.
+GLOO_SPARSE_METADATA = 9  # int64 elements a rank
+
+
+def gloo_sparse_allreduce(name: str, rows: Sequence[int], width: int, rank: int) -> list[Collective]:
+    """gloo's allreduce of one coalesced sparse gradient of `rows[r]` rows of `width` on each rank r:
+    the metadata allgather, then allgathervs of the int64 indices and of the float32 values."""
+    world = len(rows)
+    return [ring_allgather(f"{name} gradient metadata", "int64", [GLOO_SPARSE_METADATA] * world, rank),
+            ring_allgather(f"{name} gradient indices", "int64", rows, rank),
+            ring_allgather(f"{name} gradient values", "float32", [r * width for r in rows], rank)]
+
+
+def model_torch(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """What DDP hands gloo in one step. Dense: one bucket holding both (V, D) tables (the backend's
+    cap keeps them together), ring-allreduced. Sparse: each table its own bucket, coalesced, so a
+    rank gives one row per distinct row its slice names (padding dropped): center, then context."""
+    world, width = len(rows), spec.data.embed
+    if not spec.sparse:
+        return [ring_allreduce("center and context gradients", "float32", 2 * vocab * width, world)]
+    return (gloo_sparse_allreduce("center", [r.unique_centers for r in rows], width, rank)
+            + gloo_sparse_allreduce("context", [r.unique_contexts for r in rows], width, rank))
