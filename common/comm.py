@@ -93,3 +93,24 @@ def slice_rows(batch: Batch) -> SliceRows:
     real = batch.context_negative[batch.mask.astype(bool)]
     return SliceRows(int(batch.center.size), int(real.size), int(np.unique(batch.center).size),
                      int(np.unique(real).size))
+
+
+def model_tensorflow(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """MultiWorkerMirroredStrategy's MEAN all-reduce with ring collectives (TF 2.21's
+    cross_device_ops.CollectiveAllReduce, cross_device_utils). Dense: both (V, D) gradients in one
+    pack (bytes_per_pack 0: one concat), one RingReducer all-reduce. Sparse: per table
+    (center, context) an all-gather of each rank's IndexedSlices length (int32), then of its
+    values and its int32 indices, each rank's padded to the longest (`all_reduce_indexed_slices`),
+    on RingGatherer's ring; one row per lookup, duplicates kept. A context lookup is every slot of
+    the padded layout's (B, L) rows, the real slots of the packed one."""
+    world, width = len(rows), spec.data.embed
+    if not spec.sparse:
+        return [ring_allreduce("gradients of both tables (one pack)", "float32", 2 * vocab * width, world)]
+    contexts = [r.centers * spec.data.row_length if spec.layout == "padded" else r.contexts for r in rows]
+    out = []
+    for name, lengths in (("center", [r.centers for r in rows]), ("context", contexts)):
+        longest = max(lengths)
+        out += [ring_allgather(f"{name} gradient lengths", "int32", [1] * world, rank),
+                ring_allgather(f"{name} gradient values", "float32", [longest * width] * world, rank),
+                ring_allgather(f"{name} gradient indices", "int32", [longest] * world, rank)]
+    return out
