@@ -32,18 +32,23 @@ class BackendInfo(NamedTuple):
     # What that engine cannot run, each with why: a feature of the spec (FEATURES) or several
     # joined by "+" (all present), e.g. ("compile+sparse", "inductor refuses sparse embeddings").
     parallel_refusals: tuple[tuple[str, str], ...] = ()
+    # How its engine's processes are started (bench/running/data_parallel.py, LAUNCHERS): torchrun,
+    # tf_config (one process per TF_CONFIG task), jax (a coordinator address), dmlc (scheduler, server,
+    # workers); None: no launch recipe.
+    launcher: str | None = None
 
 
 BACKENDS = {
     "numpy": BackendInfo("backends.reference", "NumpyBackend", "tests", sparse=True, compile=False),
     # The index's torch wheel on Linux is a CUDA build: one env serves both devices.
     "torch": BackendInfo("backends.pytorch", "TorchBackend", "torch", sparse=True, compile=True,
-                         cuda_env="torch", graph=True, layouts=("padded", "packed")),
+                         cuda_env="torch", graph=True, layouts=("padded", "packed"), launcher="torchrun"),
     # mxnet-cu117 1.9.1 ships sm_50-86 kernels and no PTX: no H100 / H200.
     "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False,
-                         cuda_env="mxnet-cuda", max_compute_capability=(8, 6), layouts=("padded", "packed")),
+                         cuda_env="mxnet-cuda", max_compute_capability=(8, 6), layouts=("padded", "packed"),
+                         launcher="dmlc"),
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
-                              cuda_env="tensorflow-cuda", layouts=("padded", "packed"),
+                              cuda_env="tensorflow-cuda", layouts=("padded", "packed"), launcher="tf_config",
                               engine="MultiWorkerMirroredStrategy (ring collectives over gRPC)",
                               parallel_refusals=(
                                   ("compile", "XLA cannot compile the strategy's ring collectives (TF 2.21: "
@@ -53,7 +58,7 @@ BACKENDS = {
                                            "GPU workers (NCCL) are not built"))),
     # JAX is always compiled (jit), so it has no separate compiled variant.
     "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda",
-                       layouts=("padded", "packed")),
+                       layouts=("padded", "packed"), launcher="jax"),
     # The limit row (one fused numba kernel of the step); no CUDA kernel yet, so cuda runs plan as skipped.
     "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False,
                          layouts=("padded", "packed")),
@@ -83,7 +88,8 @@ def refusal(spec: RunSpec) -> str | None:
                (spec.graph and not entry.graph, "no CUDA-graph variant (drop graph)"),
                (spec.layout not in entry.layouts,
                 f"no {spec.layout} layout (it trains on: {', '.join(entry.layouts)})"),
-               (spec.workers > 1 and entry.engine is None, "no data-parallel engine (drop workers)")]
+               (spec.workers > 1 and (entry.engine is None or entry.launcher is None),
+                "no data-parallel engine (drop workers)")]
     for missing, what in lacking:
         if missing:
             return f"{spec.backend} has {what}"

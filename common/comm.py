@@ -71,12 +71,12 @@ def per_step(steps: Sequence[Sequence[Collective]]) -> list[dict]:
 
 
 def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
-    """What `spec`'s engine sends for rank `rank` in one step whose ranks' slices name `rows`: the
-    backend's own model, `model_<backend>` below (each reproduces what its backend counts)."""
-    found = globals().get(f"model_{spec.backend}")
-    if found is None:
-        raise BenchError(f"{spec.backend} has no communication model (common/comm.py)")
-    return found(spec, vocab, rows, rank)
+    """What rank `rank` hands and sends in one step of `spec` by its engine's model, `model_<backend>`
+    below (rows: one SliceRows per rank for that step); a BenchError for a backend without one."""
+    function = globals().get(f"model_{spec.backend}")
+    if function is None:
+        raise BenchError(f"{spec.backend} has no communication model in common/comm.py (model_{spec.backend})")
+    return function(spec, vocab, rows, rank)
 
 
 class SliceRows(NamedTuple):
