@@ -33,10 +33,10 @@ import tensorflow as tf  # noqa: E402
 
 from backends.base import Backend  # noqa: E402
 from common.batches import Batch  # noqa: E402
-from common.lazy_adam import dense_shaped  # noqa: E402
-from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
 from common.comm import Collective, per_step, ring_allgather, ring_allreduce  # noqa: E402
 from common.errors import BenchError  # noqa: E402
+from common.lazy_adam import dense_shaped  # noqa: E402
+from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
 from common.sharding import World  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
@@ -147,7 +147,8 @@ def set_threads() -> None:
         if tf.config.threading.get_inter_op_parallelism_threads() != n:
             tf.config.threading.set_inter_op_parallelism_threads(n)
     except RuntimeError as exc:
-        raise BenchError(f"tensorflow cannot take {THREADS_VARIABLE}={n} threads: its runtime already started ({exc})") from None
+        raise BenchError(f"tensorflow cannot take {THREADS_VARIABLE}={n} threads: "
+                         f"its runtime already started ({exc})") from None
 
 
 def join(workers: int) -> tuple[tf.distribute.MultiWorkerMirroredStrategy, World]:
@@ -155,7 +156,8 @@ def join(workers: int) -> tuple[tf.distribute.MultiWorkerMirroredStrategy, World
     and this process's place in it (its task index). It must be made before TF runs any op."""
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=RING)
     if strategy.num_replicas_in_sync != workers:
-        raise BenchError(f"TF_CONFIG holds {strategy.num_replicas_in_sync} replicas, the run asks for {workers} workers")
+        raise BenchError(f"TF_CONFIG holds {strategy.num_replicas_in_sync} replicas, "
+                         f"the run asks for {workers} workers")
     return strategy, World(int(strategy.cluster_resolver.task_id), workers)
 
 
@@ -355,8 +357,8 @@ class TensorFlowBackend(Backend):
             reduced = context.all_reduce(tf.distribute.ReduceOp.MEAN, handed, options=RING)
         with tf.control_dependencies(tf.nest.flatten(reduced, expand_composites=True)):
             seconds = tf.timestamp() - start
-        context.merge_call(lambda strategy, r: strategy.extended.update(self.steps_done, self._apply_reduced, args=(r,)),
-                           args=(reduced,))
+        context.merge_call(lambda strategy, r: strategy.extended.update(self.steps_done, self._apply_reduced,
+                                                                        args=(r,)), args=(reduced,))
         return loss, seconds
 
     def _apply_reduced(self, steps: tf.Variable, reduced: list) -> None:

@@ -109,7 +109,7 @@ def model_tensorflow(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank:
     contexts = [r.centers * spec.data.row_length if spec.layout == "padded" else r.contexts for r in rows]
     out = []
     for name, lengths in (("center", [r.centers for r in rows]), ("context", contexts)):
-        longest = max(lengths)
+        longest = round(max(lengths))  # a profile's mean slice is fractional; a step's rows are not
         out += [ring_allgather(f"{name} gradient lengths", "int32", [1] * world, rank),
                 ring_allgather(f"{name} gradient values", "float32", [longest * width] * world, rank),
                 ring_allgather(f"{name} gradient indices", "int32", [longest] * world, rank)]

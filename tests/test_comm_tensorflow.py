@@ -30,5 +30,6 @@ def test_sparse_gathers_every_lookup_padded_to_the_longest_rank() -> None:
     assert padded["context gradient values"] == 256 * L * D * 4  # every slot of the (B, L) rows
     # a rank sends every chunk but its successor's: on three ranks two padded chunks
     three = rows + [SliceRows(255, 2900, 200, 1500)]  # an epoch's last batch of 767 rows
-    values = sent(RunSpec("tensorflow", data=DataSpec(batch_size=768), sparse=True, layout="packed", workers=3), three, rank=2)
+    spec = RunSpec("tensorflow", data=DataSpec(batch_size=768), sparse=True, layout="packed", workers=3)
+    values = sent(spec, three, rank=2)
     assert values["context gradient values"] == 2 * 3200 * D * 4 and values["center gradient values"] == 2 * 256 * D * 4
