@@ -52,7 +52,14 @@ BACKENDS = {
                          cuda_env="mxnet-cuda", max_compute_capability=(8, 6), layouts=("padded", "packed"),
                          launcher="dmlc"),
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
-                              cuda_env="tensorflow-cuda", layouts=("padded", "packed"), launcher="tf_config"),
+                              cuda_env="tensorflow-cuda", layouts=("padded", "packed"), launcher="tf_config",
+                              engine="MultiWorkerMirroredStrategy (ring collectives over gRPC)",
+                              parallel_refusals=(
+                                  ("compile", "XLA cannot compile the strategy's ring collectives (TF 2.21: "
+                                              "CollectiveGatherV2 has no XLA_CPU_JIT kernel, CollectiveReduceV2 "
+                                              "compiles only with the NCCL hint)"),
+                                  ("cuda", "its workers are built for CPU replicas and ring collectives; "
+                                           "GPU workers (NCCL) are not built"))),
     # JAX is always compiled (jit), so it has no separate compiled variant.
     "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda",
                        layouts=("padded", "packed"), launcher="jax"),

@@ -6,7 +6,16 @@ scatter ops (Keras 3's Adam would densify its moments, so it is not used). TF32 
 Two layouts (common/packing.py): the recipe's padded (B, L) rows, one batched matmul a batch;
 or packed, flat: one dot per real slot (a multiply and a row sum), its gradients written out so
 that padding slots go to segment -1, which `unsorted_segment_sum` drops. Packed plain runs cut
-each batch to its real slots; packed compiled runs on the CPU compile only the update with XLA."""
+each batch to its real slots; packed compiled runs on the CPU compile only the update with XLA.
+
+On N workers (docs/data-parallel.md): MultiWorkerMirroredStrategy from the launcher's TF_CONFIG,
+ring collectives over gRPC. Tables and slots are mirrored variables (strategy.scope); each step is
+one `strategy.run` inside a tf.function, as in TF's multi-worker custom-training-loop tutorial: the
+local gradients go to the strategy's MEAN all-reduce (dense: both tables in one pack, a ring
+all-reduce; sparse: each table's IndexedSlices, which TF all-gathers, padded to the longest
+rank's, duplicates kept), and the update runs in `extended.update` on the local replica, the same
+on every rank: lazy Adam coalesces the gathered rows (tf.unique + unsorted_segment_sum), so every
+rank steps the same union of rows."""
 from __future__ import annotations
 
 import functools
@@ -24,12 +33,19 @@ import tensorflow as tf  # noqa: E402
 
 from backends.base import Backend  # noqa: E402
 from common.batches import Batch  # noqa: E402
+from common.comm import Collective, per_step, ring_allgather, ring_allreduce  # noqa: E402
+from common.errors import BenchError  # noqa: E402
 from common.lazy_adam import dense_shaped  # noqa: E402
 from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
+from common.sharding import World  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
 Tensors = tuple[tf.Tensor, ...]  # one batch: (center, cn, mask, label) padded, PackedTensors' fields packed
 tf.config.experimental.enable_tensor_float_32_execution(False)
+THREADS_VARIABLE = "SKIPGRAM_THREADS"  # the launcher's threads for this rank (docs/data-parallel.md)
+RING = tf.distribute.experimental.CommunicationOptions(
+    implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+TABLES = ("center", "context")
 
 
 def skipgram_loss(center_w: tf.Variable, context_w: tf.Variable, center: tf.Tensor, cn: tf.Tensor,
@@ -118,6 +134,43 @@ def unique_rows(grad: Rows, vocab: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
     return rows, summed, tf.range(size) < count[-1]
 
 
+def set_threads() -> None:
+    """Intra- and inter-op pools of SKIPGRAM_THREADS threads each, where the launcher set it (before
+    TF starts its runtime: a later change raises, so it is made only when it changes something)."""
+    threads = os.environ.get(THREADS_VARIABLE)
+    if not threads:
+        return
+    n = int(threads)
+    try:
+        if tf.config.threading.get_intra_op_parallelism_threads() != n:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+        if tf.config.threading.get_inter_op_parallelism_threads() != n:
+            tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError as exc:
+        raise BenchError(f"tensorflow cannot take {THREADS_VARIABLE}={n} threads: "
+                         f"its runtime already started ({exc})") from None
+
+
+def join(workers: int) -> tuple[tf.distribute.MultiWorkerMirroredStrategy, World]:
+    """The launcher's TF_CONFIG cluster as one MultiWorkerMirroredStrategy with ring collectives,
+    and this process's place in it (its task index). It must be made before TF runs any op."""
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=RING)
+    if strategy.num_replicas_in_sync != workers:
+        raise BenchError(f"TF_CONFIG holds {strategy.num_replicas_in_sync} replicas, "
+                         f"the run asks for {workers} workers")
+    return strategy, World(int(strategy.cluster_resolver.task_id), workers)
+
+
+class ReplicaBatch(NamedTuple):
+    """One step's slice on one of N ranks: its tensors, its loss factor (common/sharding.py), and the
+    rows of the IndexedSlices every rank hands the strategy for each table, (N, tables): what sets
+    TF's padding to the longest rank's, learnt by one all-reduce in `prepare`, before the clock."""
+
+    tensors: Tensors
+    scale: tf.Tensor
+    lengths: np.ndarray
+
+
 class Segments(NamedTuple):
     """A compiled run's prepared batches: (block, lo, hi) views of stacked (n, B, ...) device
     tensors, one block per run of equal batch shapes (an epoch's last batch is shorter). The
@@ -170,10 +223,18 @@ class TensorFlowBackend(Backend):
         # go to the device as int64 so the epoch really is resident there.
         self.index_dtype = tf.int32 if self.gpu_index is None else tf.int64
         self.packed = spec.layout == "packed"
-        with tf.device(self.device):
+        set_threads()
+        self.strategy: tf.distribute.MultiWorkerMirroredStrategy | None = None
+        self.world = World(0, 1)
+        if spec.workers > 1:
+            self.strategy, self.world = join(spec.workers)
+        # mirrored on N workers: rank 0's initial values are broadcast as they are made
+        with self.strategy.scope() if self.strategy is not None else tf.device(self.device):
             self.tables = [tf.Variable(init_center), tf.Variable(init_context)]
             self.slots = [(tf.Variable(tf.zeros_like(t)), tf.Variable(tf.zeros_like(t))) for t in self.tables]
             self.steps_done = tf.Variable(0, dtype=tf.int64)
+        self._counted: list[list[Collective]] = []  # each step's collectives, as handed the strategy
+        self._collective_seconds: list[tf.Tensor] = []  # each step's time in them
         # ids a step per table (center, context) at the spec's batch shape, for the lazy step's
         # layout where the traced shape does not say (the padded signature's None dimensions)
         self.ids_per_step = (spec.data.batch_size, spec.data.batch_size * spec.data.row_length)
@@ -205,6 +266,11 @@ class TensorFlowBackend(Backend):
             self._loop_fn = tf.function(self._train_loop, jit_compile=True, input_signature=[
                 tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32), *blocks])
         self._grads_fn = tf.function(self._loss_and_rows, input_signature=signature)
+        if self.strategy is not None:  # compiled runs are refused there (backends/registry.py), so signature is set
+            assert signature is not None
+            self._replicated_fn = tf.function(self._replicated_step,
+                                              input_signature=[tf.TensorSpec([], tf.float32), *signature])
+            self._sum_fn = tf.function(self._all_sum)
         self._loss_fn = tf.function(self._loss, input_signature=signature)
 
     @classmethod
@@ -239,18 +305,100 @@ class TensorFlowBackend(Backend):
                              summed_ids=index(np.where(real, batch.ids, -1)),
                              summed_example=index(np.where(real, batch.example, -1)))
 
-    def prepare(self, batches: Sequence[Batch]) -> list[Tensors] | Segments:
+    def prepare(self, batches: Sequence[Batch],
+                scales: Sequence[float] | None = None) -> list[Tensors] | Segments | list[ReplicaBatch]:
         """The batches as device tensors (packed: re-laid by common/packing.py); compiled runs on
-        a GPU get them stacked for the device loop."""
+        a GPU get them stacked for the device loop; on N workers, this rank's slices with their
+        loss factors (`scales`, None in one process)."""
         with tf.device(self.device):
             if self.packed:
                 tensors: list[Tensors] = [self._packed_tensors(p) for p in pack_epoch(batches)]
-                if tensors and not self.device_loop:
+                if tensors and not self.device_loop and self.strategy is None:
                     self._step_fn.get_concrete_function(*tensors[0])  # trace this length now
             else:
                 tensors = [(tf.cast(b.center, self.index_dtype), tf.cast(b.context_negative, self.index_dtype),
                             tf.cast(b.mask, tf.float32), tf.cast(b.label, tf.float32)) for b in batches]
-            return Segments.stack(tensors) if self.device_loop else tensors
+            if self.strategy is None:
+                return Segments.stack(tensors) if self.device_loop else tensors
+        return self._replica_batches(tensors, [1.0] * len(tensors) if scales is None else scales)
+
+    def _replica_batches(self, tensors: list[Tensors], scales: Sequence[float]) -> list[ReplicaBatch]:
+        """Each slice with its loss factor and every rank's IndexedSlices rows a table (the sparse
+        variant's padding; one all-reduce of the epoch's lengths, each rank's in its row, before the clock)."""
+        # rows of each table's gradient: one per lookup (padded: every slot of the (B, L) rows)
+        mine = np.array([[int(t[0].shape[0]), int(np.prod(t[1].shape))] for t in tensors], np.int32).reshape(-1, 2)
+        world = self.world.size
+        every = np.zeros((world, *mine.shape), np.int32)
+        every[self.world.rank] = mine
+        every = self._sum_fn(tf.constant(every)).numpy() if self.spec.sparse else np.repeat(mine[None], world, axis=0)
+        return [ReplicaBatch(t, tf.constant(scale, tf.float32), every[:, i, :])
+                for i, (t, scale) in enumerate(zip(tensors, scales))]
+
+    def _all_sum(self, value: tf.Tensor) -> tf.Tensor:
+        # a function's input straight into the all-reduce has no device to reduce on (TF 2.21:
+        # "destinations can not be empty"); a copy made in the replica has
+        return self.strategy.run(lambda v: tf.distribute.get_replica_context().all_reduce("sum", tf.identity(v)),
+                                 args=(value,))
+
+    def _replicated_step(self, scale: tf.Tensor, *batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self.strategy.run(self._replica_step, args=(scale, *batch))
+
+    def _replica_step(self, scale: tf.Tensor, *batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One rank's step: its slice's gradients (times its loss factor) to the strategy's MEAN
+        all-reduce, timed around it in the graph, then the update on this replica. Returns the
+        slice's unscaled loss and the seconds in the collective."""
+        loss, grads = self._loss_and_rows(*batch)
+        handed = ([tf.IndexedSlices(g.values * scale, g.indices) for g in grads] if self.spec.sparse
+                  else [g.dense(int(t.shape[0])) * scale for g, t in zip(grads, self.tables)])
+        with tf.control_dependencies(tf.nest.flatten(handed, expand_composites=True)):
+            start = tf.timestamp()
+        context = tf.distribute.get_replica_context()
+        with tf.control_dependencies([start]):
+            reduced = context.all_reduce(tf.distribute.ReduceOp.MEAN, handed, options=RING)
+        with tf.control_dependencies(tf.nest.flatten(reduced, expand_composites=True)):
+            seconds = tf.timestamp() - start
+        context.merge_call(lambda strategy, r: strategy.extended.update(self.steps_done, self._apply_reduced,
+                                                                        args=(r,)), args=(reduced,))
+        return loss, seconds
+
+    def _apply_reduced(self, steps: tf.Variable, reduced: list) -> None:
+        """The update with the ranks' mean gradients, inside `extended.update` (this replica's
+        variables): dense ones as rows 0..V-1, gathered IndexedSlices as they came (duplicates
+        included: the lazy step and SGD's scatter sum them)."""
+        steps.assign_add(1)
+        t = tf.cast(steps, tf.float32)
+        for i, g in enumerate(reduced):
+            if isinstance(g, tf.IndexedSlices):
+                rows = Rows(g.values, g.indices, g.indices)
+            else:
+                every = tf.range(tf.shape(g)[0], dtype=self.index_dtype)
+                rows = Rows(g, every, every)
+            self._apply_table(i, rows, t)
+
+    def _count(self, lengths: np.ndarray) -> list[Collective]:
+        """The step's collectives from what this rank hands the strategy: dense, both (V, D) tables
+        in one pack (bytes_per_pack 0), one ring all-reduce; sparse, per table TF's all-gathers of
+        the lengths, then the values and indices, each rank's padded to the longest (`lengths`)."""
+        world, rank = self.world.size, self.world.rank
+        if not self.spec.sparse:
+            return [ring_allreduce("gradients of both tables (one pack)", "float32",
+                                   sum(int(np.prod(t.shape)) for t in self.tables), world)]
+        width, index = self.spec.data.embed, self.index_dtype.name
+        counted = []
+        for name, rows in zip(TABLES, lengths.T):
+            longest = int(rows.max())
+            counted += [ring_allgather(f"{name} gradient lengths", "int32", [1] * world, rank),
+                        ring_allgather(f"{name} gradient values", "float32", [longest * width] * world, rank),
+                        ring_allgather(f"{name} gradient indices", index, [longest] * world, rank)]
+        return counted
+
+    def communication(self) -> list[dict]:
+        """The mean step's collectives (common.comm records), counted from the tensors handed the strategy."""
+        return per_step(self._counted)
+
+    def collective_seconds(self) -> float:
+        """The mean step's seconds in the strategy's collective (graph timestamps around it)."""
+        return float(np.mean([s.numpy() for s in self._collective_seconds])) if self._collective_seconds else 0.0
 
     def _loss(self, *batch: tf.Tensor) -> tf.Tensor:
         if self.packed:
@@ -318,13 +466,24 @@ class TensorFlowBackend(Backend):
             losses = tf.tensor_scatter_nd_update(losses, [[i]], [loss])
         return losses
 
-    def train(self, prepared: list[Tensors] | Segments) -> np.ndarray:
+    def train(self, prepared: list[Tensors] | Segments | list[ReplicaBatch]) -> np.ndarray:
+        if self.strategy is not None:
+            return self._train_replica(prepared)  # type: ignore[arg-type]
         with tf.device(self.device):
             if isinstance(prepared, Segments):
                 losses = [self._loop_fn(tf.constant(lo), tf.constant(hi), *block)[lo:hi]
                           for block, lo, hi in prepared.views]
                 return tf.concat(losses, 0).numpy().astype(np.float64) if losses else np.zeros(0)
             losses = [self._step_fn(*batch) for batch in prepared]
+        return tf.stack(losses).numpy().astype(np.float64) if losses else np.zeros(0)
+
+    def _train_replica(self, prepared: list[ReplicaBatch]) -> np.ndarray:
+        losses = []
+        for batch in prepared:
+            loss, seconds = self._replicated_fn(batch.scale, *batch.tensors)
+            losses.append(loss)
+            self._collective_seconds.append(seconds)
+            self._counted.append(self._count(batch.lengths))
         return tf.stack(losses).numpy().astype(np.float64) if losses else np.zeros(0)
 
     def step(self, prepared_batch: Tensors | Segments) -> None:

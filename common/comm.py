@@ -77,6 +77,12 @@ def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> li
     if found is None:
         raise BenchError(f"{spec.backend} has no communication model (common/comm.py)")
     return found(spec, vocab, rows, rank)
+    """What rank `rank` hands and sends in one step of `spec` by its engine's model, `model_<backend>`
+    below (rows: one SliceRows per rank for that step); a BenchError for a backend without one."""
+    function = globals().get(f"model_{spec.backend}")
+    if function is None:
+        raise BenchError(f"{spec.backend} has no communication model in common/comm.py (model_{spec.backend})")
+    return function(spec, vocab, rows, rank)
 
 
 class SliceRows(NamedTuple):
@@ -118,3 +124,22 @@ def model_torch(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int)
         return [ring_allreduce("center and context gradients", "float32", 2 * vocab * width, world)]
     return (gloo_sparse_allreduce("center", [r.unique_centers for r in rows], width, rank)
             + gloo_sparse_allreduce("context", [r.unique_contexts for r in rows], width, rank))
+def model_tensorflow(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """MultiWorkerMirroredStrategy's MEAN all-reduce with ring collectives (TF 2.21's
+    cross_device_ops.CollectiveAllReduce, cross_device_utils). Dense: both (V, D) gradients in one
+    pack (bytes_per_pack 0: one concat), one RingReducer all-reduce. Sparse: per table
+    (center, context) an all-gather of each rank's IndexedSlices length (int32), then of its
+    values and its int32 indices, each rank's padded to the longest (`all_reduce_indexed_slices`),
+    on RingGatherer's ring; one row per lookup, duplicates kept. A context lookup is every slot of
+    the padded layout's (B, L) rows, the real slots of the packed one."""
+    world, width = len(rows), spec.data.embed
+    if not spec.sparse:
+        return [ring_allreduce("gradients of both tables (one pack)", "float32", 2 * vocab * width, world)]
+    contexts = [r.centers * spec.data.row_length if spec.layout == "padded" else r.contexts for r in rows]
+    out = []
+    for name, lengths in (("center", [r.centers for r in rows]), ("context", contexts)):
+        longest = round(max(lengths))  # a profile's mean slice is fractional; a step's rows are not
+        out += [ring_allgather(f"{name} gradient lengths", "int32", [1] * world, rank),
+                ring_allgather(f"{name} gradient values", "float32", [longest * width] * world, rank),
+                ring_allgather(f"{name} gradient indices", "int32", [longest] * world, rank)]
+    return out
