@@ -45,8 +45,11 @@ BACKENDS = {
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
                               cuda_env="tensorflow-cuda", layouts=("padded", "packed")),
     # JAX is always compiled (jit), so it has no separate compiled variant.
+    # Data-parallel: one process and one CPU device a rank, gloo's ring allreduce and allgather.
     "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda",
-                       layouts=("padded", "packed")),
+                       layouts=("padded", "packed"), engine="jax.distributed, gloo CPU collectives",
+                       parallel_refusals=(("cuda", "its ranks run on one CPU device each with gloo's CPU "
+                                                   "collectives; GPU ranks (NCCL) are not built"),)),
     # The limit row (one fused numba kernel of the step); no CUDA kernel yet, so cuda runs plan as skipped.
     "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False,
                          layouts=("padded", "packed")),
