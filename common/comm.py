@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 
 from common.batches import Batch
+from common.packing import rounded
+from common.spec import RunSpec
 
 KINDS = ("allreduce", "allgather", "push", "pull")
 ITEM_BYTES = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
@@ -82,3 +84,27 @@ def slice_rows(batch: Batch) -> SliceRows:
     real = batch.context_negative[batch.mask.astype(bool)]
     return SliceRows(int(batch.center.size), int(real.size), int(np.unique(batch.center).size),
                      int(np.unique(real).size))
+
+
+def model_jax(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int,
+              caps: tuple[int, int] | None = None) -> list[Collective]:
+    """JAX on gloo (backends/jax.py): dense, `lax.pmean` of each table's (V, D) float32 gradient, a
+    ring allreduce; sparse, per table (centers, then contexts) the `all_gather` of the slice's K
+    coalesced ids (int32) and then of their K summed gradient rows (float32, K x D), each a ring
+    allgather of equal chunks: (N - 1) K (4 + 4 D) bytes a table, whatever the slice touched. K is
+    the cap: `caps` (center, context) is the run's, read from its counted record (the elements of
+    "center ids" and "context ids"); without it, recomputed the backend's way from `rows` alone (the
+    most distinct rows a slice names, the padded layout's padding id 0 counted, rounded up by
+    common.packing.rounded, at most V), for extrapolating to vocabularies and worker counts."""
+    world, dim = len(rows), spec.data.embed
+    if not spec.sparse:
+        return [ring_allreduce(f"{table} gradient", "float32", vocab * dim, world) for table in ("center", "context")]
+    if caps is None:
+        padding = int(spec.layout == "padded")  # a padded slice's padding slots name row 0
+        caps = (min(rounded(max(r.unique_centers for r in rows)), vocab),
+                min(rounded(max(r.unique_contexts for r in rows) + padding), vocab))
+    out = []
+    for table, cap in zip(("center", "context"), caps):
+        out += [ring_allgather(f"{table} ids", "int32", [cap] * world, rank),
+                ring_allgather(f"{table} gradient rows", "float32", [cap * dim] * world, rank)]
+    return out
