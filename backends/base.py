@@ -17,6 +17,7 @@ import numpy as np
 from backends.registry import info, refusal
 from common.batches import Batch
 from common.errors import BenchError
+from common.sharding import World
 from common.spec import RunSpec
 
 
@@ -45,6 +46,9 @@ class Backend(ABC):
         if reason is not None:
             raise BenchError(reason)
         self.spec = spec
+        # This process's place among the data-parallel ranks: a backend that joins its engine
+        # (spec.workers > 1) sets the engine's own rank here; shards follow it (docs/data-parallel.md).
+        self.world = World(0, 1)
 
     @classmethod
     def capabilities(cls) -> Capabilities:
@@ -75,8 +79,15 @@ class Backend(ABC):
     def device_name(self) -> str: ...
 
     @abstractmethod
-    def prepare(self, batches: Sequence[Batch]) -> Any:
-        """Convert (and move) batches into what `train` consumes."""
+    def prepare(self, batches: Sequence[Batch], scales: Sequence[float] | None = None) -> Any:
+        """Convert (and move) batches into what `train` consumes. `scales`: each batch's loss factor
+        on a data-parallel rank (common.sharding.Shard.scale: N x rows / B, so averaging the ranks'
+        gradients gives the global batch's); None in one process, where every factor is 1."""
+
+    def communication(self) -> list[dict]:
+        """The step's collectives as common.comm records, averaged over the steps trained (per_step);
+        a backend on one process hands its engine nothing, so it has none."""
+        return []
 
     def sync(self) -> None:
         """Wait for queued device work (a no-op where work is synchronous)."""

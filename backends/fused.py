@@ -30,6 +30,7 @@ import numpy as np
 
 from backends.base import Backend
 from common.batches import Batch
+from common.errors import BenchError
 from common.packing import PackedBatch, pack, pack_epoch, packed_length
 from common.spec import RunSpec
 
@@ -318,9 +319,12 @@ class FusedBackend(Backend):
     def device_name(self) -> str:
         return f"cpu (numba, {numba.get_num_threads()} threads)"
 
-    def prepare(self, batches: Sequence[Batch]) -> list[Rows]:
+    def prepare(self, batches: Sequence[Batch], scales: Sequence[float] | None = None) -> list[Rows]:
         """Flat contiguous int32 / uint8 arrays, as the kernels read them: the recipe's rows, or
-        the epoch packed by the shared `pack_epoch` (every backend gets the same packed arrays)."""
+        the epoch packed by the shared `pack_epoch` (every backend gets the same packed arrays).
+        One process only (no engine, registry.refusal): a slice's loss factor is not in its kernel."""
+        if scales is not None and any(s != 1.0 for s in scales):
+            raise BenchError("the fused kernel trains in one process: it takes no data-parallel loss factors")
         if self.spec.layout == "packed":
             return [packed_rows(b) for b in pack_epoch(batches)]
         return [padded_rows(b) for b in batches]

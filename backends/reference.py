@@ -38,6 +38,16 @@ def loss_and_grads(center_w: np.ndarray, context_w: np.ndarray, batch: Batch) ->
     return loss, grad_center, grad_context
 
 
+def scaled_loss_and_grads(center_w: np.ndarray, context_w: np.ndarray, batch: Batch,
+                          scale: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """The slice's unscaled mean loss (what a rank records) and the gradients of `scale` x that loss
+    (what a rank hands its engine to average): common/sharding.py's factor N x rows / B."""
+    loss, grad_center, grad_context = loss_and_grads(center_w, context_w, batch)
+    if scale != 1.0:
+        grad_center, grad_context = grad_center * scale, grad_context * scale
+    return loss, grad_center, grad_context
+
+
 def loss_and_grads_packed(center_w: np.ndarray, context_w: np.ndarray,
                           batch: PackedBatch) -> tuple[float, np.ndarray, np.ndarray]:
     """The same loss and gradients from the packed layout (common/packing.py): one dot per real
@@ -107,13 +117,14 @@ class NumpyBackend(Backend):
     def device_name(self) -> str:
         return "cpu (numpy float64)"
 
-    def prepare(self, batches: Sequence[Batch]) -> Sequence[Batch]:
-        return batches
+    def prepare(self, batches: Sequence[Batch], scales: Sequence[float] | None = None) -> list[tuple[Batch, float]]:
+        """Each batch with its loss factor: a rank's gradient is its slice's mean loss times it."""
+        return list(zip(batches, scales if scales is not None else [1.0] * len(batches), strict=True))
 
-    def train(self, prepared: Sequence[Batch]) -> np.ndarray:
+    def train(self, prepared: Sequence[tuple[Batch, float]]) -> np.ndarray:
         losses = []
-        for batch in prepared:
-            loss, g_center, g_context = loss_and_grads(self.center_w, self.context_w, batch)
+        for batch, scale in prepared:
+            loss, g_center, g_context = scaled_loss_and_grads(self.center_w, self.context_w, batch, scale)
             sparse = self.spec.sparse
             self.opt_center.update(self.center_w, g_center, np.unique(batch.center) if sparse else None)
             self.opt_context.update(self.context_w, g_context,
@@ -121,11 +132,11 @@ class NumpyBackend(Backend):
             losses.append(loss)
         return np.array(losses, dtype=np.float64)
 
-    def forward(self, prepared_batch: Batch) -> None:
-        loss_and_grads(self.center_w, self.context_w, prepared_batch)
+    def forward(self, prepared_batch: tuple[Batch, float]) -> None:
+        scaled_loss_and_grads(self.center_w, self.context_w, *prepared_batch)
 
-    def forward_backward(self, prepared_batch: Batch) -> None:
-        loss_and_grads(self.center_w, self.context_w, prepared_batch)
+    def forward_backward(self, prepared_batch: tuple[Batch, float]) -> None:
+        scaled_loss_and_grads(self.center_w, self.context_w, *prepared_batch)
 
     def loss_and_grads(self, batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
         return loss_and_grads(self.center_w, self.context_w, batch)

@@ -32,24 +32,30 @@ class BackendInfo(NamedTuple):
     # What that engine cannot run, each with why: a feature of the spec (FEATURES) or several
     # joined by "+" (all present), e.g. ("compile+sparse", "inductor refuses sparse embeddings").
     parallel_refusals: tuple[tuple[str, str], ...] = ()
+    # How its engine's processes are started (bench/running/data_parallel.py, LAUNCHERS): torchrun,
+    # tf_config (one process per TF_CONFIG task), jax (a coordinator address), dmlc (scheduler, server,
+    # workers); None: no launch recipe.
+    launcher: str | None = None
 
 
 BACKENDS = {
     "numpy": BackendInfo("backends.reference", "NumpyBackend", "tests", sparse=True, compile=False),
     # The index's torch wheel on Linux is a CUDA build: one env serves both devices.
     "torch": BackendInfo("backends.pytorch", "TorchBackend", "torch", sparse=True, compile=True,
-                         cuda_env="torch", graph=True, layouts=("padded", "packed")),
+                         cuda_env="torch", graph=True, layouts=("padded", "packed"), launcher="torchrun"),
     # mxnet-cu117 1.9.1 ships sm_50-86 kernels and no PTX: no H100 / H200.
     "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False,
-                         cuda_env="mxnet-cuda", max_compute_capability=(8, 6), layouts=("padded", "packed")),
+                         cuda_env="mxnet-cuda", max_compute_capability=(8, 6), layouts=("padded", "packed"),
+                         launcher="dmlc"),
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
-                              cuda_env="tensorflow-cuda", layouts=("padded", "packed")),
+                              cuda_env="tensorflow-cuda", layouts=("padded", "packed"), launcher="tf_config"),
     # JAX is always compiled (jit), so it has no separate compiled variant.
     # Data-parallel: one process and one CPU device a rank, gloo's ring allreduce and allgather.
     "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda",
                        layouts=("padded", "packed"), engine="jax.distributed, gloo CPU collectives",
                        parallel_refusals=(("cuda", "its ranks run on one CPU device each with gloo's CPU "
-                                                   "collectives; GPU ranks (NCCL) are not built"),)),
+                                                   "collectives; GPU ranks (NCCL) are not built"),),
+                       launcher="jax"),
     # The limit row (one fused numba kernel of the step); no CUDA kernel yet, so cuda runs plan as skipped.
     "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False,
                          layouts=("padded", "packed")),
@@ -77,8 +83,10 @@ def refusal(spec: RunSpec) -> str | None:
     lacking = [(spec.sparse and not entry.sparse, "no sparse-gradient variant (drop sparse)"),
                (spec.compile and not entry.compile, "no compiled variant (drop compile)"),
                (spec.graph and not entry.graph, "no CUDA-graph variant (drop graph)"),
-               (spec.layout not in entry.layouts, f"no {spec.layout} layout (it trains on: {', '.join(entry.layouts)})"),
-               (spec.workers > 1 and entry.engine is None, "no data-parallel engine (drop workers)")]
+               (spec.layout not in entry.layouts,
+                f"no {spec.layout} layout (it trains on: {', '.join(entry.layouts)})"),
+               (spec.workers > 1 and (entry.engine is None or entry.launcher is None),
+                "no data-parallel engine (drop workers)")]
     for missing, what in lacking:
         if missing:
             return f"{spec.backend} has {what}"

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(cuda only; backends declaring it: torch)")
     train.add_argument("--layout", choices=LAYOUTS, default=r.layout,
                        help="padded: the recipe's (B, L) rows; packed: only the real slots, flat (README)")
+    train.add_argument("--workers", type=int, default=r.workers,
+                       help="data-parallel ranks, each on the framework's own engine (docs/data-parallel.md): "
+                            "the global batch split into N slices, gradients averaged")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=r.optimizer)
     train.add_argument("--lr", type=float, default=r.lr)
     train.add_argument("--max-steps", type=int, help="stop after this many steps")
@@ -69,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export-vectors", metavar="FILE.txt", help="center vectors in word2vec text format")
     add_data_args(train, epochs=DataSpec().epochs)
     train.set_defaults(run="bench.running.train_command:run")
+
+    rank = commands.add_parser("rank", help="one rank of a data-parallel run (started by train --workers N)")
+    rank.add_argument("--spec", required=True, metavar="SPEC.json", help="the run's spec")
+    rank.add_argument("--rank-dir", required=True, metavar="DIR", help="where the ranks write their files and logs")
+    rank.add_argument("--data-dir", help="folder holding ptb.train.txt")
+    rank.set_defaults(run="bench.running.rank_command:run")
 
     near = commands.add_parser("neighbours", help="nearest words by cosine in exported vectors")
     near.add_argument("--vectors", required=True, help="a file written by train --export-vectors")

@@ -87,7 +87,7 @@ def test_crashing_backend_becomes_a_failed_result(monkeypatch, tmp_path):
     monkeypatch.setattr(worker, "train", crash)
     args = argparse.Namespace(backend="numpy", spec=None, runner="backend", progress=False, device="cpu",
                               sparse=False, optimizer="adam", lr=0.01, max_steps=None, compile=False, graph=False,
-                              layout="padded", out=str(tmp_path / "r.json"), export_vectors=None,
+                              layout="padded", workers=1, out=str(tmp_path / "r.json"), export_vectors=None,
                               data_dir=None, no_download=True, **DataSpec().to_dict(), corpus="ptb")
     args.__dict__.pop("subsample")
     with pytest.raises(BenchError, match="numpy run failed: RuntimeError: CUDA error: out of memory"):

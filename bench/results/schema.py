@@ -115,6 +115,34 @@ class Roofline(msgspec.Struct):
     unavailable: str | None = None
 
 
+class Collective(msgspec.Struct):
+    """One collective of a data-parallel step as one rank took part in it (common.comm.Collective),
+    averaged over the steps counted (common.comm.per_step)."""
+
+    name: str
+    kind: str   # common.comm.KINDS
+    dtype: str  # common.comm.ITEM_BYTES
+    elements: Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
+    bytes_sent: Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]
+
+
+class Communication(msgspec.Struct):
+    """What a data-parallel run's ranks communicated a step, and how the run was placed
+    (bench/running/data_parallel.py): threads per rank, the cores the run was given, and whether
+    it had more ranks than cores (oversubscribed: its times measure contention, not the engine)."""
+
+    engine: str
+    threads_per_rank: Annotated[int, msgspec.Meta(ge=1, le=2 ** 31)]
+    cores: Annotated[int, msgspec.Meta(ge=1, le=2 ** 31)]
+    oversubscribed: bool
+    ranks: list[list[Collective]]  # by rank: its collectives, in the order of a step
+    bytes_per_step: Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]  # mean over ranks of their bytes sent
+
+    def __post_init__(self) -> None:
+        if not self.ranks:
+            raise ValueError("a data-parallel run's communication must list its ranks")
+
+
 class Result(msgspec.Struct):
     """One run's result file (runs/NAME.json): what the worker, the harness or an executor wrote."""
 
@@ -149,6 +177,7 @@ class Result(msgspec.Struct):
     executor: str | None = None
     host: str | None = None
     worker: str | None = None
+    communication: Communication | None = None  # data-parallel runs (workers > 1) only
 
     def __post_init__(self) -> None:
         if self.status in NEEDS_ERROR and not self.error:

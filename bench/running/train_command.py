@@ -31,7 +31,8 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
         raise BenchError("train needs --backend (or --spec FILE)")
     return RunSpec(backend=args.backend, data=data_spec(args), device=args.device, sparse=args.sparse,
                    optimizer=args.optimizer, lr=args.lr, max_steps=args.max_steps, compile=args.compile,
-                   graph=args.graph, layout=args.layout, runner=args.runner)
+                   graph=args.graph, layout=args.layout, runner=args.runner,
+                   workers=args.workers)
 
 
 def runner(spec: RunSpec) -> Callable[..., dict]:
@@ -45,6 +46,9 @@ def runner(spec: RunSpec) -> Callable[..., dict]:
     if spec.runner == "bare-loop":
         from bench.running import bare_loop
         return bare_loop.train
+    if spec.workers > 1:
+        from bench.running import data_parallel
+        return data_parallel.train
     return worker.train
 
 

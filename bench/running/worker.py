@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from common.evaluate import PROBE_WORDS, evaluate, neighbours, write_word2vec
 from common.init import initial_weights
 from common.machine import MachineLoad, machine_info, peak_rss_bytes
 from common.roofline import BatchStats, for_run, measure
+from common.sharding import World, shard
 from common.spec import RunSpec
 
 SEGMENT = 100
@@ -46,9 +48,10 @@ class Timeline:
         self.segments: list[tuple[int, float]] = []  # (examples, seconds), steady state only
         self.first_step_seconds: float | None = None
 
-    def run_epoch(self, backend: Backend, prepared: list[Any], sizes: list[int]) -> np.ndarray:
+    def run_epoch(self, backend: Backend, prepared: list[Any], sizes: list[int],
+                  stop_diverged: bool = True) -> np.ndarray:
         """The epoch's losses, stopping after the first segment with a diverged step (a blown-up
-        run must not train on for the rest of its epoch)."""
+        run must not train on for the rest of its epoch), unless `stop_diverged` is off."""
         clock = time.perf_counter
         start, losses = 0, []
         if self.first_step_seconds is None:
@@ -56,7 +59,7 @@ class Timeline:
             losses.append(backend.train(prepared[:1]))
             self.first_step_seconds, start = clock() - t, 1
         for s in range(start, len(prepared), SEGMENT):
-            if losses and first_bad_step(losses[-1]) is not None:
+            if stop_diverged and losses and first_bad_step(losses[-1]) is not None:
                 break
             t = clock()
             losses.append(backend.train(prepared[s:s + SEGMENT]))
@@ -144,22 +147,50 @@ def finish(result: dict, tokens: list[str], center: np.ndarray, export_vectors: 
         write_word2vec(export_vectors, tokens, center)
 
 
-def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
-          export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
-    """Train as `spec` says and return the result record (status ok / diverged)."""
+class Started(NamedTuple):
+    backend_cls: type[Backend]
+    backend: Backend
+    dataset: Dataset
+    load_seconds: float
+
+
+def start(spec: RunSpec, data_dir: str | None, download: bool, export_vectors: Path | None) -> Started:
+    """The dataset and the backend at the shared initial weights (a rank's backend joins its engine here)."""
     backend_cls = registry.load(spec.backend)
-    clock = time.perf_counter
-    t0 = clock()
+    t0 = time.perf_counter()
     dataset = load_dataset(spec.data, data_dir, download)
     check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     backend = backend_cls(spec, *initial_weights(spec.data.seed, len(dataset.vocab), spec.data.embed))
-    timings: dict[str, Any] = {"load_seconds": clock() - t0, "data_seconds": 0.0, "prepare_seconds": 0.0,
-                               "train_seconds": 0.0}
-    load, machine_load = MachineLoad(), None
-    limit = total_steps(spec, dataset)
-    digest, timeline, epoch_losses, epoch_seconds = StreamHash(), Timeline(), [], []
-    status, error = "ok", None
+    return Started(backend_cls, backend, dataset, time.perf_counter() - t0)
+
+
+@dataclass
+class Training:
+    """What the training loop produced: one process's run, or one rank's share of a data-parallel one."""
+
+    timeline: Timeline = field(default_factory=Timeline)  # a rank's losses are its slice's; sizes the batch's
+    epoch_losses: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # examples this process trained on a step (a rank: its slice)
+    timings: dict[str, Any] = field(default_factory=lambda: {"data_seconds": 0.0, "prepare_seconds": 0.0})
+    status: str = "ok"
+    error: str | None = None
+    data_hash: str | None = None
     stats: BatchStats | None = None  # what a step touches, measured on the first epoch's batches
+    machine_load: dict | None = None
+
+
+def run_loop(spec: RunSpec, backend: Backend, dataset: Dataset, progress: Progress | None,
+             world: World | None = None) -> Training:
+    """Every epoch's batches built, hashed, prepared and trained. With `world` (a data-parallel rank),
+    each global batch is sharded (common/sharding.py) and handed over with its slice's loss factor;
+    divergence is then left to the launcher, which judges the combined losses: a rank that stopped
+    alone would leave the others waiting in a collective."""
+    clock = time.perf_counter
+    run, load, digest = Training(), MachineLoad(), StreamHash()
+    limit = total_steps(spec, dataset)
+    timeline = run.timeline
     for epoch in range(spec.data.epochs):
         remaining = limit - len(timeline.losses)
         if remaining <= 0:
@@ -169,39 +200,57 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
         for b in batches:
             digest.update(b)
         digest.wait()  # the hashing thread would otherwise share the cores with training
-        stats = stats or measure(batches)
-        timings["data_seconds"] += clock() - t
+        run.stats = run.stats or measure(batches)
+        shards = [shard(b, world) for b in batches] if world is not None else None
+        run.timings["data_seconds"] += clock() - t
         t = clock()
-        prepared = backend.prepare(batches)
+        if shards is None:
+            prepared = backend.prepare(batches)
+        else:
+            prepared = backend.prepare([s.batch for s in shards], [s.scale for s in shards])
         backend.sync()
-        timings["prepare_seconds"] += clock() - t
+        run.timings["prepare_seconds"] += clock() - t
         sizes = [b.center.size for b in batches]
         load.start()
         t = clock()
-        losses = timeline.run_epoch(backend, prepared, sizes)
-        epoch_seconds.append(clock() - t)
-        machine_load = load.stop()
-        bad = first_bad_step(losses)
+        losses = timeline.run_epoch(backend, prepared, sizes, stop_diverged=world is None)
+        run.epoch_seconds.append(clock() - t)
+        run.machine_load = load.stop()
+        bad = first_bad_step(losses) if world is None else None
         keep = losses.size if bad is None else bad + 1
         if bad is not None:
-            status, error = "diverged", divergence(losses, bad, len(timeline.losses)) + f" (epoch {epoch + 1})"
+            run.status, run.error = "diverged", divergence(losses, bad, len(timeline.losses)) + f" (epoch {epoch + 1})"
         timeline.losses.extend(losses[:keep].tolist())
         timeline.sizes.extend(sizes[:keep])
+        run.rows.extend([s.batch.center.size for s in shards] if shards is not None else sizes[:keep])
+        run.epoch_steps.append(int(keep))
         if bad is not None:
             break
-        epoch_losses.append(float(np.average(losses, weights=sizes)))  # the recipe's example-weighted mean
+        run.epoch_losses.append(float(np.average(losses, weights=run.rows[-len(losses):])))  # the recipe's weighting
         if progress:
             progress(len(timeline.losses), limit)
-    timings["train_seconds"] = float(sum(epoch_seconds))
-    timings["first_step_seconds"] = timeline.first_step_seconds
-    timings["compile_seconds"] = backend.compile_seconds  # ahead of the clock, in prepare (part of prepare_seconds)
-    timings["peak_memory_bytes"] = backend.peak_memory_bytes()
-    timings["peak_rss_bytes"] = peak_rss_bytes()  # the worker process, beside the device peak above
-    env: dict[str, Any] = {"backend": spec.backend, "versions": backend_cls.versions(),
+    run.timings["train_seconds"] = float(sum(run.epoch_seconds))
+    run.timings["first_step_seconds"] = timeline.first_step_seconds
+    run.timings["compile_seconds"] = backend.compile_seconds  # ahead of the clock, in prepare (part of prepare_seconds)
+    run.timings["peak_memory_bytes"] = backend.peak_memory_bytes()
+    run.timings["peak_rss_bytes"] = peak_rss_bytes()  # this process, beside the device peak above
+    run.data_hash = digest.hexdigest()
+    return run
+
+
+def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
+          export_vectors: Path | None = None, progress: Progress | None = None) -> dict:
+    """Train as `spec` says, in this process, and return the result record (status ok / diverged)."""
+    started = start(spec, data_dir, download, export_vectors)
+    backend = started.backend
+    run = run_loop(spec, backend, started.dataset, progress)
+    timings = {"load_seconds": started.load_seconds, **run.timings}
+    env: dict[str, Any] = {"backend": spec.backend, "versions": started.backend_cls.versions(),
                            "device_name": backend.device_name()}
-    result = record(spec, status, error, env, digest.hexdigest(), timeline, epoch_losses, epoch_seconds, timings,
-                    machine_load)
-    if stats is not None:
-        result["roofline"] = for_run(spec, len(dataset.vocab), stats, env["device_name"])
-    finish(result, dataset.vocab.tokens, backend.embeddings()[0], export_vectors)
+    result = record(spec, run.status, run.error, env, run.data_hash, run.timeline, run.epoch_losses,
+                    run.epoch_seconds, timings, run.machine_load)
+    vocab = len(started.dataset.vocab)
+    if run.stats is not None:
+        result["roofline"] = for_run(spec, vocab, run.stats, env["device_name"])
+    finish(result, started.dataset.vocab.tokens, backend.embeddings()[0], export_vectors)
     return result

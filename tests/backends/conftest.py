@@ -61,6 +61,6 @@ def ptb_reference(ptb_batches):
     @functools.cache
     def trajectory(spec: RunSpec) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         reference = NumpyBackend(spec, *weights(vocab, 100))
-        return reference.train(batches), reference.embeddings()
+        return reference.train(reference.prepare(batches)), reference.embeddings()
 
     return lambda spec: trajectory(plain(spec))
