@@ -101,8 +101,8 @@ def model_jax(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int,
         return [ring_allreduce(f"{table} gradient", "float32", vocab * dim, world) for table in ("center", "context")]
     if caps is None:
         padding = int(spec.layout == "padded")  # a padded slice's padding slots name row 0
-        caps = (min(rounded(max(r.unique_centers for r in rows)), vocab),
-                min(rounded(max(r.unique_contexts for r in rows) + padding), vocab))
+        caps = (min(rounded(int(max(r.unique_centers for r in rows))), vocab),
+                min(rounded(int(max(r.unique_contexts for r in rows)) + padding), vocab))
     out = []
     for table, cap in zip(("center", "context"), caps):
         out += [ring_allgather(f"{table} ids", "int32", [cap] * world, rank),
