@@ -30,6 +30,7 @@ epoch's last batch) are padded to the longest, so every rank runs one program.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -572,6 +573,29 @@ class JaxBackend(Backend):
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies (the buffers are donated next step); a rank's own replica of each table."""
         return tuple(np.array(t.addressable_data(0)) for t in self.params)  # type: ignore[return-value]
+
+    def collective_seconds(self, repeats: int = 20) -> float:
+        """The seconds a step spends in its collectives, timed apart from it (inside a compiled scan
+        nothing can be timed around one): the last step's collectives (Tally: kind, dtype, size)
+        on zeros, `repeats` times after a barrier, the mean. A collective itself: every rank must
+        call it, at the same point; 0.0 where no step communicated."""
+        if not self.steps:
+            return 0.0
+        step = self.steps[-1]
+
+        def run(*xs: jax.Array) -> list[jax.Array]:
+            return [jax.lax.psum(x, RANKS) if c.kind == "allreduce" else jax.lax.all_gather(x, RANKS, tiled=True)
+                    for x, c in zip(xs, step)]
+
+        spread = NamedSharding(self.mesh, P(RANKS))
+        xs = [jax.make_array_from_process_local_data(spread, np.zeros((1, int(c.elements)), c.dtype)) for c in step]
+        probe = jax.jit(jax.shard_map(run, mesh=self.mesh, in_specs=P(RANKS), out_specs=P(RANKS), check_vma=False))
+        jax.block_until_ready(probe(*xs))  # compiled, and the ranks' connections warm
+        multihost_utils.sync_global_devices("collective_seconds")
+        start = time.perf_counter()
+        for _ in range(repeats):
+            jax.block_until_ready(probe(*xs))
+        return (time.perf_counter() - start) / repeats
 
     def communication(self) -> list[dict]:
         """The collectives each trained step handed gloo (counted off the traced arrays: Tally),
