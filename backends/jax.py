@@ -574,13 +574,13 @@ class JaxBackend(Backend):
         """Copies (the buffers are donated next step); a rank's own replica of each table."""
         return tuple(np.array(t.addressable_data(0)) for t in self.params)  # type: ignore[return-value]
 
-    def collective_seconds(self, repeats: int = 20) -> float:
+    def communication_seconds(self, repeats: int = 20) -> float | None:
         """The seconds a step spends in its collectives, timed apart from it (inside a compiled scan
         nothing can be timed around one): the last step's collectives (Tally: kind, dtype, size)
-        on zeros, `repeats` times after a barrier, the mean. A collective itself: every rank must
-        call it, at the same point; 0.0 where no step communicated."""
+        on zeros, `repeats` times after a barrier, the mean. A collective itself: every rank calls
+        it at the same point (the rank runner, after `communication`); None where no step communicated."""
         if not self.steps:
-            return 0.0
+            return None
         step = self.steps[-1]
 
         def run(*xs: jax.Array) -> list[jax.Array]:
@@ -591,7 +591,7 @@ class JaxBackend(Backend):
         xs = [jax.make_array_from_process_local_data(spread, np.zeros((1, int(c.elements)), c.dtype)) for c in step]
         probe = jax.jit(jax.shard_map(run, mesh=self.mesh, in_specs=P(RANKS), out_specs=P(RANKS), check_vma=False))
         jax.block_until_ready(probe(*xs))  # compiled, and the ranks' connections warm
-        multihost_utils.sync_global_devices("collective_seconds")
+        multihost_utils.sync_global_devices("communication_seconds")
         start = time.perf_counter()
         for _ in range(repeats):
             jax.block_until_ready(probe(*xs))
