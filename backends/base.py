@@ -89,6 +89,11 @@ class Backend(ABC):
         a backend on one process hands its engine nothing, so it has none."""
         return []
 
+    def communication_seconds(self) -> float | None:
+        """The mean seconds a step spent in its collectives, by the engine's own timers or a clock
+        around the collective; None where the backend has no such timer (or no engine)."""
+        return None
+
     def sync(self) -> None:
         """Wait for queued device work (a no-op where work is synchronous)."""
         return None

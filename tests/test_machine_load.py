@@ -167,3 +167,16 @@ def test_a_live_childs_cpu_is_the_runs_own():
         child.kill()
         child.wait()
     assert record["own_cpu_seconds"] >= 1.5  # the child's ~2 CPU-seconds, though it is still running
+
+
+def test_report_marks_an_oversubscribed_data_parallel_run():
+    """More ranks than the cores a run was given (bench/running/data_parallel.py records it): its rate
+    measures contention, and the report says so; a run placed within its cores is not marked."""
+    collective = {"name": "g", "kind": "allreduce", "dtype": "float32", "elements": 2.0, "bytes_sent": 8.0}
+    placed = {"engine": "gloo", "threads_per_rank": 1, "cores": 1, "oversubscribed": True, "bytes_per_step": 8.0,
+              "ranks": [[collective]] * 2}
+    run = {"status": "ok", "error": None, "spec": RunSpec(backend="numpy").to_dict(), "losses": [0.7],
+           "machine_load": {"other_cpu_fraction": 0.0}, "communication": placed}
+    [(mark, reason)] = report.measurement_warnings(run)
+    assert mark == "oversubscribed" and reason.startswith("oversubscribed: 2 ranks on 1 cores")
+    assert report.measurement_warnings({**run, "communication": {**placed, "oversubscribed": False}}) == []

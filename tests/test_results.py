@@ -143,6 +143,30 @@ def test_the_writer_refuses_what_the_reader_would(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+COLLECTIVE = {"name": "g", "kind": "allreduce", "dtype": "float32", "elements": 2.0, "bytes_sent": 8.0}
+COMMUNICATION = {"engine": "gloo", "threads_per_rank": 1, "cores": 2, "oversubscribed": False, "bytes_per_step": 8.0,
+                 "ranks": [[COLLECTIVE]]}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, None),
+    ({"oversubscribed": "no"}, "communication.oversubscribed is a string, expected `bool`"),
+    ({"ranks": []}, "must list its ranks"),
+    ({"bytes_per_step": -1.0}, ">= 0"),
+    ({"threads_per_rank": 0}, ">= 1"),
+])
+def test_a_data_parallel_record_is_typed(tmp_path, change, expected):
+    """`communication` (bench/running/data_parallel.py) is checked like every stored field."""
+    record = {**failed_result(RunSpec(backend="numpy"), "x"), "communication": {**COMMUNICATION, **change}}
+    if expected is None:
+        store.write_result(tmp_path / "r.json", record)
+        assert store.load_result(tmp_path / "r.json")["communication"] == COMMUNICATION
+        return
+    with pytest.raises(store.Refused) as refused:
+        store.write_result(tmp_path / "r.json", record)
+    assert expected in str(refused.value)
+
+
 def test_a_number_too_long_to_read_is_a_corrupt_row_not_a_traceback(folder, tmp_path, capsys):
     path = result_files(folder)[0]
     path.write_text(path.read_text().replace('"steps": 300', '"steps": ' + "9" * 5000))

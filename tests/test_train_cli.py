@@ -136,3 +136,19 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(ptb_dir, tmp_path, unbuffe
     os.close(write)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
     assert json.loads(out.read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--workers", "3"], "3 workers cannot split a batch of 512 into equal slices"),
+    (["--workers", "2", "--runner", "bare-loop"], "the bare-loop runner trains in one process: drop --workers"),
+    (["--workers", "2"], "numpy has no data-parallel engine (drop workers)"),
+])
+def test_workers_that_cannot_run_are_one_line(args, fragment):
+    assert_one_line_error(run_bench("train", "--backend", "numpy", "--no-download", *args), fragment)
+
+
+def test_a_suite_sweeping_workers_is_refused_where_the_backend_has_no_engine(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text("[[runs]]\nbackend = 'numpy'\nworkers = [1, 2]\n")
+    assert_one_line_error(run_bench("suite", "--suite", str(suite), "--dry-run"),
+                          "numpy has no data-parallel engine (drop workers)")

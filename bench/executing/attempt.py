@@ -85,7 +85,9 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
             if finished is not None:
                 finished["note"] = f"the worker hung after writing its result; ended at the --timeout ({timeout:.0f} s)"
                 return finished
-            return failed_result(run.spec, f"no result after {timeout:.0f} s (the --timeout); log: {log_path}",
+            hung = (f"; {run.spec.workers} data-parallel ranks, ended together: one may have hung in a collective"
+                    if run.spec.workers > 1 else "")
+            return failed_result(run.spec, f"no result after {timeout:.0f} s (the --timeout){hung}; log: {log_path}",
                                  status="timed_out")
         finally:  # a signal, any error, or a finished worker's leftover children: none outlives us
             end_group(proc)

@@ -197,6 +197,11 @@ def measurement_warnings(r: dict) -> list[tuple[str, str]]:
                       f"busy machine: other processes took {other:.0%} of its CPU during the clock "
                       f"(over {BUSY_FRACTION:.0%}; 1-minute load {number(load.get('loadavg_before'), 1)} before, "
                       f"{number(load.get('loadavg_after'), 1)} after)"))
+    placed = r.get("communication") or {}
+    if placed.get("oversubscribed"):
+        ranks = len(placed.get("ranks") or [])
+        notes.append(("oversubscribed", f"oversubscribed: {ranks} ranks on {placed.get('cores')} cores (one thread "
+                      f"each): its rate measures the ranks' contention for the cores, not the engine"))
     rates = r.get("segment_rates") or []
     median, iqr = r.get("rate_median"), r.get("rate_iqr")
     if len(rates) >= SPREAD_MIN_SEGMENTS and median and iqr and (iqr[1] - iqr[0]) / median > SPREAD_RATIO:
@@ -452,6 +457,7 @@ def render(folder: Path) -> Path:
     if results:
         agreeing, agreement_figure = agreement(results)
         sparse, limit_ratios = sparse_answer(results)
+        from bench.reporting.parallel import section as parallel_section
         from bench.reporting.scale import section as scale_section  # it draws with this module's helpers
 
         context.update(
@@ -461,6 +467,7 @@ def render(folder: Path) -> Path:
             throughput_figure=throughput_figure(results),
             roofline_figure=roofline.figure(measured(results, None), _label), batch_figure=batch_size_figure(results),
             sparse=sparse, limit_ratios=limit_ratios, padding=padding_cost(results), scale=scale_section(results),
+            parallel=parallel_section(results),
             agreement=agreeing, agreement_figure=agreement_figure,
             bare_loop=bool(measured(results, "bare-loop")), overhead=harness_overhead(results),
             neighbours=neighbours(results), failed=[r for r in results if r["status"] not in MEASURED + (SKIPPED,)],

@@ -137,6 +137,9 @@ class Communication(msgspec.Struct):
     oversubscribed: bool
     ranks: list[list[Collective]]  # by rank: its collectives, in the order of a step
     bytes_per_step: Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]  # mean over ranks of their bytes sent
+    # by rank: the mean seconds a step spent in its collectives (the backend's communication_seconds);
+    # None where its backend has no timer. Over the step time (train_seconds / steps): the comm share.
+    seconds_per_step: list[Seconds | None] = []
 
     def __post_init__(self) -> None:
         if not self.ranks:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,11 +78,13 @@ def rank_env(launch: Launch, rank: int) -> dict[str, str]:
 
 
 def plan_torchrun(launch: Launch) -> list[Process]:
-    """torchrun starts the N ranks and sets their RANK, WORLD_SIZE, MASTER_ADDR/PORT (its c10d store,
-    bound to HOST); OMP_NUM_THREADS set here, so it does not force 1. Gloo on the loopback only."""
+    """torchrun starts the N ranks and sets their RANK, WORLD_SIZE, MASTER_ADDR/PORT; OMP_NUM_THREADS
+    set here, so it does not force 1. Gloo on the loopback only. The static rendezvous binds its store
+    on HOST:port as the server and fails at once when the port is taken; c10d's would connect to
+    whatever listens there as a client and wait out its join timeout (600 s, seen with torch 2.13)."""
     argv = [launch.python, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(launch.workers),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{HOST}:{launch.ports[0]}", "--local-addr", HOST,
-            "--max-restarts", "0", "--module", *launch.rank_args[1:]]
+            "--rdzv-backend", "static", "--master-addr", HOST, "--master-port", str(launch.ports[0]),
+            "--local-addr", HOST, "--max-restarts", "0", "--module", *launch.rank_args[1:]]
     return [Process("torchrun", argv, {WORLD_VARIABLE: str(launch.workers), "GLOO_SOCKET_IFNAME": "lo",
                                        **threads_env(launch.threads)})]
 
@@ -301,9 +304,26 @@ def child_env() -> dict[str, str]:
     """The ranks' environment: this one's, naming the launcher they must not outlive, and without
     the harness's variable (only the launcher, the group's leader, ends the group)."""
     env = {k: v for k, v in os.environ.items() if k != HARNESS_VARIABLE}
-    env[LAUNCHER_VARIABLE] = process_identity(os.getpid()) or ""
+    env[LAUNCHER_VARIABLE] = own_identity()
     env["PYTHONPATH"] = os.pathsep.join([str(worker_root()), *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+RANK_DIR_PREFIX = "skipgram-ranks-"  # then the launcher's identity (pid_start time): whose folder it is
+
+
+def own_identity() -> str:
+    return process_identity(os.getpid()) or str(os.getpid())
+
+
+def remove_stale_rank_dirs() -> None:
+    """Rank folders of launchers that are gone (SIGKILLed with their group: no cleanup ran), which may
+    hold a center table of hundreds of MB each."""
+    for path in Path(tempfile.gettempdir()).glob(f"{RANK_DIR_PREFIX}*"):
+        owner = path.name.removeprefix(RANK_DIR_PREFIX).rsplit("-", 1)[0].replace("_", ":")
+        pid = owner.split(":")[0]
+        if pid.isdigit() and ":" in owner and process_identity(int(pid)) != owner:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def check_last_batch(spec: RunSpec, dataset: Dataset) -> None:
@@ -327,7 +347,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
     worker.check_vectors(export_vectors, len(dataset.vocab), spec.data.embed)
     check_last_batch(spec, dataset)
     available = cores()
-    with tempfile.TemporaryDirectory(prefix="skipgram-ranks-") as tmp:
+    remove_stale_rank_dirs()
+    with tempfile.TemporaryDirectory(prefix=f"{RANK_DIR_PREFIX}{own_identity().replace(':', '_')}-") as tmp:
         rank_dir = Path(tmp)
         spec_file = rank_dir / "spec.json"
         spec_file.write_text(json.dumps(spec.to_dict()))
@@ -402,5 +423,6 @@ def merge(spec: RunSpec, ranks: list[dict[str, Any]], launch: Launch, available:
         "engine": engine, "threads_per_rank": launch.threads, "cores": available,
         "oversubscribed": spec.workers > available, "ranks": collectives,
         "bytes_per_step": float(np.mean([sum(c["bytes_sent"] for c in rank) for rank in collectives])),
+        "seconds_per_step": [r.get("communication_seconds") for r in ranks],
     }
     return result

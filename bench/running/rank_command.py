@@ -38,7 +38,7 @@ def exit_with_launcher(interval: float = 0.5) -> None:
     torchrun, whose own parent may be killed after it)."""
     die_with(os.getppid())()
     launcher = os.environ.get(LAUNCHER_VARIABLE)
-    if not launcher:
+    if not launcher or ":" not in launcher:  # no /proc to watch it through: the parent's signal alone
         return
     pid = int(launcher.split(":")[0])
 
@@ -77,7 +77,8 @@ def train_rank(spec: RunSpec, data_dir: str | None, rank_dir: Path) -> None:
         "epoch_steps": run.epoch_steps, "epoch_seconds": run.epoch_seconds,
         "segments": [list(s) for s in run.timeline.segments],
         "timings": {"load_seconds": started.load_seconds, **run.timings},
-        "communication": backend.communication(), "versions": started.backend_cls.versions(),
+        "communication": backend.communication(),
+        "communication_seconds": backend.communication_seconds(), "versions": started.backend_cls.versions(),
         "device_name": device_name, "threads": os.environ.get(THREADS_VARIABLE),
         "threads_env": {k: os.environ[k] for k in TIMING_VARIABLES if k in os.environ},
         "vocab_size": len(started.dataset.vocab), "machine_load": run.machine_load,
