@@ -14,9 +14,23 @@ slots, flat: each slot's center gathered by `example`, one multiply-sum a slot, 
 BCE summed). Flat rather than bucketed by context count: XLA has no batched dot that gains from
 buckets (its batched dot is one small matvec per example, PERFORMANCE.md), and the packed
 length is one per epoch, so the shapes stay static and each epoch compiles once.
+
+Data-parallel (spec.workers > 1, docs/data-parallel.md): each rank is one process with one CPU
+device, joined by `jax.distributed` with gloo's CPU collectives; the scan runs under `shard_map`
+over a mesh of the N processes, parameters replicated, each rank's block sharded by a leading
+rank axis. Dense gradients are averaged by `lax.pmean` (gloo's ring allreduce). There is no
+sparse collective: the lazy step coalesces its slice's rows to a fixed K (`coalesce`'s marker,
+no sort), all-gathers the (ids, rows) buffers (gloo's ring allgather) and steps the union,
+duplicates across ranks summed, so every rank updates the same rows. K (static) is the most
+distinct rows any rank's slice of the epoch names in a table (counted on the arrays the step
+dedups, agreed across ranks before the clock), rounded up by `common.packing.rounded`: the cap
+sets the bytes, and no slice can exceed it. Slices the ranks hold at different lengths (an
+epoch's last batch) are padded to the longest, so every rank runs one program.
 """
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -24,12 +38,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from backends.base import Backend
+from backends.registry import refusal
 from common.batches import Batch
+from common.comm import Collective, per_step, ring_allgather, ring_allreduce
+from common.errors import BenchError
 from common.lazy_adam import dense_shaped
-from common.packing import pack_epoch
+from common.packing import pack, packed_length, rounded
+from common.sharding import World
 from common.spec import RunSpec
+
+COORDINATOR_VARIABLE = "SKIPGRAM_COORDINATOR"  # 127.0.0.1:PORT, rank 0's coordination service (the launcher's)
+THREADS_VARIABLE = "SKIPGRAM_THREADS"
+# XLA's CPU client sizes its intra-op (Eigen) pool from PJRT_NPROC, read once when the client
+# starts (the first device query), so it is set at import: the launcher's threads a rank.
+if THREADS_VARIABLE in os.environ:
+    os.environ.setdefault("PJRT_NPROC", os.environ[THREADS_VARIABLE])
+RANKS = "ranks"  # the mesh axis of the data-parallel ranks
+TABLES = ("center", "context")
 
 Params = tuple[jax.Array, jax.Array]  # (center table, context table)
 CHUNK = 32  # steps per compiled scan (see JaxBackend.train)
@@ -45,6 +75,8 @@ class Settings(NamedTuple):
     beta2: float
     eps: float
     vocab: int
+    world: int = 1                  # data-parallel ranks: > 1 puts the step's collectives in
+    caps: tuple[int, int] = (0, 0)  # K of each table's gathered rows (sparse, world > 1)
 
 
 class LazyAdamState(NamedTuple):
@@ -58,7 +90,8 @@ def rows_loss(v: jax.Array, u: jax.Array, mask: jax.Array, label: jax.Array) -> 
     pred = jnp.einsum("bld,bd->bl", u, v, precision=HIGHEST)
     mask, label = mask.astype(pred.dtype), label.astype(pred.dtype)  # uint8 on the device, cast here (fused)
     bce = jnp.maximum(pred, 0) - pred * label + jnp.log1p(jnp.exp(-jnp.abs(pred)))
-    return jnp.mean(jnp.sum(bce * mask, axis=1) / jnp.sum(mask, axis=1))
+    # max(.., 1): a data-parallel rank's padding rows (mask 0) add 0 (a real row has 1 + K slots or more)
+    return jnp.mean(jnp.sum(bce * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1))
 
 
 def packed_rows_loss(v: jax.Array, u: jax.Array, example: jax.Array, label: jax.Array,
@@ -135,9 +168,10 @@ def present(indices: jax.Array, vocab: int) -> jax.Array:
     return jnp.zeros(vocab, jnp.bool_).at[indices.reshape(-1)].set(True)
 
 
-def coalesce(indices: jax.Array, grads: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
+def coalesce(indices: jax.Array, grads: jax.Array, vocab: int, size: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Unique rows, ascending and padded with `vocab` (out of range), and their summed gradients,
-    fixed shapes: min(indices, vocab) rows (6,719 rather than 30,720 for PTB's context table).
+    fixed shapes: `size` rows, by default min(indices, vocab) (6,719 rather than 30,720 for PTB's
+    context table), which no batch can exceed (rows past `size` would be dropped).
 
     What `jnp.unique(size=, return_inverse=True)` returns, without its stable sort (4 ms a step at
     PTB's shapes): the presence marker's running count is each used row's slot; each slot gets
@@ -145,7 +179,7 @@ def coalesce(indices: jax.Array, grads: jax.Array, vocab: int) -> tuple[jax.Arra
     backward pass into the scatter (it then recomputed it per scattered element: 16 ms for the
     coalescing instead of 5, PERFORMANCE.md)."""
     flat = indices.reshape(-1)
-    size = min(flat.size, vocab)
+    size = min(flat.size, vocab) if size is None else size
     marker = present(flat, vocab)
     slot = jnp.cumsum(marker, dtype=jnp.int32) - 1
     rows = jnp.full(size, vocab, jnp.int32).at[jnp.where(marker, slot, size)].set(
@@ -156,9 +190,69 @@ def coalesce(indices: jax.Array, grads: jax.Array, vocab: int) -> tuple[jax.Arra
     return rows, jax.lax.optimization_barrier(summed)
 
 
-def batch_at(block: Arrays, i: jax.Array | int) -> Arrays:
+class Sharded(NamedTuple):
+    """A data-parallel rank's block: its slices as one process lays them out (padded to the
+    ranks' longest slice), each step's gradient factor and the factor that makes the loss over
+    the padded rows the slice's own mean; every array with a leading rank axis (a global array)."""
+    arrays: Arrays
+    factor: jax.Array  # (n,): the loss factor (common.sharding.Shard.scale), x padded rows / rows (padded layout)
+    unpad: jax.Array   # (n,): padded rows / rows (padded layout: the mean runs over the padding rows too), else 1
+
+
+Block = Arrays | Sharded
+
+
+def batch_at(block: Block, i: jax.Array | int) -> Block:
     """Batch i of a stacked block (a dynamic index: one program serves every i)."""
-    return type(block)(*(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in block))
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), block)
+
+
+def steps_in(block: Block) -> int:
+    return int(block.factor.shape[1] if isinstance(block, Sharded) else block.center.shape[0])
+
+
+class Tally:
+    """The collectives a traced step hands gloo, read off the arrays themselves (shape, dtype):
+    what `communication` counts a step. Filled while the step traces, kept with its program."""
+
+    def __init__(self) -> None:
+        self.step: list[Collective] = []
+
+    def begin(self) -> None:
+        self.step = []  # a body traced twice counts once
+
+    def psum(self, name: str, x: jax.Array, world: int) -> None:
+        self.step.append(ring_allreduce(name, str(x.dtype), int(x.size), world))
+
+    def all_gather(self, name: str, x: jax.Array, world: int) -> None:
+        self.step.append(ring_allgather(name, str(x.dtype), [int(x.size)] * world, jax.process_index()))
+
+
+TALLY = Tally()
+
+
+def averaged(c: Settings, grads: Params, factor: jax.Array) -> Params:
+    """Each table's gradient averaged over the ranks (psum / N: one gloo ring allreduce each),
+    each rank's scaled by its slice's factor first."""
+    TALLY.begin()
+    out = []
+    for table, g in zip(TABLES, grads):
+        g = g * factor
+        TALLY.psum(f"{table} gradient", g, c.world)
+        out.append(jax.lax.pmean(g, RANKS))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def gathered(c: Settings, table: str, cap: int, indices: jax.Array, g_rows: jax.Array,
+             factor: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Every rank's distinct rows of a table (`cap` of them, padded with id V) and their summed
+    gradients, all-gathered: (N cap,) ids and (N cap, D) rows, a row named by several ranks
+    once per rank (the lazy step sums them). Gradients are divided by N here: the ranks' mean."""
+    rows, g = coalesce(indices, g_rows, c.vocab, cap)
+    g = g * (factor / c.world)
+    TALLY.all_gather(f"{table} ids", rows, c.world)
+    TALLY.all_gather(f"{table} gradient rows", g, c.world)
+    return jax.lax.all_gather(rows, RANKS, tiled=True), jax.lax.all_gather(g, RANKS, tiled=True)
 
 
 def dense_optimizer(c: Settings) -> optax.GradientTransformation:
@@ -172,8 +266,12 @@ def init_state(c: Settings, params: Params) -> Any:
     return LazyAdamState(jnp.zeros((), jnp.int32), *zeros)
 
 
-def dense_update(c: Settings, params: Params, state: Any, batch: Arrays) -> tuple[Params, Any, jax.Array]:
+def dense_update(c: Settings, params: Params, state: Any, batch: Arrays,
+                 factor: jax.Array | None = None) -> tuple[Params, Any, jax.Array]:
+    """One dense step; with `factor` (a data-parallel rank) on the ranks' averaged gradients."""
     loss, grads = batch.table_grads(params)
+    if factor is not None:
+        grads = averaged(c, grads, factor)
     updates, state = dense_optimizer(c).update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
 
@@ -208,25 +306,36 @@ def rows_step(c: Settings, step_size: jax.Array, table: jax.Array, m: jax.Array,
             m.at[rows].set(m_rows, mode="drop"), v.at[rows].set(v_rows, mode="drop"))
 
 
-def lazy_update(c: Settings, params: Params, state: LazyAdamState, batch: Arrays) -> tuple[Params, Any, jax.Array]:
-    """torch's SparseAdam (or row-wise SGD): moments and weights of the batch's unique rows only, global step t."""
+def lazy_update(c: Settings, params: Params, state: LazyAdamState, batch: Arrays,
+                factor: jax.Array | None = None) -> tuple[Params, Any, jax.Array]:
+    """torch's SparseAdam (or row-wise SGD): moments and weights of the batch's unique rows only, global step t.
+    With `factor` (a data-parallel rank): of the union of every rank's rows, gathered."""
     loss, grads = row_grads(params, batch)
+    pairs = list(zip((batch.center, batch.context), grads))
+    if factor is not None:
+        TALLY.begin()
+        pairs = [gathered(c, table, cap, indices, g, factor)
+                 for table, cap, (indices, g) in zip(TABLES, c.caps, pairs)]
     step = state.step + 1
     t = step.astype(jnp.float32)
     step_size = c.lr * jnp.sqrt(1.0 - c.beta2 ** t) / (1.0 - c.beta1 ** t)
     tables, ms, vs = zip(*[(masked_step if dense_shaped(c.vocab, indices.size) else rows_step)(
         c, step_size, table, m, v, indices, g)
-        for table, m, v, indices, g in zip(params, state.m, state.v, (batch.center, batch.context), grads)])
+        for table, m, v, (indices, g) in zip(params, state.m, state.v, pairs)])
     return tuple(tables), LazyAdamState(step, tuple(ms), tuple(vs)), loss  # type: ignore[arg-type]
 
 
-def scan_steps(c: Settings, params: Params, state: Any, block: Arrays, start: jax.Array,
+def scan_steps(c: Settings, params: Params, state: Any, block: Block, start: jax.Array,
                length: int) -> tuple[Params, Any, jax.Array]:
     """`length` steps on batches start, start+1, ... of a stacked block (read in place, no slice copies)."""
     update = lazy_update if c.sparse else dense_update
 
     def body(carry, i):
-        params, state, loss = update(c, *carry, batch_at(block, i))
+        batch = batch_at(block, i)
+        if isinstance(batch, Sharded):
+            params, state, loss = update(c, *carry, batch.arrays, batch.factor)
+            return (params, state), loss * batch.unpad
+        params, state, loss = update(c, *carry, batch)
         return (params, state), loss
 
     (params, state), losses = jax.lax.scan(body, (params, state), start + jnp.arange(length, dtype=jnp.int32))
@@ -260,21 +369,69 @@ def densified_row_grads_at(params: Params, block: Arrays, i: jax.Array) -> tuple
     return loss, tuple(dense)  # type: ignore[return-value]
 
 
+def sharded_scan(c: Settings, mesh: Mesh, length: int) -> Any:
+    """`scan_steps` on every rank at once: parameters and optimiser state replicated, each rank's
+    block its own (the leading rank axis), its losses its slice's."""
+    def run(params: Params, state: Any, block: Sharded, start: jax.Array) -> tuple[Params, Any, jax.Array]:
+        params, state, losses = scan_steps(c, params, state, jax.tree.map(lambda a: a[0], block), start, length)
+        return params, state, losses[None]
+
+    # check_vma off: pmean's and the lazy step's results are the same on every rank, which the
+    # all-gathered union is too, though shard_map cannot infer it of an all_gather.
+    return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(P(), P(), P(RANKS), P()),
+                                 out_specs=(P(), P(), P(RANKS)), check_vma=False), donate_argnums=(0, 1))
+
+
+def join(spec: RunSpec) -> World:
+    """This process among the ranks (`jax.distributed`, gloo's CPU collectives), before anything
+    starts a JAX client; one process of one rank for a one-process run."""
+    if spec.workers == 1 or refusal(spec) is not None:  # a refused spec is Backend's one line
+        return World(0, 1)
+    address = os.environ.get(COORDINATOR_VARIABLE)
+    if not address:
+        raise BenchError(f"a {spec.workers}-worker jax run needs {COORDINATOR_VARIABLE} (the launcher sets it): "
+                         f"start it with python -m bench train --workers {spec.workers}")
+    launched = World.from_env()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=address, num_processes=launched.size,
+                               process_id=launched.rank, local_device_ids=[0])
+    return World(jax.process_index(), jax.process_count())
+
+
+def agreed(values: Sequence[int]) -> np.ndarray:
+    """Each value's maximum over the ranks (one small all-gather, before the clock)."""
+    return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64))).reshape(-1, len(values)).max(0)
+
+
+def distinct(ids: np.ndarray, vocab: int) -> int:
+    """Rows a step's coalescing finds: distinct ids in range (packed padding's V is dropped)."""
+    return int(np.unique(ids[ids < vocab]).size)
+
+
 _scan = jax.jit(scan_steps, static_argnums=(0, 5), donate_argnums=(1, 2))
 _PROGRAMS: dict[tuple, Any] = {}  # compiled scans by settings, device, shapes and length
+_TALLIES: dict[tuple, list[Collective]] = {}  # a data-parallel program's collectives a step
 
 
 class JaxBackend(Backend):
     name = "jax"
 
     def __init__(self, spec: RunSpec, init_center: np.ndarray, init_context: np.ndarray) -> None:
+        world = join(spec)  # first: capabilities() below starts the JAX client
         super().__init__(spec, init_center, init_context)
+        self.world = world
         index = self.gpu_index
-        self.device = jax.devices("cpu")[0] if index is None else jax.devices("gpu")[index]
+        self.device = jax.local_devices(backend="cpu")[0] if index is None else jax.devices("gpu")[index]
         self.settings = Settings(spec.sparse, spec.optimizer, spec.lr, spec.beta1, spec.beta2, spec.eps,
-                                 init_center.shape[0])
+                                 init_center.shape[0], world.size)
         self.params: Params = tuple(jax.device_put(t, self.device) for t in (init_center, init_context))
         self.state = jax.device_put(init_state(self.settings, self.params), self.device)
+        self.steps: list[list[Collective]] = []  # each trained step's collectives (data-parallel)
+        if world.size > 1:  # one CPU device a process, in rank order: parameters and state replicated
+            self.mesh = Mesh(np.array(jax.devices()), (RANKS,))
+            replicated = NamedSharding(self.mesh, P())
+            self.params, self.state = jax.tree.map(
+                lambda a: jax.make_array_from_process_local_data(replicated, np.asarray(a)), (self.params, self.state))
 
     @classmethod
     def gpu_count(cls) -> int:
@@ -300,32 +457,79 @@ class JaxBackend(Backend):
         stats = self.device.memory_stats() or {}
         return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
 
-    def _program(self, block: Arrays, length: int) -> Any:
+    def _key(self, block: Block, length: int) -> tuple:
+        return (self.settings, self.device, jax.tree.structure(block),
+                tuple((a.shape, a.dtype) for a in jax.tree.leaves(block)), length)
+
+    def _program(self, block: Block, length: int) -> Any:
         """The scan of `length` steps for this block shape, compiled ahead (not run) the first time."""
-        key = (self.settings, self.device, type(block), tuple((a.shape, a.dtype) for a in block), length)
+        key = self._key(block, length)
         if key not in _PROGRAMS:
-            _PROGRAMS[key] = _scan.lower(self.settings, self.params, self.state, block, np.int32(0), length).compile()
+            if isinstance(block, Sharded):
+                scan = sharded_scan(self.settings, self.mesh, length)
+                _PROGRAMS[key] = scan.lower(self.params, self.state, block, np.int32(0)).compile()
+                _TALLIES[key] = TALLY.step
+            else:
+                _PROGRAMS[key] = _scan.lower(self.settings, self.params, self.state, block, np.int32(0),
+                                             length).compile()
         return _PROGRAMS[key]
 
-    def prepare(self, batches: Sequence[Batch]) -> Stacked:
+    def _laid(self, batches: Sequence[Batch], length: int) -> list[tuple[np.ndarray, ...]]:
+        """Each batch's arrays as the step reads them, in its Arrays' field order: padded as given;
+        packed by `common.packing.pack` at `length` slots, padding slots given id V (every scatter
+        drops them: PackedArrays)."""
+        if self.spec.layout != "packed":
+            return [tuple(b) for b in batches]
+        out = []
+        for b in (pack(b, length) for b in batches):
+            ids = np.where(np.arange(b.ids.size) < b.slots, b.ids, np.int32(self.settings.vocab))
+            out.append((b.center, ids, b.example, b.label, b.weight))
+        return out
+
+    def prepare(self, batches: Sequence[Batch], scales: Sequence[float] | None = None) -> Stacked:
         """The epoch on the device, batches stacked in runs of one shape (the last batch is shorter);
-        packed, re-laid first by `common.packing.pack_epoch` (one slot count for the epoch)."""
-        if self.spec.layout == "packed":
-            laid: Sequence[Any] = pack_epoch(batches)
-            kind, fields = PackedArrays, ("center", "ids", "example", "label", "weight")
-        else:
-            laid, kind, fields = batches, PaddedArrays, ("center", "context_negative", "mask", "label")
+        packed, re-laid first by `common.packing.pack` (one slot count for the epoch). On a
+        data-parallel rank, its slices with their loss factors `scales` (`_prepare_rank`)."""
+        if self.world.size > 1:
+            return self._prepare_rank(batches, scales or [1.0] * len(batches))
+        kind = PackedArrays if self.spec.layout == "packed" else PaddedArrays
+        laid = self._laid(batches, packed_length(batches))
+        blocks = [kind(*(jax.device_put(np.stack(f), self.device) for f in zip(*run))) for run in runs(laid)]
+        return Stacked([(block, 0, steps_in(block)) for block in blocks], blocks)
+
+    def _prepare_rank(self, batches: Sequence[Batch], scales: Sequence[float]) -> Stacked:
+        """A rank's slices laid out as in one process, at the ranks' common shapes (agreed before
+        the clock): the epoch's longest packed length, each batch's longest slice (shorter ones
+        padded with rows of id 0 and, padded layout, mask 0, whose loss and gradients are 0), and
+        for the sparse step each table's K (module docstring). Each step's gradient is scaled by
+        its slice's loss factor, the padded layout's by padded rows / rows too (its loss is the
+        mean over the padded rows)."""
+        packed, vocab = self.spec.layout == "packed", self.settings.vocab
+        rows = [b.center.size for b in batches]
+        facts = agreed([packed_length(batches) if packed else 0, *rows])
+        longest = [int(n) for n in facts[1:]]
+        row_fields = 1 if packed else 4  # the arrays with a row per example (packed: center; padded: all)
+        laid = [tuple(np.pad(a, [(0, n - a.shape[0])] + [(0, 0)] * (a.ndim - 1)) if f < row_fields else a
+                      for f, a in enumerate(arrays))
+                for arrays, n in zip(self._laid(batches, int(facts[0])), longest)]
+        unpad = np.ones(len(batches)) if packed else np.array(longest) / np.array(rows)
+        factor = (np.asarray(scales) * unpad).astype(np.float32)
+        if self.spec.sparse:
+            most = agreed([max(distinct(a[f], vocab) for a in laid) for f in range(2)])  # centers, context ids
+            self.settings = self.settings._replace(caps=tuple(min(rounded(int(m)), vocab) for m in most))
+        kind = PackedArrays if packed else PaddedArrays
+        sharding = NamedSharding(self.mesh, P(RANKS))
+
+        def spread(a: np.ndarray) -> jax.Array:  # this rank's part of a global array with a leading rank axis
+            return jax.make_array_from_process_local_data(sharding, a[None])
+
         blocks, start = [], 0
-        for end in range(1, len(laid) + 1):
-            if end == len(laid) or laid[end].center.shape != laid[start].center.shape:
-                arrays = {f: np.stack([getattr(b, f) for b in laid[start:end]]) for f in fields}
-                if kind is PackedArrays:  # padding slots get id V: every scatter drops them (PackedArrays)
-                    slots = np.array([b.slots for b in laid[start:end]])[:, None]
-                    arrays["ids"] = np.where(np.arange(arrays["ids"].shape[1]) < slots, arrays["ids"],
-                                             np.int32(self.settings.vocab))
-                blocks.append(kind(*(jax.device_put(a, self.device) for a in arrays.values())))
-                start = end
-        return Stacked([(block, 0, int(block.center.shape[0])) for block in blocks], blocks)
+        for run in runs(laid):
+            end = start + len(run)
+            blocks.append(Sharded(kind(*(spread(np.stack(f)) for f in zip(*run))), spread(factor[start:end]),
+                                  spread(unpad[start:end].astype(np.float32))))
+            start = end
+        return Stacked([(block, 0, steps_in(block)) for block in blocks], blocks)
 
     def sync(self) -> None:
         jax.block_until_ready((self.params, self.state))
@@ -337,7 +541,7 @@ class JaxBackend(Backend):
         scan per segment compiled each new segment length, and the short last batch, inside the
         timed segments). Dispatch is asynchronous: one sync, when the losses are read."""
         for block in prepared.epoch:
-            for length in (1, CHUNK) if block.center.shape[0] >= CHUNK else (1,):
+            for length in (1, CHUNK) if steps_in(block) >= CHUNK else (1,):
                 self._program(block, length)
         losses = []
         for block, lo, hi in prepared.views:
@@ -345,6 +549,9 @@ class JaxBackend(Backend):
             for start, length in [(s, CHUNK) for s in range(lo, chunked, CHUNK)] + [(s, 1) for s in range(chunked, hi)]:
                 self.params, self.state, step_losses = self._program(block, length)(
                     self.params, self.state, block, np.int32(start))
+                if isinstance(block, Sharded):  # this rank's row of the (N, length) losses
+                    step_losses = step_losses.addressable_data(0)[0]
+                    self.steps.extend([_TALLIES[self._key(block, length)]] * length)
                 losses.append(step_losses)
         return np.concatenate([np.asarray(x, dtype=np.float64) for x in losses]) if losses else np.zeros(0)
 
@@ -364,7 +571,46 @@ class JaxBackend(Backend):
         return float(loss), *(np.asarray(g, dtype=np.float64) for g in grads)  # type: ignore[return-value]
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self.params[0]), np.array(self.params[1])  # copies: the buffers are donated next step
+        """Copies (the buffers are donated next step); a rank's own replica of each table."""
+        return tuple(np.array(t.addressable_data(0)) for t in self.params)  # type: ignore[return-value]
+
+    def communication_seconds(self, repeats: int = 20) -> float | None:
+        """The seconds a step spends in its collectives, timed apart from it (inside a compiled scan
+        nothing can be timed around one): the last step's collectives (Tally: kind, dtype, size)
+        on zeros, `repeats` times after a barrier, the mean. A collective itself: every rank calls
+        it at the same point (the rank runner, after `communication`); None where no step communicated."""
+        if not self.steps:
+            return None
+        step = self.steps[-1]
+
+        def run(*xs: jax.Array) -> list[jax.Array]:
+            return [jax.lax.psum(x, RANKS) if c.kind == "allreduce" else jax.lax.all_gather(x, RANKS, tiled=True)
+                    for x, c in zip(xs, step)]
+
+        spread = NamedSharding(self.mesh, P(RANKS))
+        xs = [jax.make_array_from_process_local_data(spread, np.zeros((1, int(c.elements)), c.dtype)) for c in step]
+        probe = jax.jit(jax.shard_map(run, mesh=self.mesh, in_specs=P(RANKS), out_specs=P(RANKS), check_vma=False))
+        jax.block_until_ready(probe(*xs))  # compiled, and the ranks' connections warm
+        multihost_utils.sync_global_devices("communication_seconds")
+        start = time.perf_counter()
+        for _ in range(repeats):
+            jax.block_until_ready(probe(*xs))
+        return (time.perf_counter() - start) / repeats
+
+    def communication(self) -> list[dict]:
+        """The collectives each trained step handed gloo (counted off the traced arrays: Tally),
+        averaged over the steps (K, and so the sparse bytes, may change by epoch)."""
+        return per_step(self.steps)
+
+
+def runs(laid: list[tuple[np.ndarray, ...]]) -> list[list[tuple[np.ndarray, ...]]]:
+    """Consecutive batches of one shape (by their centers: only an epoch's last batch is shorter)."""
+    out, start = [], 0
+    for end in range(1, len(laid) + 1):
+        if end == len(laid) or laid[end][0].shape != laid[start][0].shape:
+            out.append(laid[start:end])
+            start = end
+    return out
 
 
 class Stacked:

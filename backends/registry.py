@@ -61,8 +61,12 @@ BACKENDS = {
                                   ("cuda", "its workers are built for CPU replicas and ring collectives; "
                                            "GPU workers (NCCL) are not built"))),
     # JAX is always compiled (jit), so it has no separate compiled variant.
+    # Data-parallel: one process and one CPU device a rank, gloo's ring allreduce and allgather.
     "jax": BackendInfo("backends.jax", "JaxBackend", "jax", sparse=True, compile=False, cuda_env="jax-cuda",
-                       layouts=("padded", "packed"), launcher="jax"),
+                       layouts=("padded", "packed"), engine="jax.distributed, gloo CPU collectives",
+                       parallel_refusals=(("cuda", "its ranks run on one CPU device each with gloo's CPU "
+                                                   "collectives; GPU ranks (NCCL) are not built"),),
+                       launcher="jax"),
     # The limit row (one fused numba kernel of the step); no CUDA kernel yet, so cuda runs plan as skipped.
     "fused": BackendInfo("backends.fused", "FusedBackend", "fused", sparse=True, compile=False,
                          layouts=("padded", "packed")),

@@ -24,6 +24,7 @@ import numpy as np
 
 from common.batches import Batch
 from common.errors import BenchError
+from common.packing import rounded
 from common.spec import RunSpec
 
 KINDS = ("allreduce", "allgather", "push", "pull")
@@ -142,4 +143,25 @@ def model_tensorflow(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank:
         out += [ring_allgather(f"{name} gradient lengths", "int32", [1] * world, rank),
                 ring_allgather(f"{name} gradient values", "float32", [longest * width] * world, rank),
                 ring_allgather(f"{name} gradient indices", "int32", [longest] * world, rank)]
+def model_jax(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int,
+              caps: tuple[int, int] | None = None) -> list[Collective]:
+    """JAX on gloo (backends/jax.py): dense, `lax.pmean` of each table's (V, D) float32 gradient, a
+    ring allreduce; sparse, per table (centers, then contexts) the `all_gather` of the slice's K
+    coalesced ids (int32) and then of their K summed gradient rows (float32, K x D), each a ring
+    allgather of equal chunks: (N - 1) K (4 + 4 D) bytes a table, whatever the slice touched. K is
+    the cap: `caps` (center, context) is the run's, read from its counted record (the elements of
+    "center ids" and "context ids"); without it, recomputed the backend's way from `rows` alone (the
+    most distinct rows a slice names, the padded layout's padding id 0 counted, rounded up by
+    common.packing.rounded, at most V), for extrapolating to vocabularies and worker counts."""
+    world, dim = len(rows), spec.data.embed
+    if not spec.sparse:
+        return [ring_allreduce(f"{table} gradient", "float32", vocab * dim, world) for table in ("center", "context")]
+    if caps is None:
+        padding = int(spec.layout == "padded")  # a padded slice's padding slots name row 0
+        caps = (min(rounded(int(max(r.unique_centers for r in rows))), vocab),
+                min(rounded(int(max(r.unique_contexts for r in rows)) + padding), vocab))
+    out = []
+    for table, cap in zip(("center", "context"), caps):
+        out += [ring_allgather(f"{table} ids", "int32", [cap] * world, rank),
+                ring_allgather(f"{table} gradient rows", "float32", [cap * dim] * world, rank)]
     return out

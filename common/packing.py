@@ -49,11 +49,16 @@ def real_slots(batch: Batch) -> int:
     return int(np.count_nonzero(batch.mask))
 
 
-def packed_length(batches: Sequence[Batch]) -> int:
-    """One length for every batch of an epoch: its most real slots, rounded up to a quantum."""
-    most = max((real_slots(b) for b in batches), default=0)
+def rounded(most: int) -> int:
+    """`most` rounded up to a quantum near 1/16 of it (a power of two, at least MIN_QUANTUM), so
+    that nearby counts share one static shape (and one compiled program)."""
     quantum = max(MIN_QUANTUM, 1 << max(0, (most // 16).bit_length() - 1))
     return max(quantum, -(-most // quantum) * quantum)
+
+
+def packed_length(batches: Sequence[Batch]) -> int:
+    """One length for every batch of an epoch: its most real slots, rounded up to a quantum."""
+    return rounded(max((real_slots(b) for b in batches), default=0))
 
 
 def pack(batch: Batch, length: int) -> PackedBatch:
