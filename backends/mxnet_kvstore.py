@@ -56,7 +56,8 @@ def transfer(table: str, kind: str, shape: tuple[int, int], rows: int | None, se
 class KVStoreSync:
     """A worker of the dist_sync kvstore holding the two tables under keys 0 and 1."""
 
-    def __init__(self, spec: RunSpec, weights: Sequence[mx.nd.NDArray], optimizer: type[mx.optimizer.Optimizer]) -> None:
+    def __init__(self, spec: RunSpec, weights: Sequence[mx.nd.NDArray],
+                 optimizer: type[mx.optimizer.Optimizer]) -> None:
         self.kv = mx.kv.create("dist_sync")
         self.world = World(self.kv.rank, self.kv.num_workers)
         self.sparse = spec.sparse
