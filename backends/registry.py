@@ -78,7 +78,8 @@ def refusal(spec: RunSpec) -> str | None:
     lacking = [(spec.sparse and not entry.sparse, "no sparse-gradient variant (drop sparse)"),
                (spec.compile and not entry.compile, "no compiled variant (drop compile)"),
                (spec.graph and not entry.graph, "no CUDA-graph variant (drop graph)"),
-               (spec.layout not in entry.layouts, f"no {spec.layout} layout (it trains on: {', '.join(entry.layouts)})"),
+               (spec.layout not in entry.layouts,
+                f"no {spec.layout} layout (it trains on: {', '.join(entry.layouts)})"),
                (spec.workers > 1 and entry.engine is None, "no data-parallel engine (drop workers)")]
     for missing, what in lacking:
         if missing:

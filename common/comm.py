@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from common.batches import Batch
+from common.errors import BenchError
 from common.spec import RunSpec
 
 KINDS = ("allreduce", "allgather", "push", "pull")
@@ -69,14 +70,23 @@ def per_step(steps: Sequence[Sequence[Collective]]) -> list[dict]:
             for i, (n, k, d) in enumerate(names)]
 
 
+def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """What `spec`'s engine sends for rank `rank` in one step whose ranks' slices name `rows`: the
+    backend's own model, `model_<backend>` below (each reproduces what its backend counts)."""
+    found = globals().get(f"model_{spec.backend}")
+    if found is None:
+        raise BenchError(f"{spec.backend} has no communication model (common/comm.py)")
+    return found(spec, vocab, rows, rank)
+
+
 class SliceRows(NamedTuple):
     """What one rank's slice of one step names: the lookups and distinct rows of each table, which
     set a sparse gradient's size (real slots only: padding names row 0, which no real slot does)."""
 
-    centers: int           # center lookups: the slice's examples
-    contexts: int          # context and noise lookups: its real slots
-    unique_centers: int
-    unique_contexts: int
+    centers: float         # center lookups: the slice's examples (a profile's means are fractional)
+    contexts: float        # context and noise lookups: its real slots
+    unique_centers: float
+    unique_contexts: float
 
 
 def slice_rows(batch: Batch) -> SliceRows:
@@ -100,7 +110,7 @@ def model_mxnet(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int)
     mine, embed = rows[rank], spec.data.embed
     if spec.sparse:
         padding = spec.layout == "packed" or mine.contexts < mine.centers * spec.data.row_length
-        counts: list[int | None] = [mine.unique_centers, mine.unique_contexts + int(padding)]
+        counts: list[float | None] = [mine.unique_centers, mine.unique_contexts + int(padding)]
     else:
         counts = [None, None]
     records = []

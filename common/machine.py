@@ -1,6 +1,7 @@
 """What a result must say about where it was measured."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -11,6 +12,9 @@ import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
+
+from common.cache import atomic_write_bytes
+from common.errors import BenchError
 
 # Other processes' share of the machine's CPU during a run's clock above which the run is marked
 # busy. A CPU run with a thread per core loses about that share of its rate; 0.10 (a fifth of a
@@ -237,46 +241,101 @@ def wait_for_quiet(max_wait: float, threshold: float, window: float = 1.0) -> bo
 
 # --- a worker that never outlives its harness ------------------------------------------------
 
-HARNESS_VARIABLE = "SKIPGRAM_HARNESS"  # "pid:start time" of the process that started a worker
+# "pid:start time:file" from the harness that started a worker: the harness's identity, and the
+# file in which it announces the session it made for that worker (announce_session).
+HARNESS_VARIABLE = "SKIPGRAM_HARNESS"
 
 
-def process_identity(pid: int) -> str | None:
-    """pid plus its start time (/proc/<pid>/stat field 22): a reused pid is another process."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (field 3 on), None where it cannot be read."""
     try:
-        return f"{pid}:{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
+def process_identity(pid: int) -> str | None:
+    """pid plus its start time (/proc/<pid>/stat field 22): a reused pid is another process."""
+    fields = _stat_fields(pid)
+    return f"{pid}:{fields[19]}" if fields is not None and len(fields) > 19 else None
+
+
+def harness_value(announcement: Path) -> str:
+    """HARNESS_VARIABLE for a worker this process is about to start in a session of its own;
+    once it is started, announce_session(announcement, its pid) says which session that is."""
+    return f"{process_identity(os.getpid()) or ''}:{announcement.absolute()}"
+
+
+def announce_session(announcement: Path, session: int) -> None:
+    """Record that `session` (the pid of a child started with start_new_session) is the one this
+    harness made: only a worker in exactly that session ever ends its group. Written atomically,
+    so a worker reads all of it or nothing."""
+    atomic_write_bytes(announcement, f"{session} {process_identity(os.getpid())}\n".encode())
+
+
+class _Harness(NamedTuple):
+    pid: int
+    identity: str  # "pid:start time"
+    announcement: Path
+
+
+def _harness(value: str) -> _Harness | None:
+    """HARNESS_VARIABLE's parts, None for a value that is no "pid:start time:file"."""
+    pid, start, announcement = (value.split(":", 2) + ["", ""])[:3]
+    if not (pid.isdigit() and start.isdigit() and announcement):
+        return None
+    return _Harness(int(pid), f"{pid}:{start}", Path(announcement))
+
+
+def in_harness_session(value: str) -> bool:
+    """Whether this process's group is the session the harness in HARNESS_VARIABLE `value`
+    announced: the group leads its session (getpgrp() == getsid(0)) and that session's id is the
+    one the harness wrote (the worker's own pid, or a wrapper's that does not exec python). Under
+    any other session leader (setsid, cron, systemd, a container's entry shell) this is False."""
+    harness = _harness(value)
+    if harness is None:
+        return False
+    try:
+        announced = harness.announcement.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return False  # not announced (yet, or the harness died before it could): not provably its own
+    session = os.getsid(0)
+    return os.getpgrp() == session and announced == [str(session), harness.identity]
+
+
 def exit_with_harness(interval: float = 1.0) -> None:
-    """End this process (exit 137) and its process group within `interval` of the harness named
-    in HARNESS_VARIABLE ending. PR_SET_PDEATHSIG covers a worker the harness started directly; this also covers one
-    started through a wrapper that does not exec python (a shell script named by
-    SKIPGRAM_PYTHON_*, a container runner), whose parent is the wrapper."""
-    harness = os.environ.get(HARNESS_VARIABLE)
-    if not harness or process_identity(os.getpid()) is None:
+    """End this process (exit 137) within `interval` of the harness named in HARNESS_VARIABLE
+    ending, and its process group with it where that group is the session the harness announced
+    (in_harness_session); any other process exits alone. A variable that names no live harness
+    and no session of this process's (one copied from a suite's worker) stops here (BenchError).
+    PR_SET_PDEATHSIG covers a worker the harness started directly; this also covers one started
+    through a wrapper that does not exec python (a shell script named by SKIPGRAM_PYTHON_*, a
+    container runner), whose parent is the wrapper.
+
+    The variable is taken out of this process's environment: its children (DataLoader workers,
+    a data-parallel launcher's ranks) stay in the group and are ended with it, and never end it."""
+    value = os.environ.pop(HARNESS_VARIABLE, None)
+    if not value or process_identity(os.getpid()) is None:
         return  # not started by a harness, or no /proc to watch it through
-    pid = int(harness.split(":")[0])
-    if process_identity(pid) != harness:
-        end_own_group()  # it died while this process was starting
+    harness = _harness(value)
+    if harness is None or process_identity(harness.pid) != harness.identity:
+        if harness is not None and in_harness_session(value):
+            _end(group=True)  # the harness died while this process was starting
+        raise BenchError(f"{HARNESS_VARIABLE}={value!r} names no running harness (an environment copied from "
+                         f"a suite's worker?): unset it to run a worker by hand")
 
     def watch() -> None:
-        while process_identity(pid) == harness:
+        while process_identity(harness.pid) == harness.identity:
             time.sleep(interval)
-        end_own_group()
+        _end(group=in_harness_session(value))
 
     threading.Thread(target=watch, name="harness-watch", daemon=True).start()
 
 
-def end_own_group() -> None:
-    """Exit 137 and take this process's group with it (a wrapper script's other children, a
-    DataLoader's workers), where the group is one a harness made for its worker (a session of
-    its own, as start_new_session makes): never a group shared with a user's shell."""
-    try:
-        own_session = os.getpgrp() == os.getsid(0)
-        if own_session:
+def _end(group: bool) -> None:
+    """Exit 137, taking this process's group with it (a wrapper's other children, DataLoader
+    workers, ranks) where `group`."""
+    if group:
+        with contextlib.suppress(OSError):
             os.killpg(os.getpgrp(), signal.SIGKILL)  # this process included
-    except OSError:
-        pass
     os._exit(137)
-

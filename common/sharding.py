@@ -34,7 +34,8 @@ class World(NamedTuple):
         """This process's place among the ranks the launcher started (bench/running/data_parallel.py);
         one process of one rank where it started none."""
         env = os.environ  # the launcher's names, else torchrun's (it starts the ranks itself)
-        return cls(int(env.get(RANK_VARIABLE, env.get("RANK", "0"))), int(env.get(WORLD_VARIABLE, env.get("WORLD_SIZE", "1"))))
+        return cls(int(env.get(RANK_VARIABLE, env.get("RANK", "0"))),
+                   int(env.get(WORLD_VARIABLE, env.get("WORLD_SIZE", "1"))))
 
 
 class Shard(NamedTuple):

@@ -202,7 +202,8 @@ class RunSpec:
         return cls(**data)
 
 
-ADDED_LATER = {"graph": False, "layout": "padded", "workers": 1}  # field -> the default a spec leaves out of its dict and key
+# field -> the default a spec leaves out of its dict and key
+ADDED_LATER = {"graph": False, "layout": "padded", "workers": 1}
 DATA_ADDED_LATER = {"corpus": PTB, "corpus_path": None}
 
 

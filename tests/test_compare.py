@@ -44,6 +44,23 @@ def folders(tmp_path_factory, ptb_dir) -> tuple[Path, Path]:
     return sides[0], sides[1]
 
 
+def fixed_rates(result: dict) -> None:
+    """Crafted segment rates in place of the measured ones: a verdict is then the comparison's,
+    not this machine's load. Each repeat sits 2 % above the one before (run-to-run drift), its
+    segments 0.5 % apart, so two sides of one spec differ by about 2 %: noise below a 5 % threshold."""
+    level = 1000.0 + 20 * result["spec"]["repeat"]
+    result["segment_rates"] = [level + 5 * k for k in range(len(result["segment_rates"]))]
+
+
+@pytest.fixture(scope="module")
+def crafted(folders, tmp_path_factory) -> tuple[Path, Path]:
+    """The two real folders with fixed_rates on every run: their losses, environments and pairing
+    are real, their speeds are set."""
+    root = tmp_path_factory.mktemp("crafted")
+    return plant(folders[0], root / "side0", fixed_rates, every=True), \
+        plant(folders[1], root / "side1", fixed_rates, every=True)
+
+
 def compare(base: Path, new: Path, tmp_path: Path, *extra: str):
     result = run_bench("compare", str(base), str(new), "--json", str(tmp_path / "c.json"), *extra)
     record = json.loads((tmp_path / "c.json").read_text()) if (tmp_path / "c.json").exists() else None
@@ -62,12 +79,13 @@ def test_a_folder_against_itself_is_unchanged_everywhere(folders, tmp_path):
     assert "0 slower, 0 faster, 2 unchanged of 2 pairs" in result.stdout
 
 
-def plant(folder: Path, to: Path, change) -> Path:
-    """A copy of a real folder with `change(result)` applied to its numpy dense runs' result files."""
+def plant(folder: Path, to: Path, change, every: bool = False) -> Path:
+    """A copy of a real folder with `change(result)` applied to its numpy dense runs' result files
+    (to every run's with `every`)."""
     shutil.copytree(folder, to)
     for path in (to / "runs").glob("*.json"):
         result = json.loads(path.read_text())
-        if not result["spec"]["sparse"]:
+        if every or not result["spec"]["sparse"]:
             change(result)
             path.write_text(json.dumps(result))
     return to
@@ -80,11 +98,12 @@ def slower_and_retrained(result: dict) -> None:
     result["machine_load"] = {**result["machine_load"], "other_cpu_fraction": 0.5}  # as if measured beside a build
 
 
-def test_a_planted_30_percent_slowdown_is_flagged(folders, tmp_path):
-    slow = plant(folders[0], tmp_path / "slow", slower_and_retrained)
+def test_a_planted_30_percent_slowdown_is_flagged(crafted, tmp_path):
+    """On fixed rates (fixed_rates), so that the interval is the comparison's, not the load's."""
+    slow = plant(crafted[0], tmp_path / "slow", slower_and_retrained)
     meta = json.loads((slow / "suite.json").read_text())
     (slow / "suite.json").write_text(json.dumps({**meta, "commit": "planted"}))
-    result, record = compare(folders[0], slow, tmp_path, "--out", str(tmp_path / "c.html"))
+    result, record = compare(crafted[0], slow, tmp_path, "--out", str(tmp_path / "c.html"))
     roof = {p["name"]: p["roofline"] for p in record["pairs"]}["numpy dense cpu"]  # same runs: same bound
     assert roof["base_bound"] == roof["new_bound"] and roof["new_share"] == pytest.approx(0.7 * roof["base_share"])
     assert result.returncode == 1, result.stderr
@@ -108,15 +127,27 @@ def test_a_planted_30_percent_slowdown_is_flagged(folders, tmp_path):
     assert_renders(tmp_path / "c.html", tmp_path)
 
 
-def test_two_real_runs_of_one_spec_are_not_flagged(folders, tmp_path):
-    """Side 1 holds other repeats (other file names): they pair by settings, train identically,
-    and their speed difference is noise, below the 5 % threshold or inside the interval."""
+def test_two_real_runs_of_one_spec_pair_and_train_identically(folders, tmp_path):
+    """Side 1 holds other repeats (other file names): they pair by settings and train identically,
+    whatever their speeds on this machine (those are the next test's, on fixed rates)."""
     names = [{p.name for p in (f / "runs").glob("*.json")} for f in folders]
     assert not names[0] & names[1]
     result, record = compare(folders[0], folders[1], tmp_path, "--threshold", "0.05")
+    assert len(record["pairs"]) == 2 and not record["only_base"] and not record["only_new"], result.stdout
+    for pair in record["pairs"]:
+        assert pair["verdict"] in {"unchanged", "slower", "faster"}
+        assert pair["speed"]["segments"] == [REPEATS * STEPS // 100] * 2
+        assert pair["losses"]["identical"]
+
+
+def test_two_runs_of_one_spec_whose_speeds_differ_by_noise_are_not_flagged(crafted, tmp_path):
+    """The two real folders with fixed rates 2 % apart (fixed_rates): below the 5 % threshold,
+    so unchanged, and compare exits 0."""
+    result, record = compare(crafted[0], crafted[1], tmp_path, "--threshold", "0.05")
     assert result.returncode == 0, result.stdout
     for pair in record["pairs"]:
         assert pair["verdict"] == "unchanged", pair["speed"]
+        assert pair["speed"]["ratio"] == pytest.approx(1065 / 1045)  # pooled medians of repeats 1, 3, 5 and 0, 2, 4
         assert pair["losses"]["identical"]
 
 

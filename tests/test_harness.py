@@ -31,7 +31,7 @@ def test_crash_hang_and_divergence_are_results_and_the_suite_goes_on(tmp_path, p
     assert crashed["status"] == "failed" and "'cuda' is not available" in crashed["error"]
     assert diverged["status"] == "diverged" and diverged["losses"]
     assert fine["status"] == "ok" and fine["steps"] == 3
-    hung = run_plan(tmp_path / "slow", [numpy_run(max_steps=200)], ptb_dir, timeout=0.5)
+    hung = run_plan(tmp_path / "slow", [numpy_run(max_steps=5000)], ptb_dir, timeout=0.5)  # a minute's work
     assert hung[0]["status"] == "timed_out" and "--timeout" in hung[0]["error"]
 
 

@@ -61,8 +61,23 @@ def test_report_sections_and_numbers(page, suite_dir):
     strays = page[page.index("<h2>Strays"):page.index("<h2>Micro-benchmarks")]
     assert " (copy).json</td>" in strays and " (copy)" not in page.replace(strays, "")
     assert "x</td>" in page  # speed-up over the recipe loop
-    assert re.search(r"torch dense cpu</td><td>1</td><td>\d\.\d{3} \(", page)  # worker / bare-loop rate
+    # worker / bare-loop rate ratio, whatever this machine made of it (its value: the next test, on fixed rates)
+    assert re.search(r"torch dense cpu</td><td>1</td><td>[\d,]+\.\d{3} \(", page)
     assert "2.13.0" in page and "(test fixture)" in page
+
+
+def test_harness_overhead_pairs_each_bare_loop_with_its_worker_twin():
+    """Fixed rates and wall times: the ratios are the runs', the median and range over the pairs."""
+    def ok(runner: str, rate: float, wall: float, seed: int = 0) -> dict:
+        spec = make_spec({"backend": "torch", "runner": runner, "seed": seed}, "test").to_dict()
+        return {"status": "ok", "spec": spec, "examples_per_sec": rate, "wall_seconds": wall}
+    runs = [ok("backend", 900.0, 12.0), ok("bare-loop", 1000.0, 10.0),
+            ok("backend", 800.0, 11.0, seed=1), ok("bare-loop", 1000.0, 10.0, seed=1),
+            ok("bare-loop", 1000.0, 10.0, seed=2)]  # no worker twin: not a pair
+    (row,) = report.harness_overhead(runs)
+    assert row["name"] == "torch dense cpu" and row["pairs"] == 2
+    assert row["rate"] == pytest.approx([0.85, 0.8, 0.9]) and row["wall"] == pytest.approx([1.15, 1.1, 1.2])
+    assert row["extra"] == pytest.approx(1.5)
 
 
 def test_the_sparse_answer_names_compiled_pairs_apart():

@@ -27,7 +27,7 @@ from bench.results.store import FolderFileError, read_result, write_json
 from common.cache import open_in_place
 from common.errors import BenchError
 from common.evaluate import eval_data_dir
-from common.machine import HARNESS_VARIABLE, process_identity
+from common.machine import HARNESS_VARIABLE, announce_session, harness_value
 
 Progress = Callable[[int, int], None]
 def attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, progress: Progress | None = None,
@@ -52,12 +52,13 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
     # Absolute: the worker runs in the checkout, not in the suite's working directory (a relative --out).
     scratch, data_dir = scratch.absolute(), data_dir.absolute()
     stem = scratch / f"{run.name}.{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}"
-    spec_file, partial, log_path = (Path(f"{stem}.{suffix}") for suffix in ("spec.json", "result.json", "log"))
+    spec_file, partial, log_path, session = (Path(f"{stem}.{suffix}")
+                                             for suffix in ("spec.json", "result.json", "log", "session"))
     write_json(spec_file, run.spec.to_dict())
     cmd = [str(python), "-m", "bench", "train", "--spec", str(spec_file), "--data-dir", str(data_dir),
            "--out", str(partial), "--progress", "--no-download"]
     env = {**os.environ, "PYTHONPATH": str(envs.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-           HARNESS_VARIABLE: process_identity(os.getpid()) or ""}
+           HARNESS_VARIABLE: harness_value(session)}
     for name, value in (extra_env or {}).items():
         if value is None:
             env.pop(name, None)
@@ -73,6 +74,7 @@ def _attempt(run: PlannedRun, data_dir: Path, timeout: float, scratch: Path, pro
         proc = subprocess.Popen(cmd, cwd=envs.ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
                                 start_new_session=True, preexec_fn=die_with(os.getpid()))
         try:
+            announce_session(session, proc.pid)  # the one group its worker may end
             reader = threading.Thread(target=_follow, args=(proc, progress), daemon=True)
             reader.start()
             if not _wait(proc, timeout, stop):

@@ -452,6 +452,7 @@ def render(folder: Path) -> Path:
     if results:
         agreeing, agreement_figure = agreement(results)
         sparse, limit_ratios = sparse_answer(results)
+        from bench.reporting.parallel import section as parallel_section
         from bench.reporting.scale import section as scale_section  # it draws with this module's helpers
 
         context.update(
@@ -461,6 +462,7 @@ def render(folder: Path) -> Path:
             throughput_figure=throughput_figure(results),
             roofline_figure=roofline.figure(measured(results, None), _label), batch_figure=batch_size_figure(results),
             sparse=sparse, limit_ratios=limit_ratios, padding=padding_cost(results), scale=scale_section(results),
+            parallel=parallel_section(results),
             agreement=agreeing, agreement_figure=agreement_figure,
             bare_loop=bool(measured(results, "bare-loop")), overhead=harness_overhead(results),
             neighbours=neighbours(results), failed=[r for r in results if r["status"] not in MEASURED + (SKIPPED,)],
