@@ -118,7 +118,7 @@ def model_mxnet(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int)
         what, trips = ("gradient", 1) if kind == "push" else ("weight", 2)
         for table, r in zip(("center", "context"), counts):
             values, keys = (vocab * embed, 1) if r is None else (r * embed, r + 1)
-            records += [Collective(f"{table} {what} values", kind, "float32", values, 4.0 * values),
-                        Collective(f"{table} {what} keys", kind, "int64", keys, 8.0 * keys * trips),
-                        Collective(f"{table} {what} lens", kind, "int32", keys, 4.0 * keys)]
+            records += [Collective(f"{table} {what} values", kind, "float32", round(values), 4.0 * values),
+                        Collective(f"{table} {what} keys", kind, "int64", round(keys), 8.0 * keys * trips),
+                        Collective(f"{table} {what} lens", kind, "int32", round(keys), 4.0 * keys)]
     return records
