@@ -50,7 +50,10 @@ BACKENDS = {
     # mxnet-cu117 1.9.1 ships sm_50-86 kernels and no PTX: no H100 / H200.
     "mxnet": BackendInfo("backends.mxnet", "MXNetBackend", "mxnet", sparse=True, compile=False,
                          cuda_env="mxnet-cuda", max_compute_capability=(8, 6), layouts=("padded", "packed"),
-                         launcher="dmlc"),
+                         launcher="dmlc", engine="dist_sync kvstore (ps-lite parameter server)",
+                         parallel_refusals=(("cuda", "its ranks' kvstore is wired for CPU arrays only (the GPU "
+                                             "wheel's dist_device_sync path is untried: mxnet-cu117 has no kernels "
+                                             "past sm_86)"),)),
     "tensorflow": BackendInfo("backends.tensorflow", "TensorFlowBackend", "tensorflow", sparse=True, compile=True,
                               cuda_env="tensorflow-cuda", layouts=("padded", "packed"), launcher="tf_config",
                               engine="MultiWorkerMirroredStrategy (ring collectives over gRPC)",

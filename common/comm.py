@@ -165,3 +165,30 @@ def model_jax(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int,
         out += [ring_allgather(f"{table} ids", "int32", [cap] * world, rank),
                 ring_allgather(f"{table} gradient rows", "float32", [cap * dim] * world, rank)]
     return out
+def model_mxnet(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
+    """MXNet's dist_sync kvstore on one ps-lite server (the launcher starts one), for worker `rank`.
+
+    Dense: push each table's gradient, then pull the table (V x D float32 each way). Sparse: pull
+    (row_sparse_pull) the r rows the slice reads, then push their row_sparse gradient: r x D values.
+    ps-lite adds keys (uint64: one per dense table, or a master key and one key per row, which
+    carries the row id in place of an index array) and lens (int32, one per key); a pull's keys
+    travel in its request and again in its reply. r is the slice's distinct rows and row 0, which
+    padding reads: a padded slice with an empty slot; a packed slice's tail, past its real slots,
+    which almost always has one (none only where the slice fills its epoch's packed length).
+    The same records as backends/mxnet_kvstore.py counts, in its order.
+    """
+    mine, embed = rows[rank], spec.data.embed
+    if spec.sparse:
+        padding = spec.layout == "packed" or mine.contexts < mine.centers * spec.data.row_length
+        counts: list[float | None] = [mine.unique_centers, mine.unique_contexts + int(padding)]
+    else:
+        counts = [None, None]
+    records = []
+    for kind in ("pull", "push") if spec.sparse else ("push", "pull"):
+        what, trips = ("gradient", 1) if kind == "push" else ("weight", 2)
+        for table, r in zip(("center", "context"), counts):
+            values, keys = (vocab * embed, 1) if r is None else (r * embed, r + 1)
+            records += [Collective(f"{table} {what} values", kind, "float32", round(values), 4.0 * values),
+                        Collective(f"{table} {what} keys", kind, "int64", round(keys), 8.0 * keys * trips),
+                        Collective(f"{table} {what} lens", kind, "int32", round(keys), 4.0 * keys)]
+    return records
