@@ -396,9 +396,9 @@ class TensorFlowBackend(Backend):
         """The mean step's collectives (common.comm records), counted from the tensors handed the strategy."""
         return per_step(self._counted)
 
-    def collective_seconds(self) -> float:
+    def communication_seconds(self) -> float | None:
         """The mean step's seconds in the strategy's collective (graph timestamps around it)."""
-        return float(np.mean([s.numpy() for s in self._collective_seconds])) if self._collective_seconds else 0.0
+        return float(np.mean([s.numpy() for s in self._collective_seconds])) if self._collective_seconds else None
 
     def _loss(self, *batch: tf.Tensor) -> tf.Tensor:
         if self.packed:

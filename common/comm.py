@@ -49,7 +49,7 @@ def ring_allreduce(name: str, dtype: str, elements: int, world: int) -> Collecti
     return Collective(name, "allreduce", dtype, elements, 2 * (world - 1) / world * elements * ITEM_BYTES[dtype])
 
 
-def ring_allgather(name: str, dtype: str, elements: Sequence[int], rank: int) -> Collective:
+def ring_allgather(name: str, dtype: str, elements: Sequence[float], rank: int) -> Collective:
     """An allgather(v) on a ring, each rank r giving `elements[r]`: what rank `rank` hands and sends."""
     world = len(elements)
     sent = sum(elements) - (elements[(rank + 1) % world] if world > 1 else elements[0])
@@ -69,21 +69,6 @@ def per_step(steps: Sequence[Sequence[Collective]]) -> list[dict]:
              "elements": float(np.mean([s[i].elements for s in steps])),
              "bytes_sent": float(np.mean([s[i].bytes_sent for s in steps]))}
             for i, (n, k, d) in enumerate(names)]
-
-
-def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
-    """What `spec`'s engine sends for rank `rank` in one step whose ranks' slices name `rows`: the
-    backend's own model, `model_<backend>` below (each reproduces what its backend counts)."""
-    found = globals().get(f"model_{spec.backend}")
-    if found is None:
-        raise BenchError(f"{spec.backend} has no communication model (common/comm.py)")
-    return found(spec, vocab, rows, rank)
-    """What rank `rank` hands and sends in one step of `spec` by its engine's model, `model_<backend>`
-    below (rows: one SliceRows per rank for that step); a BenchError for a backend without one."""
-    function = globals().get(f"model_{spec.backend}")
-    if function is None:
-        raise BenchError(f"{spec.backend} has no communication model in common/comm.py (model_{spec.backend})")
-    return function(spec, vocab, rows, rank)
 
 
 class SliceRows(NamedTuple):
@@ -107,7 +92,7 @@ def slice_rows(batch: Batch) -> SliceRows:
 GLOO_SPARSE_METADATA = 9  # int64 elements a rank
 
 
-def gloo_sparse_allreduce(name: str, rows: Sequence[int], width: int, rank: int) -> list[Collective]:
+def gloo_sparse_allreduce(name: str, rows: Sequence[float], width: int, rank: int) -> list[Collective]:
     """gloo's allreduce of one coalesced sparse gradient of `rows[r]` rows of `width` on each rank r:
     the metadata allgather, then allgathervs of the int64 indices and of the float32 values."""
     world = len(rows)
@@ -125,6 +110,8 @@ def model_torch(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int)
         return [ring_allreduce("center and context gradients", "float32", 2 * vocab * width, world)]
     return (gloo_sparse_allreduce("center", [r.unique_centers for r in rows], width, rank)
             + gloo_sparse_allreduce("context", [r.unique_contexts for r in rows], width, rank))
+
+
 def model_tensorflow(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
     """MultiWorkerMirroredStrategy's MEAN all-reduce with ring collectives (TF 2.21's
     cross_device_ops.CollectiveAllReduce, cross_device_utils). Dense: both (V, D) gradients in one
@@ -144,27 +131,28 @@ def model_tensorflow(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank:
                 ring_allgather(f"{name} gradient values", "float32", [longest * width] * world, rank),
                 ring_allgather(f"{name} gradient indices", "int32", [longest] * world, rank)]
 def model_jax(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int,
-              caps: tuple[int, int] | None = None) -> list[Collective]:
+              run: Sequence[Sequence[SliceRows]] | None = None) -> list[Collective]:
     """JAX on gloo (backends/jax.py): dense, `lax.pmean` of each table's (V, D) float32 gradient, a
     ring allreduce; sparse, per table (centers, then contexts) the `all_gather` of the slice's K
     coalesced ids (int32) and then of their K summed gradient rows (float32, K x D), each a ring
     allgather of equal chunks: (N - 1) K (4 + 4 D) bytes a table, whatever the slice touched. K is
-    the cap: `caps` (center, context) is the run's, read from its counted record (the elements of
-    "center ids" and "context ids"); without it, recomputed the backend's way from `rows` alone (the
-    most distinct rows a slice names, the padded layout's padding id 0 counted, rounded up by
-    common.packing.rounded, at most V), for extrapolating to vocabularies and worker counts."""
+    the cap, chosen the backend's way from `run` (every step's rows of the epoch; `rows` alone where it
+    is not given, as for extrapolating): the most distinct rows a slice names, the padded layout's
+    padding id 0 counted, rounded up by common.packing.rounded, at most V."""
     world, dim = len(rows), spec.data.embed
     if not spec.sparse:
         return [ring_allreduce(f"{table} gradient", "float32", vocab * dim, world) for table in ("center", "context")]
-    if caps is None:
-        padding = int(spec.layout == "padded")  # a padded slice's padding slots name row 0
-        caps = (min(rounded(int(max(r.unique_centers for r in rows))), vocab),
-                min(rounded(int(max(r.unique_contexts for r in rows)) + padding), vocab))
+    padding = int(spec.layout == "padded")  # a padded slice's padding slots name row 0
+    sized = [r for step in (run or [rows]) for r in step]  # the backend sizes K once an epoch
+    caps = (min(rounded(int(max(r.unique_centers for r in sized))), vocab),
+            min(rounded(int(max(r.unique_contexts for r in sized)) + padding), vocab))
     out = []
     for table, cap in zip(("center", "context"), caps):
         out += [ring_allgather(f"{table} ids", "int32", [cap] * world, rank),
                 ring_allgather(f"{table} gradient rows", "float32", [cap * dim] * world, rank)]
     return out
+
+
 def model_mxnet(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int) -> list[Collective]:
     """MXNet's dist_sync kvstore on one ps-lite server (the launcher starts one), for worker `rank`.
 
@@ -192,3 +180,22 @@ def model_mxnet(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int)
                         Collective(f"{table} {what} keys", kind, "int64", round(keys), 8.0 * keys * trips),
                         Collective(f"{table} {what} lens", kind, "int32", round(keys), 4.0 * keys)]
     return records
+
+
+# backend -> its engine's model; RUN_SIZED: engines whose buffers are sized once an epoch from all of
+# its steps (JAX's all-gather cap K), so a step's bytes depend on the run's rows, not only the step's.
+MODELS = {"torch": model_torch, "tensorflow": model_tensorflow, "jax": model_jax, "mxnet": model_mxnet}
+RUN_SIZED = {"jax"}
+
+
+def model(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int,
+          run: Sequence[Sequence[SliceRows]] | None = None) -> list[Collective]:
+    """What rank `rank` hands and sends in one step of `spec` by its engine's model (rows: one
+    SliceRows per rank for that step; run: every step's, for RUN_SIZED engines, else that step alone
+    sizes them); a BenchError for a backend without one."""
+    function = MODELS.get(spec.backend)
+    if function is None:
+        raise BenchError(f"{spec.backend} has no communication model in common/comm.py")
+    if spec.backend in RUN_SIZED:
+        return model_jax(spec, vocab, rows, rank, run)
+    return function(spec, vocab, rows, rank)

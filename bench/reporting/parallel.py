@@ -41,7 +41,8 @@ def measured_rows(results: list[dict]) -> list[dict]:
             beyond = None
             if one is not None and spec.workers > 1:
                 beyond = 1 - (spec.data.batch_size / one["rate_median"]) / (spec.workers * step)
-            seconds = comm.get("seconds_per_step")
+            timed = [t for t in comm.get("seconds_per_step") or [] if t is not None]  # by rank
+            seconds = max(timed) if timed else None  # the slowest rank's: every rank waits for it
             rows.append({"run": _label(spec), "workers": spec.workers, "rate": r["rate_median"], "step_ms": step * 1e3,
                          "bytes": comm.get("bytes_per_step", 0.0 if spec.workers == 1 else None),
                          "share": seconds / step if seconds is not None else None, "beyond": beyond,

@@ -173,6 +173,10 @@ class Communication(msgspec.Struct):
     # by rank: the mean seconds a step spent in its collectives (the backend's communication_seconds);
     # None where its backend has no timer. Over the step time (train_seconds / steps): the comm share.
     seconds_per_step: list[Seconds | None] = []
+    # slice size (examples, as text: a JSON key) -> the mean rows such a slice names, as
+    # common.comm.SliceRows' four fields: what the modelled curves against N are drawn from
+    slice_profile: dict[str, Annotated[list[Annotated[float, msgspec.Meta(ge=0, le=_MAX_FLOAT)]],
+                                       msgspec.Meta(min_length=4, max_length=4)]] = {}
 
     def __post_init__(self) -> None:
         if not self.ranks:

@@ -32,6 +32,7 @@ from bench.executing.processes import die_with
 from bench.results.store import read_json
 from bench.running import worker
 from common.batches import Dataset, load_dataset
+from common.comm_scaling import slice_profile
 from common.errors import BenchError
 from common.machine import HARNESS_VARIABLE, MachineLoad, process_identity
 from common.sharding import RANK_VARIABLE, WORLD_VARIABLE, combine
@@ -42,6 +43,7 @@ HOST = "127.0.0.1"  # local runs: the engines' traffic is neither authenticated 
 # (the engines step together), so longer means one is stuck in a collective.
 GRACE_SECONDS = 120.0
 POLL_SECONDS = 0.2
+PROFILE_STEPS = 64  # first batches of epoch 0 the slice profile (the modelled curves' rows) is measured on
 LAUNCHER_VARIABLE = "SKIPGRAM_LAUNCHER"  # "pid:start time" of the launcher, which no rank may outlive
 THREADS_VARIABLE = "SKIPGRAM_THREADS"  # threads per rank, which each backend sets its framework to
 # What the ranks write in the rank folder (bench/running/rank_command.py), by rank number.
@@ -107,11 +109,11 @@ def plan_jax(launch: Launch) -> list[Process]:
 
 
 def plan_dmlc(launch: Launch) -> list[Process]:
-    """ps-lite's scheduler and one server (importing mxnet with their DMLC_ROLE runs that role and
+    """ps-lite's scheduler and one server (backends/mxnet_server.py: mxnet imported whole, then the role
     exits when the workers finalise), then the N workers; every node bound to the loopback."""
     dmlc = {"DMLC_PS_ROOT_URI": HOST, "DMLC_PS_ROOT_PORT": str(launch.ports[0]), "DMLC_NUM_SERVER": "1",
             "DMLC_NUM_WORKER": str(launch.workers), "DMLC_NODE_HOST": HOST, "DMLC_INTERFACE": "lo"}
-    role = [launch.python, "-c", "import mxnet"]
+    role = [launch.python, "-m", "backends.mxnet_server"]
     return ([Process("scheduler", role, {**dmlc, "DMLC_ROLE": "scheduler", **threads_env(1)}),
              Process("server", role, {**dmlc, "DMLC_ROLE": "server", **threads_env(launch.threads)})]
             + [Process(f"rank {r}", [launch.python, *launch.rank_args], {**dmlc, "DMLC_ROLE": "worker",
@@ -371,6 +373,8 @@ def train(spec: RunSpec, data_dir: str | None = None, download: bool = True,
         center = np.load(rank_dir / CENTER_FILE)
     engine = registry.info(spec.backend).engine or ""
     result = merge(spec, ranks, launch, available, engine, machine_load)  # type: ignore[arg-type]
+    profiled = [b for _, b in zip(range(PROFILE_STEPS), dataset.epoch(0))]  # outside every clock
+    result["communication"]["slice_profile"] = {str(k): list(v) for k, v in slice_profile(profiled).items()}
     worker.finish(result, dataset.vocab.tokens, center, export_vectors)
     return result
 

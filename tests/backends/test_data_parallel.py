@@ -91,7 +91,7 @@ def modelled(spec: RunSpec, ptb_dir: Path) -> list[list[dict]]:
     dataset = load_dataset(spec.data, str(ptb_dir), download=False)
     batches = [b for _, b in zip(range(STEPS), dataset.epoch(0))]
     rows = [[comm.slice_rows(shard(b, World(r, spec.workers)).batch) for r in range(spec.workers)] for b in batches]
-    return [comm.per_step([comm.model(spec, len(dataset.vocab), step, r) for step in rows])
+    return [comm.per_step([comm.model(spec, len(dataset.vocab), step, r, run=rows) for step in rows])
             for r in range(spec.workers)]
 
 
