@@ -130,6 +130,9 @@ def model_tensorflow(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank:
         out += [ring_allgather(f"{name} gradient lengths", "int32", [1] * world, rank),
                 ring_allgather(f"{name} gradient values", "float32", [longest * width] * world, rank),
                 ring_allgather(f"{name} gradient indices", "int32", [longest] * world, rank)]
+    return out
+
+
 def model_jax(spec: RunSpec, vocab: int, rows: Sequence[SliceRows], rank: int,
               run: Sequence[Sequence[SliceRows]] | None = None) -> list[Collective]:
     """JAX on gloo (backends/jax.py): dense, `lax.pmean` of each table's (V, D) float32 gradient, a
