@@ -118,7 +118,7 @@ def test_default_plan_runs_each_framework_in_each_mode_it_declares(monkeypatch):
     """Each framework at its best: dense and sparse, each compiled too where the backend has a
     compiler (TensorFlow's compiled sparse step is its fastest on PTB), and nothing it lacks; on
     the packed layout where a backend declares it, with its dense step padded too (what padding
-    costs), except the limit row, which never computes padding."""
+    costs), except the limit row, which never computes padding; torch's packed pair on 2 DDP ranks."""
     from backends import registry
 
     for name in ("torch", "fused"):  # two that train packed, whatever the others declare today
@@ -130,7 +130,9 @@ def test_default_plan_runs_each_framework_in_each_mode_it_declares(monkeypatch):
     tensorflow = {f"tensorflow {m} cpu" for m in ("dense", "sparse", "dense compiled", "sparse compiled")}
     plain = {f"{b} {m} cpu" for b in ("mxnet", "jax") for m in ("dense", "sparse")}
     limit = {"fused dense packed cpu", "fused sparse packed cpu"}
-    assert labels == torch | {"torch dense cpu"} | tensorflow | plain | limit | {"recipe-loop", "gensim"}
+    parallel = {"torch dense packed cpu x2", "torch sparse packed cpu x2"}  # DDP beside the one-process twins
+    assert labels == (torch | {"torch dense cpu"} | tensorflow | plain | limit | parallel
+                      | {"recipe-loop", "gensim"})
 
 
 def test_an_existing_interpreter_can_stand_in_for_a_tox_env(monkeypatch, tmp_path, ptb_dir):

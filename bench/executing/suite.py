@@ -150,6 +150,9 @@ def _short(value: object) -> object:
     return value
 
 
+DATA_PARALLEL_BACKEND = "torch"  # the default suite's data-parallel pair: the cheapest engine to start
+
+
 def default_plan(backends: list[str], devices: list[str], base: dict, baselines: bool = True) -> list[PlannedRun]:
     """Every backend x {dense, sparse} x device, each also compiled where the backend has a
     compiler (torch.compile, XLA: a framework's best mode may be its compiled sparse step), dense
@@ -170,6 +173,11 @@ def default_plan(backends: list[str], devices: list[str], base: dict, baselines:
              if (info(b).sparse or not v["sparse"]) and (info(b).compile or not v.get("compile"))
              and (not v.get("graph") or (info(b).graph and d.startswith("cuda")))
              for layout in layouts(b, v)]
+    # What sparse gradients save across workers, answered by the default suite too: torch's dense and
+    # sparse packed steps on DDP over 2 ranks, beside their one-process twins above (CPU: its engine's).
+    specs += [make_spec({**base, "backend": DATA_PARALLEL_BACKEND, "sparse": sparse, "layout": "packed",
+                         "workers": 2}, "default suite")
+              for sparse in (False, True) if DATA_PARALLEL_BACKEND in backends and "cpu" in devices]
     if baselines:
         specs.append(make_spec({**base, "backend": "torch", "runner": "recipe-loop"}, "default suite"))
         specs.append(make_spec({**base, "backend": "torch", "runner": "gensim",
