@@ -404,7 +404,8 @@ def _session_check(tmp_path: Path, announce: bool, **popen: bool) -> list[str]:
 
     announcement = tmp_path / f"{announce}-{popen}.session"
     code = ("import os, subprocess, sys\nfrom common.machine import HARNESS_VARIABLE, exit_with_harness, "
-            "in_harness_session\nsys.stdin.readline()\nprint(in_harness_session(os.environ[HARNESS_VARIABLE]))\n"
+            "in_harness_session\nsys.stdin.readline()\n"
+            "print(in_harness_session(os.environ[HARNESS_VARIABLE]), flush=True)\n"  # before its child's line
             "exit_with_harness()\n"
             "subprocess.run([sys.executable, '-c', 'import os; print(os.environ.get(%r))' % HARNESS_VARIABLE])")
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
