@@ -49,11 +49,10 @@ from common.comm import Collective, per_step, ring_allgather, ring_allreduce
 from common.errors import BenchError
 from common.lazy_adam import dense_shaped
 from common.packing import pack, packed_length, rounded
-from common.sharding import World
+from common.sharding import THREADS_VARIABLE, World
 from common.spec import RunSpec
 
 COORDINATOR_VARIABLE = "SKIPGRAM_COORDINATOR"  # 127.0.0.1:PORT, rank 0's coordination service (the launcher's)
-THREADS_VARIABLE = "SKIPGRAM_THREADS"
 # XLA's CPU client sizes its intra-op (Eigen) pool from PJRT_NPROC, read once when the client
 # starts (the first device query), so it is set at import: the launcher's threads a rank.
 if THREADS_VARIABLE in os.environ:

@@ -17,7 +17,9 @@ from typing import NamedTuple
 # side instead of one operator at a time. Step 11.4 -> 10.2 ms dense, 9.5 -> 8.9 ms sparse.
 # A data-parallel rank gets SKIPGRAM_THREADS cores: OpenMP's threads and at most two engine
 # threads within them. Both are read when libmxnet loads, so they are set before the import.
-_threads = os.environ.get("SKIPGRAM_THREADS")
+from common.sharding import THREADS_VARIABLE, World  # noqa: E402 (no framework: imported before mxnet)
+
+_threads = os.environ.get(THREADS_VARIABLE)
 if _threads:
     os.environ["OMP_NUM_THREADS"] = _threads
     os.environ["MXNET_CPU_WORKER_NTHREADS"] = str(min(2, int(_threads)))
@@ -34,7 +36,6 @@ from backends.mxnet_kvstore import KVStoreSync  # noqa: E402
 from backends.mxnet_ops import loaded_ops, packed_loss_op  # noqa: E402
 from common.batches import Batch  # noqa: E402
 from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
-from common.sharding import World  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
 Arrays = tuple[mx.nd.NDArray, ...]

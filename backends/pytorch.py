@@ -39,6 +39,7 @@ from backends.torch_ddp import Counter, join
 from backends.torch_lazy_adam import LazyAdam
 from common.batches import Batch
 from common.packing import pack_epoch
+from common.sharding import THREADS_VARIABLE
 from common.spec import RunSpec
 
 
@@ -72,7 +73,6 @@ Prepared = Tensors | Scaled
 RowsLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 RELABEL_SEED = 26  # the fixed permutation of the vocabulary's rows (any fixed seed: it is a relabelling)
-THREADS_VARIABLE = "SKIPGRAM_THREADS"  # a rank's share of the cores (the launcher's; torchrun sets OMP_NUM_THREADS=1)
 TABLES = ("center", "context")
 
 

@@ -37,12 +37,11 @@ from common.comm import Collective, per_step, ring_allgather, ring_allreduce  # 
 from common.errors import BenchError  # noqa: E402
 from common.lazy_adam import dense_shaped  # noqa: E402
 from common.packing import PackedBatch, pack, pack_epoch, packed_length  # noqa: E402
-from common.sharding import World  # noqa: E402
+from common.sharding import THREADS_VARIABLE, World  # noqa: E402
 from common.spec import RunSpec  # noqa: E402
 
 Tensors = tuple[tf.Tensor, ...]  # one batch: (center, cn, mask, label) padded, PackedTensors' fields packed
 tf.config.experimental.enable_tensor_float_32_execution(False)
-THREADS_VARIABLE = "SKIPGRAM_THREADS"  # the launcher's threads for this rank (docs/data-parallel.md)
 RING = tf.distribute.experimental.CommunicationOptions(
     implementation=tf.distribute.experimental.CommunicationImplementation.RING)
 TABLES = ("center", "context")

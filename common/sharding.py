@@ -23,6 +23,8 @@ from common.batches import Batch
 from common.errors import BenchError
 
 RANK_VARIABLE, WORLD_VARIABLE = "SKIPGRAM_RANK", "SKIPGRAM_WORLD"
+# A rank's share of the cores, set by the launcher; each backend sets its framework's threads to it.
+THREADS_VARIABLE = "SKIPGRAM_THREADS"
 
 
 class World(NamedTuple):

@@ -35,7 +35,7 @@ from common.batches import Dataset, load_dataset
 from common.comm_scaling import slice_profile
 from common.errors import BenchError
 from common.machine import HARNESS_VARIABLE, MachineLoad, process_identity
-from common.sharding import RANK_VARIABLE, WORLD_VARIABLE, combine
+from common.sharding import RANK_VARIABLE, THREADS_VARIABLE, WORLD_VARIABLE, combine
 from common.spec import RunSpec
 
 HOST = "127.0.0.1"  # local runs: the engines' traffic is neither authenticated nor encrypted
@@ -45,7 +45,6 @@ GRACE_SECONDS = 120.0
 POLL_SECONDS = 0.2
 PROFILE_STEPS = 64  # first batches of epoch 0 the slice profile (the modelled curves' rows) is measured on
 LAUNCHER_VARIABLE = "SKIPGRAM_LAUNCHER"  # "pid:start time" of the launcher, which no rank may outlive
-THREADS_VARIABLE = "SKIPGRAM_THREADS"  # threads per rank, which each backend sets its framework to
 # What the ranks write in the rank folder (bench/running/rank_command.py), by rank number.
 RANK_FILE, LOG_FILE, CENTER_FILE = "rank-{}.json", "rank-{}.log", "center.npy"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", THREADS_VARIABLE)
